@@ -1,0 +1,21 @@
+//! hanga: text-to-image generation (SDXL, Flux, Chroma, Z-Image) on burn, served over HTTP.
+//!
+//! - `weights/`: safetensors files, layout renaming, module builders.
+//! - `models/`: one file per network (CLIP, SDXL UNet, VAE).
+//! - `text/`: prompt emphasis and tokenization.
+//! - `sampling/`: torch-compatible noise, schedules, samplers.
+//! - `pipelines/`: tokenize → encode → sample → decode, per family.
+//! - `registry/`: model manifests.
+//! - `output/`: PNG with A1111 metadata, latent previews.
+
+pub mod backend;
+mod error;
+pub mod models;
+pub mod output;
+pub mod pipelines;
+pub mod registry;
+pub mod sampling;
+pub mod text;
+pub mod weights;
+
+pub use error::Error;

@@ -1,0 +1,206 @@
+//! CLIP text transformer: OpenAI CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text towers.
+//!
+//! Follows transformers `models/clip/modeling_clip.py` (`CLIPTextModel`,
+//! `CLIPTextModelWithProjection`). OpenCLIP checkpoints are renamed to these names on load
+//! (`weights::open_clip_store`); the towers are otherwise the same network, differing in width,
+//! depth, activation (quick_gelu for L, gelu for bigG) and the projection.
+
+use burn::module::Module;
+use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::prelude::*;
+use burn::tensor::activation::{gelu, sigmoid};
+use serde::Deserialize;
+
+use super::blocks::Attention;
+use crate::Error;
+use crate::weights::{TensorStore, Weights};
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    QuickGelu,
+    Gelu,
+}
+
+/// Hyper-parameters, named as in transformers' `CLIPTextConfig`. The widths and depth are read
+/// from the weights; heads and activation cannot be, so they come from config.json or the
+/// manifest (defaults: 64-wide heads, as every released CLIP text tower has).
+#[derive(Clone, Debug)]
+pub struct ClipConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    /// Width of `text_projection` (CLIPTextModelWithProjection), if the weights have one.
+    pub projection_dim: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+struct ClipOverrides {
+    num_attention_heads: Option<usize>,
+    hidden_act: Option<Activation>,
+    layer_norm_eps: Option<f64>,
+}
+
+impl ClipConfig {
+    /// Reads the shapes from `store` (transformers names) and the rest from `overrides`
+    /// (a config.json or a manifest table), falling back to `default_act`.
+    pub fn detect(
+        store: &TensorStore,
+        overrides: &serde_json::Value,
+        default_act: Activation,
+    ) -> Result<Self, Error> {
+        let o: ClipOverrides = serde_json::from_value(overrides.clone()).unwrap_or_default();
+        let shape = |name: &str| {
+            store
+                .shape(name)
+                .ok_or_else(|| Error::weights(format!("not a CLIP text encoder: missing `{name}`")))
+        };
+        let tokens = shape("text_model.embeddings.token_embedding.weight")?;
+        let positions = shape("text_model.embeddings.position_embedding.weight")?;
+        let fc1 = shape("text_model.encoder.layers.0.mlp.fc1.weight")?;
+        let hidden_size = tokens[1];
+        Ok(Self {
+            vocab_size: tokens[0],
+            hidden_size,
+            intermediate_size: fc1[0],
+            num_hidden_layers: store.count_indexed("text_model.encoder.layers"),
+            num_attention_heads: o.num_attention_heads.unwrap_or(hidden_size / 64).max(1),
+            max_position_embeddings: positions[0],
+            hidden_act: o.hidden_act.unwrap_or(default_act),
+            layer_norm_eps: o.layer_norm_eps.unwrap_or(1e-5),
+            projection_dim: store.shape("text_projection.weight").map(|s| s[0]),
+        })
+    }
+}
+
+#[derive(Module, Debug)]
+struct EncoderLayer<B: Backend> {
+    layer_norm1: LayerNorm<B>,
+    self_attn: Attention<B>,
+    layer_norm2: LayerNorm<B>,
+    fc1: Linear<B>,
+    fc2: Linear<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipTextModel<B: Backend> {
+    token_embedding: Embedding<B>,
+    position_embedding: Embedding<B>,
+    layers: Vec<EncoderLayer<B>>,
+    final_layer_norm: LayerNorm<B>,
+    text_projection: Option<Linear<B>>,
+    #[module(skip)]
+    quick_gelu: bool,
+}
+
+/// What the SDXL-style pipelines take from a CLIP tower.
+pub struct ClipOutput<B: Backend> {
+    /// `hidden_states[-2]`: the output of the second-to-last layer, without final layer norm.
+    /// [B, L, D]
+    pub penultimate: Tensor<B, 3>,
+    /// `final_layer_norm(last)[eos]`, projected when the tower has a projection. [B, D or P]
+    pub pooled: Tensor<B, 2>,
+}
+
+impl<B: Backend> ClipTextModel<B> {
+    pub fn load(
+        store: &TensorStore,
+        config: &ClipConfig,
+        device: &B::Device,
+    ) -> Result<Self, Error> {
+        let root = Weights::new(store, device);
+        let w = root.pp("text_model");
+        let (d, eps) = (config.hidden_size, config.layer_norm_eps);
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let l = w.pp("encoder.layers").pp(i);
+                let a = l.pp("self_attn");
+                Ok(EncoderLayer {
+                    layer_norm1: l.layer_norm("layer_norm1", d, eps)?,
+                    self_attn: Attention::new(
+                        a.linear("q_proj", d, d, true)?,
+                        a.linear("k_proj", d, d, true)?,
+                        a.linear("v_proj", d, d, true)?,
+                        a.linear("out_proj", d, d, true)?,
+                        config.num_attention_heads,
+                    ),
+                    layer_norm2: l.layer_norm("layer_norm2", d, eps)?,
+                    fc1: l.linear("mlp.fc1", d, config.intermediate_size, true)?,
+                    fc2: l.linear("mlp.fc2", config.intermediate_size, d, true)?,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        let text_projection = match config.projection_dim {
+            Some(p) => Some(root.linear("text_projection", d, p, false)?),
+            None => None,
+        };
+        Ok(Self {
+            token_embedding: w.embedding("embeddings.token_embedding", config.vocab_size, d)?,
+            position_embedding: w.embedding(
+                "embeddings.position_embedding",
+                config.max_position_embeddings,
+                d,
+            )?,
+            layers,
+            final_layer_norm: w.layer_norm("final_layer_norm", d, eps)?,
+            text_projection,
+            quick_gelu: config.hidden_act == Activation::QuickGelu,
+        })
+    }
+
+    /// input_ids: [B, L]; `eos_positions[b]` is the index of the first end-of-text token of
+    /// row b (transformers pools there). Causal attention, no padding mask: the SDXL pipelines
+    /// pass input ids only.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, eos_positions: &[usize]) -> ClipOutput<B> {
+        let [batch, len] = input_ids.dims();
+        let device = input_ids.device();
+        let positions = Tensor::<B, 1, Int>::arange(0..len as i64, &device).unsqueeze::<2>();
+        let mut x =
+            self.token_embedding.forward(input_ids) + self.position_embedding.forward(positions);
+        let mut penultimate = x.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i + 1 == self.layers.len() {
+                penultimate = x.clone();
+            }
+            x = self.layer_forward(layer, x);
+        }
+        let last = self.final_layer_norm.forward(x);
+        let pooled = Tensor::cat(
+            (0..batch)
+                .map(|b| {
+                    let p = eos_positions[b];
+                    last.clone().slice([b..b + 1, p..p + 1]).reshape([1, -1])
+                })
+                .collect(),
+            0,
+        );
+        let pooled = match &self.text_projection {
+            Some(proj) => proj.forward(pooled),
+            None => pooled,
+        };
+        ClipOutput {
+            penultimate,
+            pooled,
+        }
+    }
+
+    fn layer_forward(&self, layer: &EncoderLayer<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = layer
+            .self_attn
+            .forward(layer.layer_norm1.forward(x.clone()), None, true);
+        let x = x + h;
+        let h = layer.fc1.forward(layer.layer_norm2.forward(x.clone()));
+        let h = if self.quick_gelu {
+            // transformers `QuickGELUActivation`: x · σ(1.702 x)
+            h.clone() * sigmoid(h * 1.702)
+        } else {
+            gelu(h)
+        };
+        x + layer.fc2.forward(h)
+    }
+}

@@ -1,0 +1,6 @@
+//! The networks, one file each, as burn modules with `load` + `forward`.
+
+pub mod blocks;
+pub mod clip;
+pub mod unet_sdxl;
+pub mod vae;

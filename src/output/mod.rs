@@ -1,0 +1,4 @@
+//! What leaves a run: PNG files with metadata, latent previews.
+
+pub mod png;
+pub mod preview;

@@ -1,0 +1,55 @@
+//! Cheap per-step previews: a linear map from latent channels to RGB, no VAE.
+//!
+//! Factors from ComfyUI `comfy/latent_formats.py` (`SDXL.latent_rgb_factors` and bias);
+//! the image is `clamp((rgb + 1) / 2)` as ComfyUI's `Latent2RGBPreviewer` draws it.
+
+use burn::prelude::*;
+
+/// The latent → RGB projection of one latent format.
+pub struct LatentRgb {
+    /// One row per latent channel: its contribution to R, G, B.
+    pub factors: &'static [[f32; 3]],
+    pub bias: [f32; 3],
+}
+
+pub const SDXL_LATENT_RGB: LatentRgb = LatentRgb {
+    factors: &[
+        [0.3651, 0.4232, 0.4341],
+        [-0.2533, -0.0042, 0.1068],
+        [0.1076, 0.1111, -0.0362],
+        [-0.3165, -0.2492, -0.2188],
+    ],
+    bias: [0.1084, -0.0175, -0.0011],
+};
+
+/// latents [1, C, h, w] → an h×w RGB image.
+pub fn latent_preview<B: Backend>(latents: &Tensor<B, 4>, map: &LatentRgb) -> image::RgbImage {
+    let [_, channels, h, w] = latents.dims();
+    let values: Vec<f32> = latents
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 data");
+    let plane = h * w;
+    let mut pixels = Vec::with_capacity(plane * 3);
+    for p in 0..plane {
+        for (rgb, bias) in map.bias.iter().enumerate() {
+            let v: f32 = (0..channels.min(map.factors.len()))
+                .map(|c| values[c * plane + p] * map.factors[c][rgb])
+                .sum();
+            pixels.push((((v + bias + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8);
+        }
+    }
+    image::RgbImage::from_raw(w as u32, h as u32, pixels).expect("w·h·3 bytes")
+}
+
+/// JPEG bytes of a preview (what the SSE stream sends as a data URL).
+pub fn jpeg(image: &image::RgbImage, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+    image
+        .write_with_encoder(encoder)
+        .expect("JPEG encoding into memory");
+    out
+}

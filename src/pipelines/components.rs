@@ -1,0 +1,115 @@
+//! Finding a model's components: a diffusers folder (`model_index.json` + one folder per
+//! component) or files named in the manifest.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::Error;
+use crate::weights::{SafetensorsFile, TensorStore, describe};
+
+/// The tensors of one diffusers component folder (`unet/`, `vae/`, `text_encoder/`): the
+/// unsharded default file, or every shard a `*.safetensors.index.json` lists.
+pub fn folder_store(dir: &Path) -> Result<TensorStore, Error> {
+    let mut store = TensorStore::default();
+    for path in component_files(dir)? {
+        store.extend(TensorStore::from_file_prefix(
+            &SafetensorsFile::open(&path)?,
+            "",
+        ));
+    }
+    Ok(store)
+}
+
+fn component_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    for default in ["diffusion_pytorch_model.safetensors", "model.safetensors"] {
+        let path = dir.join(default);
+        if path.is_file() {
+            return Ok(vec![path]);
+        }
+    }
+    let entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::weights(format!("cannot read {}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    if let Some(index) = entries
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with(".safetensors.index.json"))
+    {
+        let json: serde_json::Value = read_json(index)?;
+        let mut shards: Vec<PathBuf> = json["weight_map"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|v| v.as_str())
+                    .map(|f| dir.join(f))
+                    .collect()
+            })
+            .unwrap_or_default();
+        shards.sort();
+        shards.dedup();
+        return Ok(shards);
+    }
+    let mut candidates: Vec<PathBuf> = entries
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    candidates.sort();
+    match candidates.len() {
+        1 => Ok(candidates),
+        0 => Err(Error::weights(format!(
+            "no .safetensors file in {}",
+            dir.display()
+        ))),
+        _ => Err(Error::weights(format!(
+            "several .safetensors files in {} and no index; name one in the manifest",
+            dir.display()
+        ))),
+    }
+}
+
+pub fn read_json(path: &Path) -> Result<serde_json::Value, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| Error::config(format!("{}: {e}", path.display())))
+}
+
+/// `dir/config.json` if it exists, else `{}`.
+pub fn folder_config(dir: &Path) -> Result<serde_json::Value, Error> {
+    let path = dir.join("config.json");
+    if path.is_file() {
+        read_json(&path)
+    } else {
+        Ok(serde_json::json!({}))
+    }
+}
+
+/// `base` with the keys of `overrides` set over it (both JSON objects).
+pub fn merged(mut base: serde_json::Value, overrides: &serde_json::Value) -> serde_json::Value {
+    if let (Some(b), Some(o)) = (base.as_object_mut(), overrides.as_object()) {
+        for (k, v) in o {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    base
+}
+
+/// Opens a single-file checkpoint and checks it has the parts a family needs (`required`
+/// key prefixes); otherwise says what the file is.
+pub fn open_checkpoint(
+    path: &Path,
+    family: &str,
+    required: &[&str],
+) -> Result<Arc<SafetensorsFile>, Error> {
+    let file = SafetensorsFile::open(path)?;
+    let missing = required
+        .iter()
+        .find(|prefix| !file.tensors().iter().any(|(n, _)| n.starts_with(*prefix)));
+    if let Some(prefix) = missing {
+        return Err(Error::weights(format!(
+            "{} is not {family} checkpoint (no `{prefix}*` tensors): found {}",
+            path.display(),
+            describe(&file)
+        )));
+    }
+    Ok(file)
+}

@@ -1,0 +1,436 @@
+//! Stable Diffusion XL (and Illustrious, Pony, NoobAI: the same network) text-to-image.
+//!
+//! Reference: diffusers `pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl.py`
+//! (`encode_prompt`, `_get_add_time_ids`, `prepare_latents`, the denoising loop) with
+//! `EulerDiscreteScheduler` / `EulerAncestralDiscreteScheduler` / `DPMSolverMultistepScheduler`.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use super::components::{folder_config, folder_store, merged, open_checkpoint, read_json};
+use super::{Flow, GenerationParams, StepProgress};
+use crate::Error;
+use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
+use crate::models::unet_sdxl::{UNet, UNetConfig};
+use crate::models::vae::{Decoder, VaeConfig};
+use crate::registry::Manifest;
+use crate::sampling::{Prediction, Sampler, SchedulerConfig, TorchGenerator};
+use crate::text::{ClipTokenizer, LongPrompt, TokenChunk};
+use crate::weights::{SafetensorsFile, TensorStore, open_clip_store, unet_store, vae_store};
+
+/// SDXL's VAE latent scale (sgm `scale_factor`, diffusers vae config `scaling_factor`).
+const SDXL_VAE_SCALING: f32 = 0.13025;
+/// Width of a latent pixel in image pixels.
+pub const VAE_SCALE: usize = 8;
+
+pub struct SdxlPipeline<B: Backend> {
+    tokenizer_l: ClipTokenizer,
+    tokenizer_g: ClipTokenizer,
+    clip_l: ClipTextModel<B>,
+    clip_g: ClipTextModel<B>,
+    unet: UNet<B>,
+    vae: Decoder<B>,
+    scheduler: SchedulerConfig,
+    prediction: Prediction,
+    force_zeros_for_empty_prompt: bool,
+    latent_channels: usize,
+    device: B::Device,
+}
+
+/// The tensors and settings of an SDXL model, from whichever layout it came in.
+struct SdxlParts {
+    unet: TensorStore,
+    vae: TensorStore,
+    clip_l: TensorStore,
+    clip_g: TensorStore,
+    /// config.json (folder) merged with the manifest's `[architecture.*]`, per component.
+    unet_config: serde_json::Value,
+    vae_config: serde_json::Value,
+    clip_l_config: serde_json::Value,
+    clip_g_config: serde_json::Value,
+    scheduler: SchedulerConfig,
+    tokenizer_l: Option<PathBuf>,
+    tokenizer_g: Option<PathBuf>,
+    /// SDXL's bigG tokenizer pads with "!" (tokenizer_2/tokenizer_config.json `pad_token`).
+    pad_g: String,
+    force_zeros_for_empty_prompt: bool,
+}
+
+impl SdxlParts {
+    fn from_manifest(manifest: &Manifest) -> Result<Self, Error> {
+        let files = &manifest.files;
+        let mut parts = match (&files.checkpoint, &files.diffusers) {
+            (Some(ckpt), None) => Self::single_file(&manifest.resolve(ckpt))?,
+            (None, Some(dir)) => Self::diffusers_folder(&manifest.resolve(dir))?,
+            _ => {
+                return Err(Error::config(format!(
+                    "model `{}`: [files] needs exactly one of `checkpoint` or `diffusers`",
+                    manifest.id
+                )));
+            }
+        };
+        if let Some(vae) = &files.vae {
+            parts.vae = standalone_vae(&manifest.resolve(vae))?;
+        }
+        if let Some(t) = &files.tokenizer_clip_l {
+            parts.tokenizer_l = Some(manifest.resolve(t));
+        }
+        if let Some(t) = &files.tokenizer_clip_g {
+            parts.tokenizer_g = Some(manifest.resolve(t));
+        }
+        parts.unet_config = merged(parts.unet_config, &manifest.architecture("unet"));
+        parts.vae_config = merged(parts.vae_config, &manifest.architecture("vae"));
+        parts.clip_l_config = merged(parts.clip_l_config, &manifest.architecture("text_encoder"));
+        parts.clip_g_config = merged(
+            parts.clip_g_config,
+            &manifest.architecture("text_encoder_2"),
+        );
+        if let Some(overrides) = manifest.architecture.get("scheduler") {
+            let base = serde_json::to_value(&parts.scheduler).expect("serializable");
+            parts.scheduler = serde_json::from_value(merged(base, overrides))
+                .map_err(|e| Error::config(format!("model `{}`: scheduler: {e}", manifest.id)))?;
+        }
+        Ok(parts)
+    }
+
+    /// The LDM/SGM single file civitai distributes.
+    fn single_file(path: &Path) -> Result<Self, Error> {
+        let file = open_checkpoint(
+            path,
+            "an SDXL",
+            &[
+                "model.diffusion_model.",
+                "first_stage_model.",
+                "conditioner.embedders.0.transformer.",
+                "conditioner.embedders.1.model.",
+            ],
+        )?;
+        let empty = serde_json::json!({});
+        Ok(Self {
+            unet: unet_store(&file, "model.diffusion_model."),
+            vae: vae_store(&file, "first_stage_model."),
+            clip_l: TensorStore::from_file_prefix(&file, "conditioner.embedders.0.transformer."),
+            clip_g: open_clip_store(&file, "conditioner.embedders.1.model."),
+            unet_config: empty.clone(),
+            vae_config: empty.clone(),
+            clip_l_config: empty.clone(),
+            clip_g_config: empty,
+            scheduler: SchedulerConfig::default(),
+            tokenizer_l: None,
+            tokenizer_g: None,
+            pad_g: "!".into(),
+            force_zeros_for_empty_prompt: true,
+        })
+    }
+
+    fn diffusers_folder(dir: &Path) -> Result<Self, Error> {
+        let index = read_json(&dir.join("model_index.json"))?;
+        let scheduler_path = dir.join("scheduler/scheduler_config.json");
+        let scheduler = if scheduler_path.is_file() {
+            serde_json::from_value(read_json(&scheduler_path)?)
+                .map_err(|e| Error::config(format!("{}: {e}", scheduler_path.display())))?
+        } else {
+            SchedulerConfig::default()
+        };
+        let tokenizer = |sub: &str| {
+            let p = dir.join(sub).join("tokenizer.json");
+            p.is_file().then_some(p)
+        };
+        let pad_g = read_json(&dir.join("tokenizer_2/tokenizer_config.json"))
+            .ok()
+            .and_then(|c| c["pad_token"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "!".into());
+        Ok(Self {
+            unet: folder_store(&dir.join("unet"))?,
+            vae: folder_store(&dir.join("vae"))?,
+            clip_l: with_text_model_prefix(folder_store(&dir.join("text_encoder"))?),
+            clip_g: with_text_model_prefix(folder_store(&dir.join("text_encoder_2"))?),
+            unet_config: folder_config(&dir.join("unet"))?,
+            vae_config: folder_config(&dir.join("vae"))?,
+            clip_l_config: folder_config(&dir.join("text_encoder"))?,
+            clip_g_config: folder_config(&dir.join("text_encoder_2"))?,
+            scheduler,
+            tokenizer_l: tokenizer("tokenizer"),
+            tokenizer_g: tokenizer("tokenizer_2"),
+            pad_g,
+            force_zeros_for_empty_prompt: index["force_zeros_for_empty_prompt"]
+                .as_bool()
+                .unwrap_or(true),
+        })
+    }
+}
+
+/// transformers 5 saves `CLIPTextModel` without the `text_model.` prefix; real checkpoints
+/// have it. Accept both.
+fn with_text_model_prefix(store: TensorStore) -> TensorStore {
+    if store.has_prefix("text_model") {
+        return store;
+    }
+    store.renamed(|n| {
+        Some(if n.starts_with("text_projection") {
+            n.to_owned()
+        } else {
+            format!("text_model.{n}")
+        })
+    })
+}
+
+/// A VAE file on its own (e.g. sdxl-vae-fp16-fix): diffusers names or the LDM layout.
+fn standalone_vae(path: &Path) -> Result<TensorStore, Error> {
+    let file = SafetensorsFile::open(path)?;
+    let store = TensorStore::from_file_prefix(&file, "");
+    if store.has_prefix("decoder.up_blocks") {
+        return Ok(store);
+    }
+    let prefix = if store.has_prefix("first_stage_model") {
+        "first_stage_model."
+    } else {
+        ""
+    };
+    Ok(vae_store(&file, prefix))
+}
+
+impl<B: Backend> SdxlPipeline<B> {
+    pub fn load(manifest: &Manifest, device: &B::Device) -> Result<Self, Error> {
+        let parts = SdxlParts::from_manifest(manifest)?;
+        let clip_l_cfg =
+            ClipConfig::detect(&parts.clip_l, &parts.clip_l_config, Activation::QuickGelu)?;
+        let clip_g_cfg = ClipConfig::detect(&parts.clip_g, &parts.clip_g_config, Activation::Gelu)?;
+        let pooled_dim = clip_g_cfg
+            .projection_dim
+            .ok_or_else(|| Error::weights("SDXL's second text encoder has no text_projection"))?;
+        let unet_cfg = UNetConfig::detect(&parts.unet, &parts.unet_config, pooled_dim)?;
+        if unet_cfg.cross_attention_dim != clip_l_cfg.hidden_size + clip_g_cfg.hidden_size {
+            return Err(Error::weights(format!(
+                "the UNet attends to {}-wide text states but the text encoders give {} + {}",
+                unet_cfg.cross_attention_dim, clip_l_cfg.hidden_size, clip_g_cfg.hidden_size
+            )));
+        }
+        let vae_cfg = VaeConfig::detect(&parts.vae, &parts.vae_config, SDXL_VAE_SCALING, 0.0)?;
+        let tokenizer = |path: &Option<PathBuf>, pad: Option<&str>| match path {
+            Some(p) => ClipTokenizer::from_file(p, pad),
+            None => ClipTokenizer::bundled(pad),
+        };
+        let prediction = match parts.scheduler.prediction_type.as_str() {
+            "epsilon" => Prediction::Epsilon,
+            "v_prediction" => Prediction::VPrediction,
+            other => {
+                return Err(Error::config(format!(
+                    "prediction_type `{other}` is not supported"
+                )));
+            }
+        };
+        Ok(Self {
+            tokenizer_l: tokenizer(&parts.tokenizer_l, None)?,
+            tokenizer_g: tokenizer(&parts.tokenizer_g, Some(&parts.pad_g))?,
+            clip_l: ClipTextModel::load(&parts.clip_l, &clip_l_cfg, device)?,
+            clip_g: ClipTextModel::load(&parts.clip_g, &clip_g_cfg, device)?,
+            unet: UNet::load(&parts.unet, &unet_cfg, device)?,
+            vae: Decoder::load(&parts.vae, &vae_cfg, device)?,
+            scheduler: parts.scheduler,
+            prediction,
+            force_zeros_for_empty_prompt: parts.force_zeros_for_empty_prompt,
+            latent_channels: unet_cfg.in_channels,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// A prompt → (context [1, 77·k, L+G], pooled [1, P]): the penultimate states of both
+    /// encoders concatenated on channels, chunk by chunk; the bigG pooled output of the first
+    /// chunk. Emphasis weights follow A1111's "Original" method per encoder and chunk: scale
+    /// each token's states by its weight, then restore the chunk's mean.
+    pub fn encode_prompt(
+        &self,
+        prompt: &str,
+        long_prompt: LongPrompt,
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 2>), Error> {
+        let chunks_l = self.tokenizer_l.chunks(prompt, long_prompt)?;
+        let chunks_g = self.tokenizer_g.chunks(prompt, long_prompt)?;
+        let encode = |model: &ClipTextModel<B>, chunk: &TokenChunk| {
+            let ids: Vec<i64> = chunk.ids.iter().map(|&i| i as i64).collect();
+            let ids = Tensor::<B, 2, Int>::from_data(
+                TensorData::new(ids, [1, chunk.ids.len()]),
+                &self.device,
+            );
+            let out = model.forward(ids, &[chunk.eos_position]);
+            (apply_emphasis(out.penultimate, chunk), out.pooled)
+        };
+        let mut contexts = Vec::new();
+        let mut pooled = None;
+        // Both tokenizers share CLIP's vocabulary, so they chunk a prompt the same way.
+        for (cl, cg) in chunks_l.iter().zip(&chunks_g) {
+            let (hl, _) = encode(&self.clip_l, cl);
+            let (hg, pg) = encode(&self.clip_g, cg);
+            contexts.push(Tensor::cat(vec![hl, hg], 2));
+            pooled.get_or_insert(pg);
+        }
+        Ok((
+            Tensor::cat(contexts, 1),
+            pooled.expect("at least one chunk"),
+        ))
+    }
+
+    /// Decodes scaled latents to the VAE's raw output [1, 3, H, W] (about [-1, 1]).
+    pub fn decode(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.vae.forward(self.vae.unscale(latents))
+    }
+
+    pub fn generate(
+        &self,
+        params: &GenerationParams,
+        on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
+    ) -> Result<image::RgbImage, Error> {
+        if params.width % VAE_SCALE != 0
+            || params.height % VAE_SCALE != 0
+            || params.width == 0
+            || params.height == 0
+        {
+            return Err(Error::request(format!(
+                "width and height must be positive multiples of {VAE_SCALE}, got {}x{}",
+                params.width, params.height
+            )));
+        }
+        let cfg = params.guidance_scale > 1.0;
+
+        let (cond, cond_pooled) = self.encode_prompt(&params.prompt, params.long_prompt)?;
+        let uncond = match (&params.negative_prompt, cfg) {
+            (_, false) => None,
+            (None, true) if self.force_zeros_for_empty_prompt => {
+                Some((cond.zeros_like(), cond_pooled.zeros_like()))
+            }
+            (negative, true) => {
+                Some(self.encode_prompt(negative.as_deref().unwrap_or(""), params.long_prompt)?)
+            }
+        };
+        // original_size = target_size = (H, W), crops (0, 0): diffusers' defaults.
+        let (hh, ww) = (params.height as f32, params.width as f32);
+        let time_ids = [hh, ww, 0.0, 0.0, hh, ww];
+
+        let mut rng = TorchGenerator::new(params.seed);
+        let (mut latents, schedule) = self.initial_latents(params, &mut rng)?;
+        let mut sampler = Sampler::new(params.sampler, self.prediction, schedule);
+
+        let total = sampler.steps();
+        for i in 0..total {
+            let t = sampler.schedule().timesteps[i];
+            let model_input = sampler.scale_model_input(latents.clone(), i);
+            let noise_pred = match &uncond {
+                None => {
+                    self.unet
+                        .forward(model_input, &[t], &cond, cond_pooled.clone(), &[time_ids])
+                }
+                Some((uc, up)) => self.guided(
+                    model_input,
+                    t,
+                    (uc, up),
+                    (&cond, &cond_pooled),
+                    time_ids,
+                    params.guidance_scale,
+                ),
+            };
+            let step = sampler.step(latents, noise_pred, i, &mut rng);
+            latents = step.next;
+            let progress = StepProgress {
+                step: i + 1,
+                total_steps: total,
+                latents: &latents,
+                denoised: &step.denoised,
+            };
+            if on_step(progress) == Flow::Cancel {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(to_rgb(self.decode(latents)))
+    }
+
+    /// The schedule of a run and its starting latents: `randn([1, C, H/8, W/8])` from the
+    /// run's generator, times the schedule's initial σ (diffusers `prepare_latents`).
+    pub fn initial_latents(
+        &self,
+        params: &GenerationParams,
+        rng: &mut TorchGenerator,
+    ) -> Result<(Tensor<B, 4>, crate::sampling::Schedule), Error> {
+        let schedule = self
+            .scheduler
+            .schedule(params.sampler, params.scheduler, params.steps)?;
+        let shape = [
+            1,
+            self.latent_channels,
+            params.height / VAE_SCALE,
+            params.width / VAE_SCALE,
+        ];
+        let noise = rng.randn(shape.iter().product());
+        let latents = Tensor::<B, 4>::from_data(TensorData::new(noise, shape), &self.device)
+            * schedule.init_noise_sigma;
+        Ok((latents, schedule))
+    }
+
+    /// Classifier-free guidance: one UNet call on the batch [uncond, cond] (two calls when the
+    /// prompts chunked to different lengths); `uncond + scale · (cond − uncond)`.
+    fn guided(
+        &self,
+        x: Tensor<B, 4>,
+        t: f32,
+        (uc, up): (&Tensor<B, 3>, &Tensor<B, 2>),
+        (cc, cp): (&Tensor<B, 3>, &Tensor<B, 2>),
+        time_ids: [f32; 6],
+        scale: f32,
+    ) -> Tensor<B, 4> {
+        let (eps_u, eps_c) = if uc.dims() == cc.dims() {
+            let out = self.unet.forward(
+                Tensor::cat(vec![x.clone(), x], 0),
+                &[t, t],
+                &Tensor::cat(vec![uc.clone(), cc.clone()], 0),
+                Tensor::cat(vec![up.clone(), cp.clone()], 0),
+                &[time_ids, time_ids],
+            );
+            let [u, c] = <[Tensor<B, 4>; 2]>::try_from(out.chunk(2, 0)).expect("batch of two");
+            (u, c)
+        } else {
+            (
+                self.unet
+                    .forward(x.clone(), &[t], uc, up.clone(), &[time_ids]),
+                self.unet.forward(x, &[t], cc, cp.clone(), &[time_ids]),
+            )
+        };
+        eps_u.clone() + (eps_c - eps_u) * scale
+    }
+}
+
+/// A1111 `EmphasisOriginal`: z·w per token, then z·(mean before / mean after).
+fn apply_emphasis<B: Backend>(z: Tensor<B, 3>, chunk: &TokenChunk) -> Tensor<B, 3> {
+    if !chunk.is_weighted() {
+        return z;
+    }
+    let device = z.device();
+    let [_, len, _] = z.dims();
+    let weights =
+        Tensor::<B, 3>::from_data(TensorData::new(chunk.weights.clone(), [1, len, 1]), &device);
+    let original_mean = z.clone().mean();
+    let weighted = z * weights;
+    let new_mean = weighted.clone().mean();
+    weighted * (original_mean / new_mean).unsqueeze::<3>()
+}
+
+/// VAE output [1, 3, H, W] → 8-bit RGB: `round(clamp(x/2 + 0.5, 0, 1) · 255)`, as diffusers'
+/// `VaeImageProcessor.postprocess` + `numpy_to_pil`.
+pub fn to_rgb<B: Backend>(decoded: Tensor<B, 4>) -> image::RgbImage {
+    let [_, _, h, w] = decoded.dims();
+    let pixels = (decoded / 2.0 + 0.5).clamp(0.0, 1.0).permute([0, 2, 3, 1]);
+    let values: Vec<f32> = pixels
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 data");
+    let bytes = values
+        .iter()
+        .map(|v| (v * 255.0).round_ties_even() as u8)
+        .collect();
+    image::RgbImage::from_raw(w as u32, h as u32, bytes).expect("w·h·3 bytes")
+}

@@ -1,0 +1,185 @@
+//! Building burn modules from a [`TensorStore`], in the manner of candle's `VarBuilder`:
+//! a view with a name prefix (`.pp("down_blocks.0")`) that checks every shape it loads.
+
+use burn::module::Param;
+use burn::nn::conv::Conv2d;
+use burn::nn::{Embedding, GroupNorm, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use super::TensorStore;
+use crate::Error;
+
+#[derive(Clone)]
+pub struct Weights<'a, B: Backend> {
+    store: &'a TensorStore,
+    prefix: String,
+    device: B::Device,
+}
+
+impl<'a, B: Backend> Weights<'a, B> {
+    pub fn new(store: &'a TensorStore, device: &B::Device) -> Self {
+        Self {
+            store,
+            prefix: String::new(),
+            device: device.clone(),
+        }
+    }
+
+    /// A view one level down: `w.pp("mid_block").pp("resnets.0")`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Self {
+            store: self.store,
+            prefix,
+            device: self.device.clone(),
+        }
+    }
+
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.store.contains(&self.path(name))
+    }
+
+    /// Shape of a tensor under this view.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>, Error> {
+        let path = self.path(name);
+        self.store
+            .shape(&path)
+            .ok_or_else(|| Error::weights(format!("missing tensor `{path}`")))
+    }
+
+    /// A tensor of exactly `shape`. A 1×1 conv kernel `[o, i, 1, 1]` is accepted where a matrix
+    /// `[o, i]` is asked for (the LDM VAE stores its attention projections that way).
+    pub fn tensor<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, Error> {
+        let path = self.path(name);
+        let slot = self
+            .store
+            .get(&path)
+            .ok_or_else(|| Error::weights(format!("missing tensor `{path}`")))?;
+        let stored = slot.shape();
+        let mut trimmed = stored.clone();
+        while trimmed.len() > D && trimmed.last() == Some(&1) {
+            trimmed.pop();
+        }
+        if trimmed != shape {
+            return Err(Error::weights(format!(
+                "tensor `{path}` has shape {stored:?}, expected {shape:?}"
+            )));
+        }
+        let data = TensorData::new(slot.to_f32()?, shape);
+        Ok(Tensor::from_data(data, &self.device))
+    }
+
+    /// PyTorch `nn.Linear` (`weight [out, in]`); burn keeps `[in, out]`, so it is transposed
+    /// here (a strided view, no copy).
+    pub fn linear(
+        &self,
+        name: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Linear<B>, Error> {
+        let w = self.pp(name);
+        let weight = w.tensor("weight", [d_out, d_in])?.transpose();
+        let bias = if bias {
+            Some(Param::from_tensor(w.tensor("bias", [d_out])?))
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: Param::from_tensor(weight),
+            bias,
+        })
+    }
+
+    /// `nn.Linear` whose sizes are read from the stored weight, returning `(layer, d_in, d_out)`.
+    pub fn linear_any(&self, name: &str, bias: bool) -> Result<(Linear<B>, usize, usize), Error> {
+        let shape = self.pp(name).shape("weight")?;
+        let (d_out, d_in) = (shape[0], shape[1]);
+        Ok((self.linear(name, d_in, d_out, bias)?, d_in, d_out))
+    }
+
+    /// `nn.Conv2d` with a square kernel, given stride and symmetric padding.
+    pub fn conv2d(
+        &self,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Conv2d<B>, Error> {
+        let w = self.pp(name);
+        let weight = w.tensor("weight", [c_out, c_in, kernel, kernel])?;
+        let bias = w.tensor("bias", [c_out])?;
+        Ok(Conv2d {
+            weight: Param::from_tensor(weight),
+            bias: Some(Param::from_tensor(bias)),
+            stride: [stride, stride],
+            kernel_size: [kernel, kernel],
+            dilation: [1, 1],
+            groups: 1,
+            padding: PaddingConfig2d::Explicit(padding, padding, padding, padding),
+        })
+    }
+
+    pub fn group_norm(
+        &self,
+        name: &str,
+        groups: usize,
+        channels: usize,
+        eps: f64,
+    ) -> Result<GroupNorm<B>, Error> {
+        if channels % groups != 0 {
+            return Err(Error::weights(format!(
+                "`{}`: {channels} channels do not split into {groups} groups (set norm_num_groups)",
+                self.path(name)
+            )));
+        }
+        let w = self.pp(name);
+        Ok(GroupNorm {
+            gamma: Some(Param::from_tensor(w.tensor("weight", [channels])?)),
+            beta: Some(Param::from_tensor(w.tensor("bias", [channels])?)),
+            num_groups: groups,
+            num_channels: channels,
+            epsilon: eps,
+            affine: true,
+        })
+    }
+
+    pub fn layer_norm(&self, name: &str, dim: usize, eps: f64) -> Result<LayerNorm<B>, Error> {
+        let w = self.pp(name);
+        let mut norm = LayerNormConfig::new(dim)
+            .with_epsilon(eps)
+            .init(&self.device);
+        norm.gamma = Param::from_tensor(w.tensor("weight", [dim])?);
+        norm.beta = Some(Param::from_tensor(w.tensor("bias", [dim])?));
+        Ok(norm)
+    }
+
+    pub fn embedding(&self, name: &str, count: usize, dim: usize) -> Result<Embedding<B>, Error> {
+        Ok(Embedding {
+            weight: Param::from_tensor(self.pp(name).tensor("weight", [count, dim])?),
+        })
+    }
+}

@@ -1,0 +1,11 @@
+//! Model files: safetensors mmap, renaming of the single-file layouts, module builders.
+
+mod detect;
+mod ldm;
+mod loader;
+mod store;
+
+pub use detect::describe;
+pub use ldm::{open_clip_store, unet_store, vae_store};
+pub use loader::Weights;
+pub use store::{SafetensorsFile, TensorInfo, TensorSlot, TensorStore};

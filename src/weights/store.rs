@@ -1,0 +1,310 @@
+//! Memory-mapped safetensors files and a name → tensor index over them.
+//!
+//! A [`TensorStore`] holds the tensors of one network (a UNet, a VAE, a text encoder) under
+//! diffusers/transformers names, whatever layout they came from: the single-file layouts are
+//! renamed on open (see `ldm.rs`), so network code asks for one set of names only. A slot may
+//! stand for a row range of a fused tensor (OpenCLIP's `in_proj_weight` = [q; k; v]) or for a
+//! transposed matrix (OpenCLIP's `text_projection`, stored as `x @ P`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::Error;
+
+/// One safetensors file, mapped read-only.
+pub struct SafetensorsFile {
+    path: PathBuf,
+    mmap: Mmap,
+    data_start: usize,
+    tensors: Vec<(String, TensorInfo)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Range<usize>,
+}
+
+impl SafetensorsFile {
+    pub fn open(path: &Path) -> Result<Arc<Self>, Error> {
+        let file = File::open(path)
+            .map_err(|e| Error::weights(format!("cannot open {}: {e}", path.display())))?;
+        // SAFETY: the file is mapped read-only; a user replacing it while we run is outside what
+        // any mmap-based loader (safetensors, diffusers, ComfyUI) protects against.
+        let mmap = unsafe { Mmap::map(&file) }
+            .map_err(|e| Error::weights(format!("cannot map {}: {e}", path.display())))?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
+            Error::weights(format!("{} is not a safetensors file: {e}", path.display()))
+        })?;
+        let tensors = metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let (start, end) = info.data_offsets;
+                let info = TensorInfo {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    bytes: start..end,
+                };
+                (name, info)
+            })
+            .collect();
+        Ok(Arc::new(Self {
+            path: path.to_owned(),
+            mmap,
+            data_start: 8 + header_len,
+            tensors,
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every tensor of the file, in no particular order.
+    pub fn tensors(&self) -> &[(String, TensorInfo)] {
+        &self.tensors
+    }
+
+    fn bytes(&self, info: &TensorInfo) -> &[u8] {
+        &self.mmap[self.data_start + info.bytes.start..self.data_start + info.bytes.end]
+    }
+}
+
+/// Where the values of one named tensor come from.
+#[derive(Clone)]
+pub struct TensorSlot {
+    file: Arc<SafetensorsFile>,
+    info: TensorInfo,
+    /// Rows (along dim 0) of a fused tensor.
+    rows: Option<Range<usize>>,
+    /// Stored as the transpose of what the name means (a 2-D tensor).
+    transposed: bool,
+}
+
+impl TensorSlot {
+    pub fn new(file: Arc<SafetensorsFile>, info: TensorInfo) -> Self {
+        Self {
+            file,
+            info,
+            rows: None,
+            transposed: false,
+        }
+    }
+
+    pub fn rows(mut self, rows: Range<usize>) -> Self {
+        self.rows = Some(rows);
+        self
+    }
+
+    pub fn transposed(mut self) -> Self {
+        self.transposed = true;
+        self
+    }
+
+    /// Shape of the tensor this slot stands for.
+    pub fn shape(&self) -> Vec<usize> {
+        let mut shape = self.info.shape.clone();
+        if let Some(rows) = &self.rows {
+            shape[0] = rows.len();
+        }
+        if self.transposed {
+            shape.reverse();
+        }
+        shape
+    }
+
+    pub fn is_float(&self) -> bool {
+        matches!(
+            self.info.dtype,
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F8_E4M3 | Dtype::F64
+        )
+    }
+
+    /// The values as f32, row-major, upcast from the stored dtype.
+    pub fn to_f32(&self) -> Result<Vec<f32>, Error> {
+        let bytes = self.file.bytes(&self.info);
+        let row_len: usize = self.info.shape.iter().skip(1).product();
+        let elem = self.info.dtype.bitsize() / 8;
+        let bytes = match &self.rows {
+            Some(rows) => &bytes[rows.start * row_len * elem..rows.end * row_len * elem],
+            None => bytes,
+        };
+        let values = decode_f32(self.info.dtype, bytes).ok_or_else(|| {
+            Error::weights(format!(
+                "{}: tensor of dtype {:?} cannot be read as floats",
+                self.file.path().display(),
+                self.info.dtype
+            ))
+        })?;
+        if !self.transposed {
+            return Ok(values);
+        }
+        let stored = self.shape();
+        let (rows, cols) = (stored[1], stored[0]);
+        let mut out = vec![0.0; values.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                out[c * rows + r] = values[r * cols + c];
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn decode_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F8_E4M3 => bytes.iter().map(|&b| f8_e4m3_to_f32(b)).collect(),
+        _ => return None,
+    })
+}
+
+/// OCP FP8 E4M3 ("fn" variant used by torch.float8_e4m3fn): bias 7, no infinities,
+/// S.1111.111 is NaN.
+fn f8_e4m3_to_f32(byte: u8) -> f32 {
+    let sign = if byte & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exponent = ((byte >> 3) & 0x0f) as i32;
+    let mantissa = (byte & 0x07) as f32;
+    if exponent == 0x0f && byte & 0x07 == 0x07 {
+        return f32::NAN;
+    }
+    if exponent == 0 {
+        sign * mantissa / 8.0 * 2f32.powi(-6)
+    } else {
+        sign * (1.0 + mantissa / 8.0) * 2f32.powi(exponent - 7)
+    }
+}
+
+/// The tensors of one network, by name.
+#[derive(Clone, Default)]
+pub struct TensorStore {
+    slots: HashMap<String, TensorSlot>,
+}
+
+impl TensorStore {
+    /// All float tensors of `file` whose name starts with `prefix`, with the prefix removed.
+    /// Integer buffers (`position_ids`) are skipped.
+    pub fn from_file_prefix(file: &Arc<SafetensorsFile>, prefix: &str) -> Self {
+        let mut store = Self::default();
+        for (name, info) in file.tensors() {
+            if let Some(rest) = name.strip_prefix(prefix) {
+                let slot = TensorSlot::new(file.clone(), info.clone());
+                if slot.is_float() {
+                    store.insert(rest.to_owned(), slot);
+                }
+            }
+        }
+        store
+    }
+
+    pub fn insert(&mut self, name: String, slot: TensorSlot) {
+        self.slots.insert(name, slot);
+    }
+
+    pub fn extend(&mut self, other: TensorStore) {
+        self.slots.extend(other.slots);
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TensorSlot> {
+        self.slots.get(name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.slots.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.slots.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Shape of a named tensor, if present.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.slots.get(name).map(TensorSlot::shape)
+    }
+
+    /// How many consecutive indices `prefix.{0,1,..}.` have at least one tensor.
+    pub fn count_indexed(&self, prefix: &str) -> usize {
+        (0..)
+            .take_while(|i| {
+                let p = format!("{prefix}.{i}.");
+                self.names().any(|n| n.starts_with(&p))
+            })
+            .count()
+    }
+
+    /// Whether any tensor lives under `prefix.`.
+    pub fn has_prefix(&self, prefix: &str) -> bool {
+        let p = format!("{prefix}.");
+        self.names().any(|n| n.starts_with(&p))
+    }
+
+    /// A store of the tensors under `prefix.`, with the prefix removed.
+    pub fn sub(&self, prefix: &str) -> TensorStore {
+        let p = format!("{prefix}.");
+        let slots = self
+            .slots
+            .iter()
+            .filter_map(|(n, s)| n.strip_prefix(&p).map(|rest| (rest.to_owned(), s.clone())))
+            .collect();
+        TensorStore { slots }
+    }
+
+    /// The same tensors renamed by `rename` (names it maps to `None` are dropped).
+    pub fn renamed(self, rename: impl Fn(&str) -> Option<String>) -> TensorStore {
+        let slots = self
+            .slots
+            .into_iter()
+            .filter_map(|(n, s)| rename(&n).map(|n| (n, s)))
+            .collect();
+        TensorStore { slots }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fp8_e4m3_decodes_torch_values() {
+        // torch.tensor([1.0, -2.0, 0.015625, 448.0]).to(torch.float8_e4m3fn).view(torch.uint8)
+        assert_eq!(f8_e4m3_to_f32(0x38), 1.0);
+        assert_eq!(f8_e4m3_to_f32(0xc0), -2.0);
+        assert_eq!(f8_e4m3_to_f32(0x08), 0.015625);
+        assert_eq!(f8_e4m3_to_f32(0x7e), 448.0);
+        assert!(f8_e4m3_to_f32(0x7f).is_nan());
+        // Subnormal: 2^-9 is the smallest.
+        assert_eq!(f8_e4m3_to_f32(0x01), 2f32.powi(-9));
+    }
+}

@@ -1,0 +1,101 @@
+//! Reading the reference fixtures (tensors recorded from diffusers / transformers runs).
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use safetensors::{Dtype, SafeTensors};
+
+pub type B = hanga::backend::Cpu;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fixture tensor: values as f64 (ids and masks converted) and shape.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub values: Vec<f64>,
+    pub shape: Vec<usize>,
+}
+
+impl Recorded {
+    pub fn f32(&self) -> Vec<f32> {
+        self.values.iter().map(|&v| v as f32).collect()
+    }
+
+    pub fn tensor<const D: usize>(&self) -> Tensor<B, D> {
+        Tensor::from_data(
+            TensorData::new(self.f32(), self.shape.clone()),
+            &Default::default(),
+        )
+    }
+
+    pub fn ids(&self) -> Vec<u32> {
+        self.values.iter().map(|&v| v as u32).collect()
+    }
+}
+
+pub fn load(path: &Path) -> HashMap<String, Recorded> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data = view.data();
+            let values: Vec<f64> = match view.dtype() {
+                Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::I64 => data
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
+                    .collect(),
+                Dtype::BOOL => data.iter().map(|&b| b as f64).collect(),
+                other => panic!("{name}: unexpected dtype {other:?}"),
+            };
+            (
+                name,
+                Recorded {
+                    values,
+                    shape: view.shape().to_vec(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// max |a - b| over all elements (shapes must agree in size).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "sizes differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+pub fn max_abs(a: &[f32]) -> f32 {
+    a.iter().map(|x| x.abs()).fold(0.0, f32::max)
+}
+
+pub fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+/// Asserts max |got - expected| ≤ tol · max(1, max |expected|) and returns the error.
+pub fn assert_close(what: &str, got: &[f32], expected: &[f32], tol: f32) -> f32 {
+    let err = max_abs_diff(got, expected);
+    let scale = max_abs(expected).max(1.0);
+    assert!(
+        err <= tol * scale,
+        "{what}: max abs error {err:e} > {tol:e} × {scale}"
+    );
+    err
+}

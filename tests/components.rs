@@ -1,0 +1,223 @@
+//! Each network and scheduler against the reference implementation on the same tiny weights
+//! (fixtures: ../shared/reference/components). Tolerance: max abs error ≤ 1e-4, relative to the
+//! output's scale where it exceeds 1.
+
+mod common;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use common::{B, assert_close, fixtures, load, values};
+use hanga::models::clip::{Activation, ClipConfig, ClipTextModel};
+use hanga::models::unet_sdxl::{UNet, UNetConfig};
+use hanga::models::vae::{Decoder, Encoder, VaeConfig};
+use hanga::sampling::{
+    NoiseSource, Prediction, Sampler, SamplerKind, ScheduleKind, SchedulerConfig,
+};
+use hanga::weights::{SafetensorsFile, TensorStore};
+
+const TOL: f32 = 1e-4;
+
+fn store(dir: &str, file: &str) -> TensorStore {
+    TensorStore::from_file_prefix(
+        &SafetensorsFile::open(&fixtures().join("components").join(dir).join(file)).unwrap(),
+        "",
+    )
+}
+
+fn config(dir: &str) -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("components").join(dir).join("config.json"))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn check_clip(dir: &str, act: Activation, pooled_key: &str) {
+    let weights = store(dir, "model.safetensors");
+    let cfg = ClipConfig::detect(&weights, &config(dir), act).unwrap();
+    let model = ClipTextModel::<B>::load(&weights, &cfg, &Default::default()).unwrap();
+    let io = load(
+        &fixtures()
+            .join("components")
+            .join(dir)
+            .join("io.safetensors"),
+    );
+    let ids = &io["in.input_ids"];
+    let [batch, len] = [ids.shape[0], ids.shape[1]];
+    let eos_id = config(dir)["eos_token_id"].as_u64().unwrap() as f64;
+    let eos: Vec<usize> = (0..batch)
+        .map(|b| {
+            ids.values[b * len..(b + 1) * len]
+                .iter()
+                .position(|&v| v == eos_id)
+                .unwrap()
+        })
+        .collect();
+    let ids_i64: Vec<i64> = ids.values.iter().map(|&v| v as i64).collect();
+    let input =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(ids_i64, [batch, len]), &Default::default());
+    let out = model.forward(input, &eos);
+    let e1 = assert_close(
+        &format!("{dir} penultimate"),
+        &values(out.penultimate),
+        &io["out.penultimate_hidden_state"].f32(),
+        TOL,
+    );
+    let e2 = assert_close(
+        &format!("{dir} pooled"),
+        &values(out.pooled),
+        &io[pooled_key].f32(),
+        TOL,
+    );
+    println!("{dir}: penultimate {e1:e}, pooled {e2:e}");
+}
+
+#[test]
+fn clip_l_matches_transformers() {
+    check_clip(
+        "clip_l_text_encoder",
+        Activation::QuickGelu,
+        "out.pooler_output",
+    );
+}
+
+#[test]
+fn clip_g_matches_transformers() {
+    check_clip("clip_g_text_encoder", Activation::Gelu, "out.text_embeds");
+}
+
+#[test]
+fn sdxl_unet_matches_diffusers() {
+    let weights = store("sdxl_unet", "diffusion_pytorch_model.safetensors");
+    let io = load(&fixtures().join("components/sdxl_unet/io.safetensors"));
+    let pooled_dim = io["in.text_embeds"].shape[1];
+    let cfg = UNetConfig::detect(&weights, &config("sdxl_unet"), pooled_dim).unwrap();
+    let unet = UNet::<B>::load(&weights, &cfg, &Default::default()).unwrap();
+    let time_ids: Vec<[f32; 6]> = io["in.time_ids"]
+        .f32()
+        .chunks_exact(6)
+        .map(|c| c.try_into().unwrap())
+        .collect();
+    let out = unet.forward(
+        io["in.sample"].tensor(),
+        &io["in.timestep"].f32(),
+        &io["in.encoder_hidden_states"].tensor(),
+        io["in.text_embeds"].tensor(),
+        &time_ids,
+    );
+    let err = assert_close("unet", &values(out), &io["out.sample"].f32(), TOL);
+    println!("unet: {err:e}");
+}
+
+#[test]
+fn sdxl_vae_matches_diffusers() {
+    let weights = store("sdxl_vae", "diffusion_pytorch_model.safetensors");
+    let cfg = VaeConfig::detect(&weights, &config("sdxl_vae"), 0.13025, 0.0).unwrap();
+    let io = load(&fixtures().join("components/sdxl_vae/io.safetensors"));
+    let decoder = Decoder::<B>::load(&weights, &cfg, &Default::default()).unwrap();
+    let decoded = decoder.forward(io["in.latent"].tensor());
+    let e1 = assert_close(
+        "vae decode",
+        &values(decoded),
+        &io["out.decoded"].f32(),
+        TOL,
+    );
+    let encoder = Encoder::<B>::load(&weights, &cfg, &Default::default()).unwrap();
+    let mean = encoder.forward(io["in.image"].tensor());
+    let e2 = assert_close(
+        "vae encode",
+        &values(mean),
+        &io["out.latent_mean"].f32(),
+        TOL,
+    );
+    println!("vae: decode {e1:e}, encode {e2:e}");
+}
+
+/// The scheduler fixture drives each scheduler with fixed "model outputs" from one sample.
+#[test]
+fn schedulers_match_diffusers() {
+    let io = load(&fixtures().join("components/schedulers/io.safetensors"));
+    let outputs = &io["in.model_outputs"];
+    let steps = outputs.shape[0];
+    let per_step: usize = outputs.shape[1..].iter().product();
+    let shape: [usize; 4] = io["in.sample0"].shape.clone().try_into().unwrap();
+    let cases = [
+        ("euler_sdxl", SamplerKind::Euler, ScheduleKind::Normal),
+        (
+            "euler_sdxl_karras",
+            SamplerKind::Euler,
+            ScheduleKind::Karras,
+        ),
+        (
+            "euler_a_sdxl",
+            SamplerKind::EulerAncestral,
+            ScheduleKind::Normal,
+        ),
+        ("dpmpp_2m_sdxl", SamplerKind::DpmPp2m, ScheduleKind::Normal),
+        (
+            "dpmpp_2m_sdxl_karras",
+            SamplerKind::DpmPp2m,
+            ScheduleKind::Karras,
+        ),
+    ];
+    for (name, kind, schedule_kind) in cases {
+        let schedule = SchedulerConfig::default()
+            .schedule(kind, schedule_kind, steps)
+            .unwrap();
+        assert_close(
+            &format!("{name} timesteps"),
+            &schedule.timesteps,
+            &io[&format!("out.{name}.timesteps")].f32(),
+            TOL,
+        );
+        assert_close(
+            &format!("{name} sigmas"),
+            &schedule.sigmas,
+            &io[&format!("out.{name}.sigmas")].f32(),
+            TOL,
+        );
+        let mut sampler = Sampler::<B>::new(kind, Prediction::Epsilon, schedule);
+        let mut x: Tensor<B, 4> = io["in.sample0"].tensor();
+        let scaled = io[&format!("out.{name}.scaled_model_input")].f32();
+        let expected = io[&format!("out.{name}.prev_samples")].f32();
+        // Euler-ancestral's noise is whatever the reference generator drew; replay it.
+        let ancestral = io
+            .get(&format!("out.{name}.ancestral_noise"))
+            .map(|r| r.f32());
+        for i in 0..steps {
+            let range = i * per_step..(i + 1) * per_step;
+            assert_close(
+                &format!("{name} scaled input {i}"),
+                &values(sampler.scale_model_input(x.clone(), i)),
+                &scaled[range.clone()],
+                TOL,
+            );
+            let eps = Tensor::<B, 4>::from_data(
+                TensorData::new(outputs.f32()[range.clone()].to_vec(), shape),
+                &Default::default(),
+            );
+            let mut noise = Replay(ancestral.as_ref().map(|n| n[range.clone()].to_vec()));
+            x = sampler.step(x, eps, i, &mut noise).next;
+            assert_close(
+                &format!("{name} step {i}"),
+                &values(x.clone()),
+                &expected[range],
+                TOL,
+            );
+        }
+    }
+}
+
+/// Gives back the noise the reference scheduler drew at one step.
+struct Replay(Option<Vec<f32>>);
+
+impl NoiseSource for Replay {
+    fn randn(&mut self, n: usize) -> Vec<f32> {
+        let noise = self
+            .0
+            .take()
+            .expect("only ancestral steps draw noise, once per step");
+        assert_eq!(noise.len(), n);
+        noise
+    }
+}

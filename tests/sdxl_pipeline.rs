@@ -1,0 +1,258 @@
+//! SDXL end to end against diffusers' StableDiffusionXLPipeline on the tiny checkpoint, from the
+//! single-file layout and from the diffusers folder (fixtures: ../shared/reference/pipelines/sdxl).
+//! Tolerances (issue #2): initial noise ≤ 1e-6, each step's latents ≤ 1e-3, image ≤ 2/255.
+
+mod common;
+
+use std::process::Command;
+
+use common::{B, Recorded, assert_close, fixtures, load, max_abs_diff, repo, values};
+use hanga::pipelines::{Flow, GenerationParams, SdxlPipeline};
+use hanga::registry::Manifest;
+use hanga::sampling::{SamplerKind, ScheduleKind, TorchGenerator};
+use hanga::text::LongPrompt;
+
+const CASES: [&str; 5] = [
+    "sdxl_dpmpp2m-karras_64x128_neg-empty-string",
+    "sdxl_euler-a_64x64_neg",
+    "sdxl_euler_64x64_neg-none",
+    "sdxl_euler_64x64_no-cfg_long-prompt",
+    "sdxl_euler_96x64_neg",
+];
+
+struct Case {
+    params: GenerationParams,
+    tensors: std::collections::HashMap<String, Recorded>,
+    png: image::RgbImage,
+}
+
+fn case(id: &str) -> Case {
+    let dir = fixtures().join("sdxl/cases").join(id);
+    // Python's json writes -Infinity (lambda_min_clipped), which is not JSON.
+    let text = std::fs::read_to_string(dir.join("case.json"))
+        .unwrap()
+        .replace("-Infinity", "null");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let (sampler, scheduler) = match json["scheduler_name"].as_str().unwrap() {
+        "euler" => (SamplerKind::Euler, ScheduleKind::Normal),
+        "euler_a" => (SamplerKind::EulerAncestral, ScheduleKind::Normal),
+        "dpmpp_2m_karras" => (SamplerKind::DpmPp2m, ScheduleKind::Karras),
+        other => panic!("unexpected scheduler {other}"),
+    };
+    let params = GenerationParams {
+        prompt: json["prompt"].as_str().unwrap().into(),
+        negative_prompt: json["negative_prompt"].as_str().map(Into::into),
+        width: json["width"].as_u64().unwrap() as usize,
+        height: json["height"].as_u64().unwrap() as usize,
+        steps: json["num_inference_steps"].as_u64().unwrap() as usize,
+        guidance_scale: json["guidance_scale"].as_f64().unwrap() as f32,
+        sampler,
+        scheduler,
+        seed: json["seed"].as_u64().unwrap(),
+        // diffusers cuts prompts at 77 tokens.
+        long_prompt: LongPrompt::Truncate,
+    };
+    let png = image::open(dir.join("image.png")).unwrap().to_rgb8();
+    Case {
+        params,
+        tensors: load(&dir.join("case.safetensors")),
+        png,
+    }
+}
+
+fn single_file_manifest() -> Manifest {
+    Manifest::from_file(&repo().join("model_manifests/sdxl-tiny-demo.toml")).unwrap()
+}
+
+fn diffusers_manifest() -> Manifest {
+    Manifest::from_file(&fixtures().join("sdxl/diffusers.toml")).unwrap()
+}
+
+fn max_pixel_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap()
+}
+
+fn run_case(pipeline: &SdxlPipeline<B>, layout: &str, id: &str) {
+    let case = case(id);
+    let t = &case.tensors;
+    let p = &case.params;
+
+    // Text encoding (diagnostic tolerance 1e-4).
+    let (cond, pooled) = pipeline.encode_prompt(&p.prompt, p.long_prompt).unwrap();
+    assert_close(
+        &format!("{layout}/{id} prompt_embeds"),
+        &values(cond),
+        &t["text.prompt_embeds"].f32(),
+        1e-4,
+    );
+    assert_close(
+        &format!("{layout}/{id} pooled"),
+        &values(pooled),
+        &t["text.pooled_prompt_embeds"].f32(),
+        1e-4,
+    );
+
+    // Initial noise and latents.
+    let mut rng = TorchGenerator::new(p.seed);
+    let (init, schedule) = pipeline.initial_latents(p, &mut rng).unwrap();
+    let noise = values(init.clone().div_scalar(schedule.init_noise_sigma));
+    let noise_err = max_abs_diff(&noise, &t["noise"].f32());
+    assert!(
+        noise_err <= 1e-6,
+        "{layout}/{id}: noise error {noise_err:e}"
+    );
+    assert_close(
+        &format!("{layout}/{id} timesteps"),
+        &schedule.timesteps,
+        &t["timesteps"].f32(),
+        1e-4,
+    );
+    assert_close(
+        &format!("{layout}/{id} sigmas"),
+        &schedule.sigmas,
+        &t["sigmas"].f32(),
+        1e-4,
+    );
+
+    // Every step's latents, then the image.
+    let mut worst_step = 0.0f32;
+    let image = pipeline
+        .generate(p, &mut |progress| {
+            let key = format!("latents.step{}", progress.step - 1);
+            let err = max_abs_diff(&values(progress.latents.clone()), &t[&key].f32());
+            assert!(err <= 1e-3, "{layout}/{id} {key}: max abs error {err:e}");
+            worst_step = worst_step.max(err);
+            Flow::Continue
+        })
+        .unwrap();
+    let pixel = max_pixel_diff(&image, &case.png);
+    assert!(pixel <= 2, "{layout}/{id}: image differs by {pixel}/255");
+    println!("{layout}/{id}: noise {noise_err:e}, latents {worst_step:e}, image {pixel}/255");
+}
+
+#[test]
+fn single_file_checkpoint_matches_diffusers() {
+    let pipeline = SdxlPipeline::<B>::load(&single_file_manifest(), &Default::default()).unwrap();
+    for id in CASES {
+        run_case(&pipeline, "single-file", id);
+    }
+}
+
+#[test]
+fn diffusers_folder_matches_diffusers() {
+    let pipeline = SdxlPipeline::<B>::load(&diffusers_manifest(), &Default::default()).unwrap();
+    for id in CASES {
+        run_case(&pipeline, "diffusers", id);
+    }
+}
+
+#[test]
+fn vae_decode_matches_diffusers() {
+    let pipeline = SdxlPipeline::<B>::load(&single_file_manifest(), &Default::default()).unwrap();
+    let t = case(CASES[2]).tensors;
+    let decoded = pipeline.decode(t["latents.final"].tensor());
+    assert_close("vae.output", &values(decoded), &t["vae.output"].f32(), 1e-4);
+}
+
+#[test]
+fn cli_generate_writes_the_reference_image() {
+    let out_dir = std::env::temp_dir().join(format!("hanga-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).unwrap();
+    for id in CASES {
+        let case = case(id);
+        let p = &case.params;
+        let out = out_dir.join(format!("{id}.png"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hanga"));
+        cmd.current_dir(repo()).args([
+            "generate",
+            "--model",
+            "sdxl-tiny-demo",
+            "--prompt",
+            &p.prompt,
+        ]);
+        if let Some(n) = &p.negative_prompt {
+            cmd.args(["--negative-prompt", n]);
+        }
+        cmd.args([
+            "--width",
+            &p.width.to_string(),
+            "--height",
+            &p.height.to_string(),
+        ])
+        .args([
+            "--steps",
+            &p.steps.to_string(),
+            "--guidance-scale",
+            &p.guidance_scale.to_string(),
+        ])
+        .args([
+            "--sampler",
+            p.sampler.name(),
+            "--scheduler",
+            p.scheduler.name(),
+        ])
+        .args([
+            "--seed",
+            &p.seed.to_string(),
+            "--long-prompt",
+            "truncate",
+            "--device",
+            "cpu",
+        ])
+        .arg("-o")
+        .arg(&out);
+        let status = cmd.output().unwrap();
+        assert!(
+            status.status.success(),
+            "{id}: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let bytes = std::fs::read(&out).unwrap();
+        let image = image::load_from_memory(&bytes).unwrap().to_rgb8();
+        let pixel = max_pixel_diff(&image, &case.png);
+        assert!(pixel <= 2, "{id}: CLI image differs by {pixel}/255");
+        let parameters = hanga::output::png::read_parameters(&bytes).expect("parameters chunk");
+        assert!(parameters.starts_with(&p.prompt), "{parameters}");
+        assert!(
+            parameters.contains(&format!("Seed: {}", p.seed)),
+            "{parameters}"
+        );
+        assert!(
+            parameters.contains(&format!("Size: {}x{}", p.width, p.height)),
+            "{parameters}"
+        );
+    }
+    std::fs::remove_dir_all(&out_dir).ok();
+}
+
+#[test]
+fn wrong_checkpoint_gets_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("hanga-wrong-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vae = fixtures().join("components/sdxl_vae/diffusion_pytorch_model.safetensors");
+    let manifest_path = dir.join("wrong.toml");
+    std::fs::write(
+        &manifest_path,
+        format!(
+            "id = \"wrong\"\nname = \"w\"\nfamily = \"sdxl\"\n[files]\ncheckpoint = {:?}\n",
+            vae.display().to_string()
+        ),
+    )
+    .unwrap();
+    let manifest = Manifest::from_file(&manifest_path).unwrap();
+    let err = SdxlPipeline::<B>::load(&manifest, &Default::default())
+        .err()
+        .expect("a VAE is not an SDXL checkpoint");
+    let message = err.to_string();
+    assert!(
+        message.contains("not an SDXL checkpoint") && message.contains("a VAE"),
+        "{message}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
