@@ -1,25 +1,26 @@
 # hanga — two commands do everything: `make run` and `make test`.
 CARGO ?= cargo
-HOST ?= 127.0.0.1
-PORT ?= 8000
 
-.PHONY: run test build bench check-gpu fmt
+.PHONY: run test release bench check-gpu fmt
 
-# Builds and generates an image with the bundled demo model (random weights) — the HTTP
-# server (`hanga serve`) is issue #3.
-run: build
-	./target/release/hanga generate --model sdxl-tiny-demo --prompt "a watercolor fox in the snow" --seed 42 -o demo.png
+# Builds and generates demo.png with the bundled demo model (random weights). The dev profile
+# (dependencies at opt-level 3) shares its build with `make test`; `make release` for a binary
+# to ship.
+run:
+	$(CARGO) run -- generate --model sdxl-tiny-demo --prompt "a watercolor fox in the snow" --seed 42 -o demo.png
 
-build:
+release:
 	$(CARGO) build --release
 
 # Unit, component, pipeline and CLI tests on the tiny reference checkpoints (CPU).
 test:
 	$(CARGO) test --all-targets
 
-# UNet step and VAE decode timings on CPU (see benches/README.md).
+# UNet step and VAE decode timings on CPU beside PyTorch's (benches/denoise.rs). Runs the
+# bench binary from the test build (dependencies at opt-level 3) rather than a second, release
+# build of everything. HANGA_BENCH_PYTHON names a Python with torch and diffusers.
 bench:
-	$(CARGO) bench --bench denoise
+	$(CARGO) test --bench denoise -- --bench
 
 # The GPU backends must keep compiling even on machines without a GPU.
 check-gpu:

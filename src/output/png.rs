@@ -16,10 +16,7 @@ pub fn a1111_parameters(params: &GenerationParams, model: &str) -> String {
     }
     let mut fields = vec![
         format!("Steps: {}", params.steps),
-        format!(
-            "Sampler: {}",
-            params.sampler.a1111_name(ScheduleKind::Normal)
-        ),
+        format!("Sampler: {}", params.sampler.a1111_name()),
     ];
     if params.scheduler == ScheduleKind::Karras {
         fields.push("Schedule type: Karras".into());

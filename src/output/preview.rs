@@ -53,3 +53,33 @@ pub fn jpeg(image: &image::RgbImage, quality: u8) -> Vec<u8> {
         .expect("JPEG encoding into memory");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::TensorData;
+
+    #[test]
+    fn projects_each_latent_pixel() {
+        // Two pixels: all-zero latents give the bias; a unit first channel adds its row.
+        let latents = Tensor::<crate::backend::Cpu, 4>::from_data(
+            TensorData::new(vec![0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [1, 4, 1, 2]),
+            &Default::default(),
+        );
+        let image = latent_preview(&latents, &SDXL_LATENT_RGB);
+        assert_eq!(image.dimensions(), (2, 1));
+        let expect = |v: f32| (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8;
+        assert_eq!(
+            image.get_pixel(0, 0).0,
+            [expect(0.1084), expect(-0.0175), expect(-0.0011)]
+        );
+        assert_eq!(
+            image.get_pixel(1, 0).0,
+            [
+                expect(0.3651 + 0.1084),
+                expect(0.4232 - 0.0175),
+                expect(0.4341 - 0.0011)
+            ]
+        );
+    }
+}

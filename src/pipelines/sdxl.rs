@@ -237,10 +237,6 @@ impl<B: Backend> SdxlPipeline<B> {
         })
     }
 
-    pub fn device(&self) -> &B::Device {
-        &self.device
-    }
-
     /// A prompt → (context [1, 77·k, L+G], pooled [1, P]): the penultimate states of both
     /// encoders concatenated on channels, chunk by chunk; the bigG pooled output of the first
     /// chunk. Emphasis weights follow A1111's "Original" method per encoder and chunk: scale

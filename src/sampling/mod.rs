@@ -65,12 +65,11 @@ impl SamplerKind {
     }
 
     /// The name A1111 writes in its `parameters` text ("Sampler: ...").
-    pub fn a1111_name(self, schedule: ScheduleKind) -> &'static str {
-        match (self, schedule) {
-            (SamplerKind::Euler, _) => "Euler",
-            (SamplerKind::EulerAncestral, _) => "Euler a",
-            (SamplerKind::DpmPp2m, ScheduleKind::Karras) => "DPM++ 2M Karras",
-            (SamplerKind::DpmPp2m, ScheduleKind::Normal) => "DPM++ 2M",
+    pub fn a1111_name(self) -> &'static str {
+        match self {
+            SamplerKind::Euler => "Euler",
+            SamplerKind::EulerAncestral => "Euler a",
+            SamplerKind::DpmPp2m => "DPM++ 2M",
         }
     }
 }

@@ -241,14 +241,6 @@ impl TensorStore {
         self.slots.keys().map(String::as_str)
     }
 
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     /// Shape of a named tensor, if present.
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.slots.get(name).map(TensorSlot::shape)
