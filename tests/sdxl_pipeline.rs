@@ -256,3 +256,67 @@ fn wrong_checkpoint_gets_a_clear_error() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn long_prompts_chunk_and_emphasis_rescales() {
+    let pipeline = SdxlPipeline::<B>::load(&single_file_manifest(), &Default::default()).unwrap();
+    let case = case("sdxl_euler_64x64_no-cfg_long-prompt");
+    let prompt = &case.params.prompt;
+    let (truncated, pooled_t) = pipeline
+        .encode_prompt(prompt, LongPrompt::Truncate)
+        .unwrap();
+    let (chunked, pooled_c) = pipeline.encode_prompt(prompt, LongPrompt::Chunk).unwrap();
+    assert_eq!(truncated.dims(), [1, 77, 96]);
+    let [_, tokens, width] = chunked.dims();
+    assert!(
+        tokens > 77 && tokens % 77 == 0 && width == 96,
+        "whole 77-token chunks: {tokens}"
+    );
+    assert_eq!(
+        pooled_t.dims(),
+        pooled_c.dims(),
+        "one pooled vector, the first chunk's"
+    );
+    let mut chunked_params = case.params.clone();
+    chunked_params.long_prompt = LongPrompt::Chunk;
+    let image = pipeline
+        .generate(&chunked_params, &mut |_| Flow::Continue)
+        .unwrap();
+    assert_ne!(image, case.png, "the second chunk conditions the image");
+
+    // Emphasis scales the token's states and keeps each chunk's mean (A1111 "Original").
+    let (plain, _) = pipeline
+        .encode_prompt("a red sofa", LongPrompt::Chunk)
+        .unwrap();
+    let (weighted, _) = pipeline
+        .encode_prompt("a (red:1.3) sofa", LongPrompt::Chunk)
+        .unwrap();
+    let (plain, weighted) = (values(plain), values(weighted));
+    assert!(max_abs_diff(&plain, &weighted) > 1e-3);
+    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+    // Means per encoder (L: first 32 channels, G: the other 64) are restored separately.
+    for (lo, hi) in [(0, 32), (32, 96)] {
+        let part = |v: &[f32]| {
+            v.chunks(96)
+                .flat_map(|row| row[lo..hi].to_vec())
+                .collect::<Vec<f32>>()
+        };
+        assert!((mean(&part(&plain)) - mean(&part(&weighted))).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn cancelling_stops_between_steps() {
+    let pipeline = SdxlPipeline::<B>::load(&single_file_manifest(), &Default::default()).unwrap();
+    let mut seen = 0;
+    let result = pipeline.generate(&case(CASES[2]).params, &mut |p| {
+        seen = p.step;
+        if p.step == 2 {
+            Flow::Cancel
+        } else {
+            Flow::Continue
+        }
+    });
+    assert!(matches!(result, Err(hanga::Error::Cancelled)));
+    assert_eq!(seen, 2);
+}
