@@ -71,6 +71,22 @@ impl VaeConfig {
 
 const EPS: f64 = 1e-6;
 
+/// `count` resnets of a block (`resnets.0..count`), the first taking `c_in` channels.
+fn load_resnets<B: Backend>(
+    w: &Weights<B>,
+    count: usize,
+    c_in: usize,
+    c_out: usize,
+    groups: usize,
+) -> Result<Vec<ResnetBlock2D<B>>, Error> {
+    (0..count)
+        .map(|j| {
+            let c = if j == 0 { c_in } else { c_out };
+            ResnetBlock2D::load(&w.pp("resnets").pp(j), c, c_out, None, groups, EPS)
+        })
+        .collect()
+}
+
 /// `UNetMidBlock2D`: resnet, single-head self-attention over all pixels, resnet.
 #[derive(Module, Debug)]
 struct MidBlock<B: Backend> {
@@ -158,18 +174,7 @@ impl<B: Backend> Decoder<B> {
         for i in 0..ch.len() {
             let c = ch[ch.len() - 1 - i];
             let b = w.pp("up_blocks").pp(i);
-            let resnets = (0..=cfg.layers_per_block)
-                .map(|j| {
-                    ResnetBlock2D::load(
-                        &b.pp("resnets").pp(j),
-                        if j == 0 { c_prev } else { c },
-                        c,
-                        None,
-                        groups,
-                        EPS,
-                    )
-                })
-                .collect::<Result<_, _>>()?;
+            let resnets = load_resnets(&b, cfg.layers_per_block + 1, c_prev, c, groups)?;
             let upsample = if i + 1 < ch.len() {
                 Some(Upsample2D::load(&b.pp("upsamplers.0"), c)?)
             } else {
@@ -240,18 +245,7 @@ impl<B: Backend> Encoder<B> {
         let mut c_prev = ch[0];
         for (i, &c) in ch.iter().enumerate() {
             let b = w.pp("down_blocks").pp(i);
-            let resnets = (0..cfg.layers_per_block)
-                .map(|j| {
-                    ResnetBlock2D::load(
-                        &b.pp("resnets").pp(j),
-                        if j == 0 { c_prev } else { c },
-                        c,
-                        None,
-                        groups,
-                        EPS,
-                    )
-                })
-                .collect::<Result<_, _>>()?;
+            let resnets = load_resnets(&b, cfg.layers_per_block, c_prev, c, groups)?;
             let downsample = if i + 1 < ch.len() {
                 // diffusers Downsample2D(padding=0): pad (0, 1, 0, 1) then a stride-2 conv.
                 let mut conv = b.pp("downsamplers.0").conv2d("conv", c, c, 3, 2, 0)?;
