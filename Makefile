@@ -3,11 +3,11 @@ CARGO ?= cargo
 
 .PHONY: run test release bench check-gpu fmt
 
-# Builds and generates demo.png with the bundled demo model (random weights). The dev profile
-# (dependencies at opt-level 3) shares its build with `make test`; `make release` for a binary
-# to ship.
+# Builds and starts the server on 127.0.0.1:8000 with the bundled demo model (random weights):
+# Swagger UI at http://127.0.0.1:8000/docs. The dev profile (dependencies at opt-level 3)
+# shares its build with `make test`; `make release` for a binary to ship.
 run:
-	$(CARGO) run -- generate --model sdxl-tiny-demo --prompt "a watercolor fox in the snow" --seed 42 -o demo.png
+	$(CARGO) run -- serve --host 127.0.0.1 --port 8000 --default-model sdxl-tiny-demo
 
 release:
 	$(CARGO) build --release

@@ -7,14 +7,20 @@
 //! - `pipelines/`: tokenize → encode → sample → decode, per family.
 //! - `registry/`: model manifests.
 //! - `output/`: PNG with A1111 metadata, latent previews.
+//! - `server/`: HTTP (where HTTP ends); `queue/`: jobs, priorities, events; `runner.rs`: the
+//!   thread that owns the device; `store/`: images and the sled index.
 
 pub mod backend;
 mod error;
 pub mod models;
 pub mod output;
 pub mod pipelines;
+pub mod queue;
 pub mod registry;
+pub mod runner;
 pub mod sampling;
+pub mod server;
+pub mod store;
 pub mod text;
 pub mod weights;
 

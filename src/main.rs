@@ -1,9 +1,10 @@
-//! The `hanga` command: `hanga generate` (one image, from the command line).
+//! The `hanga` command: `hanga serve` (the HTTP server) and `hanga generate` (one image, from
+//! the command line).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -11,6 +12,7 @@ use hanga::backend::DeviceKind;
 use hanga::output::png::{a1111_parameters, encode_png};
 use hanga::pipelines::{Flow, GenerationRequest, Pipeline};
 use hanga::registry::Registry;
+use hanga::server::ServeOptions;
 use hanga::text::LongPrompt;
 use hanga::{Error, with_backend};
 
@@ -27,8 +29,45 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the HTTP API (Swagger UI at /docs).
+    Serve(ServeArgs),
     /// Generate one image and write it as PNG (with A1111-style `parameters` metadata).
     Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, env = "HANGA_HOST", default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, env = "HANGA_PORT", default_value_t = 8000)]
+    port: u16,
+    /// Images (`outputs/`) and the job and image index live here.
+    #[arg(long, env = "HANGA_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Cache of gallery thumbnails.
+    #[arg(long, env = "HANGA_THUMBNAILS_DIR", default_value = "thumbnails")]
+    thumbnails_dir: PathBuf,
+    /// Extra directories of model manifests (`model_manifests/` is always read if present).
+    #[arg(long = "manifests", env = "HANGA_MANIFESTS", value_delimiter = ',')]
+    manifests: Vec<PathBuf>,
+    /// cpu, or a GPU backend this binary was built with (cuda, wgpu).
+    #[arg(long, env = "HANGA_DEVICE")]
+    device: Option<DeviceKind>,
+    /// The model used when a request names none (default: the first manifest by id).
+    #[arg(long, env = "HANGA_DEFAULT_MODEL")]
+    default_model: Option<String>,
+    /// text | json
+    #[arg(long, env = "HANGA_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+    /// Allow browser requests from this origin (CORS is off without it).
+    #[arg(long, env = "HANGA_CORS_ORIGIN")]
+    cors_origin: Option<String>,
+    /// Jobs that may wait at once; more get 429.
+    #[arg(long, env = "HANGA_QUEUE_CAPACITY", default_value_t = 1000)]
+    queue_capacity: usize,
+    /// Least milliseconds between two previews of a job on its SSE stream.
+    #[arg(long, env = "HANGA_PREVIEW_INTERVAL_MS", default_value_t = 250)]
+    preview_interval_ms: u64,
 }
 
 #[derive(Args)]
@@ -74,6 +113,7 @@ struct GenerateArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve(args),
         Command::Generate(args) => generate(args),
     };
     match result {
@@ -93,6 +133,46 @@ fn manifest_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
     }
     dirs.extend(extra.iter().cloned());
     dirs
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), Error> {
+    let json = match args.log_format.as_str() {
+        "text" => false,
+        "json" => true,
+        other => {
+            return Err(Error::config(format!(
+                "--log-format must be text or json, not `{other}`"
+            )));
+        }
+    };
+    init_logs(json);
+    let options = ServeOptions {
+        host: args.host,
+        port: args.port,
+        data_dir: args.data_dir,
+        thumbnails_dir: args.thumbnails_dir,
+        registry: Registry::scan(&manifest_dirs(&args.manifests))?,
+        device: args.device.unwrap_or_else(DeviceKind::preferred),
+        default_model: args.default_model,
+        queue_capacity: args.queue_capacity,
+        preview_interval: Duration::from_millis(args.preview_interval_ms),
+        cors_origin: args.cors_origin,
+        max_body_bytes: 1 << 20,
+    };
+    tokio::runtime::Runtime::new()?.block_on(hanga::server::serve(options))
 }
 
 fn generate(args: GenerateArgs) -> Result<(), Error> {

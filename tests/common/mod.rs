@@ -1,6 +1,8 @@
 //! Reading the reference fixtures (tensors recorded from diffusers / transformers runs).
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,143 @@
+//! Job events for SSE: a bounded replay log per job plus a broadcast channel, so a client that
+//! reconnects with `Last-Event-ID` receives what it missed (or a snapshot when the log no
+//! longer reaches back that far).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::store::ImageRecord;
+
+/// What an SSE client receives (contract: ../shared/design.md "SSE").
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum JobEvent {
+    Queued {
+        position: usize,
+    },
+    Processing {
+        step: u32,
+        total_steps: u32,
+        /// `data:image/jpeg;base64,...`, throttled.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        preview: Option<String>,
+    },
+    Completed {
+        images: Vec<String>,
+    },
+    Failed {
+        error: String,
+    },
+    Cancelled,
+}
+
+impl JobEvent {
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            JobEvent::Completed { .. } | JobEvent::Failed { .. } | JobEvent::Cancelled
+        )
+    }
+}
+
+/// An event and its id within its job's stream (1, 2, 3, …).
+pub type Numbered = (u64, JobEvent);
+
+const LOG_LEN: usize = 64;
+
+struct JobLog {
+    next_id: u64,
+    log: VecDeque<Numbered>,
+    tx: broadcast::Sender<Numbered>,
+}
+
+impl JobLog {
+    fn new() -> Self {
+        Self {
+            next_id: 1,
+            log: VecDeque::new(),
+            tx: broadcast::channel(LOG_LEN).0,
+        }
+    }
+}
+
+/// What a subscriber gets: the events after its `Last-Event-ID` that are still in the log
+/// (`None` if some were already dropped: send a snapshot instead), then the live ones.
+pub struct Subscription {
+    pub missed: Option<Vec<Numbered>>,
+    pub live: broadcast::Receiver<Numbered>,
+    /// The id of the last event published before `live` started.
+    pub last_id: u64,
+}
+
+#[derive(Default)]
+pub struct Events {
+    jobs: Mutex<HashMap<String, JobLog>>,
+    gallery: Mutex<Option<broadcast::Sender<ImageRecord>>>,
+}
+
+impl Events {
+    pub fn publish(&self, job_id: &str, event: JobEvent) {
+        let mut jobs = self.jobs.lock().expect("events lock");
+        let log = jobs.entry(job_id.to_owned()).or_insert_with(JobLog::new);
+        let numbered = (log.next_id, event);
+        log.next_id += 1;
+        if log.log.len() == LOG_LEN {
+            log.log.pop_front();
+        }
+        log.log.push_back(numbered.clone());
+        // No receivers is fine: nobody is watching this job.
+        let _ = log.tx.send(numbered);
+    }
+
+    /// Publishes a queued job's position unless it is the position it last announced.
+    pub fn publish_position(&self, job_id: &str, position: usize) {
+        let unchanged = self
+            .jobs
+            .lock()
+            .expect("events lock")
+            .get(job_id)
+            .and_then(|l| l.log.back())
+            .is_some_and(|(_, last)| *last == JobEvent::Queued { position });
+        if !unchanged {
+            self.publish(job_id, JobEvent::Queued { position });
+        }
+    }
+
+    pub fn subscribe(&self, job_id: &str, after: Option<u64>) -> Subscription {
+        let mut jobs = self.jobs.lock().expect("events lock");
+        let log = jobs.entry(job_id.to_owned()).or_insert_with(JobLog::new);
+        let live = log.tx.subscribe();
+        let missed = after.and_then(|after| {
+            let oldest = log.log.front().map_or(log.next_id, |(id, _)| *id);
+            (after + 1 >= oldest).then(|| {
+                log.log
+                    .iter()
+                    .filter(|(id, _)| *id > after)
+                    .cloned()
+                    .collect()
+            })
+        });
+        Subscription {
+            missed,
+            live,
+            last_id: log.next_id - 1,
+        }
+    }
+
+    pub fn announce_image(&self, record: &ImageRecord) {
+        if let Some(tx) = self.gallery.lock().expect("events lock").as_ref() {
+            let _ = tx.send(record.clone());
+        }
+    }
+
+    pub fn subscribe_gallery(&self) -> broadcast::Receiver<ImageRecord> {
+        self.gallery
+            .lock()
+            .expect("events lock")
+            .get_or_insert_with(|| broadcast::channel(256).0)
+            .subscribe()
+    }
+}

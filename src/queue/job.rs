@@ -1,0 +1,79 @@
+//! The job record (contract: ../shared/design.md "job").
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipelines::GenerationParams;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, poem_openapi::Enum)]
+#[serde(rename_all = "snake_case")]
+#[oai(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Processing,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Processing => "processing",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Processing,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+}
+
+/// One accepted request: what to make, and how far it got. Persisted on every status change.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Job {
+    pub job_id: String,
+    pub status: JobStatus,
+    pub priority: i32,
+    /// Acceptance order (FIFO within a priority); also the listing cursor.
+    pub seq: u64,
+    pub model: String,
+    /// Resolved parameters; image i uses `seed + i`.
+    pub params: GenerationParams,
+    pub num_images: u32,
+    pub step: u32,
+    pub total_steps: u32,
+    pub images: Vec<String>,
+    pub error: Option<String>,
+    /// Unix time in milliseconds.
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A new job id: 128 random bits as hex (unguessable, and safe in file names).
+pub fn new_job_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let a = RandomState::new().hash_one(std::time::Instant::now());
+    let b = RandomState::new().hash_one(now_ms());
+    format!("{a:016x}{b:016x}")
+}

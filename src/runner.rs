@@ -1,0 +1,177 @@
+//! The runner: one OS thread that owns the device and the loaded pipeline, takes jobs from the
+//! queue one at a time, and publishes their progress. It never touches HTTP.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use burn::prelude::Backend;
+
+use crate::Error;
+use crate::output::preview::{SDXL_LATENT_RGB, jpeg, latent_preview};
+use crate::pipelines::{Flow, Pipeline};
+use crate::queue::{Events, Job, JobEvent, JobStatus, Queue, now_ms};
+use crate::registry::Registry;
+use crate::store::Store;
+
+pub struct RunnerConfig {
+    /// Least time between two previews of a job.
+    pub preview_interval: Duration,
+}
+
+/// What the runner shares with the HTTP side.
+pub struct Shared {
+    pub registry: Registry,
+    pub queue: Arc<Queue>,
+    pub store: Arc<Store>,
+    pub events: Arc<Events>,
+    /// Model ids whose pipeline is loaded now.
+    pub loaded: std::sync::Mutex<Option<String>>,
+    /// Total seconds and count of denoising steps run (for /metrics).
+    pub step_seconds: std::sync::Mutex<(f64, u64)>,
+    pub images_written: std::sync::atomic::AtomicU64,
+}
+
+pub fn spawn<B: Backend>(
+    shared: Arc<Shared>,
+    device: B::Device,
+    config: RunnerConfig,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("hanga-runner".into())
+        .spawn(move || {
+            let mut pipeline: Option<(String, Pipeline<B>)> = None;
+            loop {
+                let (job, cancel) = shared.queue.next_job();
+                let (finished, event) =
+                    run_job(&shared, &device, &config, &mut pipeline, job, &cancel);
+                // Record the end before announcing it, so a client reacting to the event
+                // reads the finished job.
+                let job_id = finished.job_id.clone();
+                shared.queue.finish(finished);
+                shared.events.publish(&job_id, event);
+            }
+        })
+        .expect("spawn runner thread")
+}
+
+/// Runs one job to its end and returns it with its terminal event; a failure (bad weights, a
+/// panic in a kernel) fails this job only.
+fn run_job<B: Backend>(
+    shared: &Shared,
+    device: &B::Device,
+    config: &RunnerConfig,
+    pipeline: &mut Option<(String, Pipeline<B>)>,
+    mut job: Job,
+    cancel: &AtomicBool,
+) -> (Job, JobEvent) {
+    tracing::info!(job_id = %job.job_id, model = %job.model, "job started");
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        generate(shared, device, config, pipeline, &mut job, cancel)
+    }))
+    .unwrap_or_else(|panic| {
+        // The pipeline may be half-updated: drop it so the next job loads it afresh.
+        *pipeline = None;
+        *shared.loaded.lock().expect("loaded lock") = None;
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the runner panicked".into());
+        Err(Error::config(format!("internal error: {msg}")))
+    });
+    job.finished_at = Some(now_ms());
+    let event = match result {
+        Ok(()) => {
+            job.status = JobStatus::Completed;
+            JobEvent::Completed {
+                images: job.images.clone(),
+            }
+        }
+        Err(Error::Cancelled) => {
+            job.status = JobStatus::Cancelled;
+            JobEvent::Cancelled
+        }
+        Err(e) => {
+            tracing::warn!(job_id = %job.job_id, "job failed: {e}");
+            job.status = JobStatus::Failed;
+            job.error = Some(e.to_string());
+            JobEvent::Failed {
+                error: e.to_string(),
+            }
+        }
+    };
+    tracing::info!(job_id = %job.job_id, status = job.status.name(), "job finished");
+    (job, event)
+}
+
+fn generate<B: Backend>(
+    shared: &Shared,
+    device: &B::Device,
+    config: &RunnerConfig,
+    pipeline: &mut Option<(String, Pipeline<B>)>,
+    job: &mut Job,
+    cancel: &AtomicBool,
+) -> Result<(), Error> {
+    if pipeline.as_ref().is_none_or(|(id, _)| *id != job.model) {
+        *pipeline = None;
+        *shared.loaded.lock().expect("loaded lock") = None;
+        let manifest = shared.registry.get(&job.model)?;
+        *pipeline = Some((job.model.clone(), Pipeline::load(manifest, device)?));
+        *shared.loaded.lock().expect("loaded lock") = Some(job.model.clone());
+    }
+    let (_, pipeline) = pipeline.as_ref().expect("loaded above");
+    let total = job.params.steps as u32 * job.num_images;
+    job.images.clear();
+    for index in 0..job.num_images {
+        let mut params = job.params.clone();
+        params.seed = params.seed.wrapping_add(index as u64);
+        let mut last_preview: Option<Instant> = None;
+        let mut last_step = Instant::now();
+        let image = pipeline.generate(&params, &mut |p| {
+            if cancel.load(Ordering::SeqCst) {
+                return Flow::Cancel;
+            }
+            let step = index * params.steps as u32 + p.step as u32;
+            record_step_time(shared, last_step.elapsed());
+            last_step = Instant::now();
+            let preview = if last_preview.is_none_or(|t| t.elapsed() >= config.preview_interval)
+                || step == total
+            {
+                last_preview = Some(Instant::now());
+                let jpeg = jpeg(&latent_preview(p.denoised, &SDXL_LATENT_RGB), 80);
+                Some(format!(
+                    "data:image/jpeg;base64,{}",
+                    base64::engine::general_purpose::STANDARD.encode(jpeg)
+                ))
+            } else {
+                None
+            };
+            shared.queue.progress(&job.job_id, step, total);
+            shared.events.publish(
+                &job.job_id,
+                JobEvent::Processing {
+                    step,
+                    total_steps: total,
+                    preview,
+                },
+            );
+            Flow::Continue
+        })?;
+        let record = shared.store.save_image(job, index, &params, &image)?;
+        shared.images_written.fetch_add(1, Ordering::Relaxed);
+        shared.events.announce_image(&record);
+        job.images.push(record.filename);
+    }
+    job.step = total;
+    job.total_steps = total;
+    Ok(())
+}
+
+fn record_step_time(shared: &Shared, elapsed: Duration) {
+    let mut s = shared.step_seconds.lock().expect("metrics lock");
+    s.0 += elapsed.as_secs_f64();
+    s.1 += 1;
+}

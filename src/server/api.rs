@@ -1,0 +1,592 @@
+//! The HTTP routes. Handlers parse, call the queue / store / registry, and turn their answers
+//! into status codes; nothing here runs a model.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem::web::sse::Event;
+use poem::{Request, RequestBody};
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::{Binary, EventStream, Json, Payload, PlainText};
+use poem_openapi::registry::{MetaSchemaRef, Registry as SchemaRegistry};
+use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::{ApiResponse, OpenApi, Tags};
+use tokio_stream::Stream;
+
+use super::AppState;
+use super::schemas::*;
+use super::sse;
+use super::validation::{ValidationErrors, ValidationItem, parameter_schema, validate};
+use crate::queue::{Job, JobStatus, QueueError, new_job_id, now_ms};
+
+pub struct Api(pub Arc<AppState>);
+
+#[derive(Tags)]
+enum Tag {
+    /// Submit, watch and cancel generation jobs.
+    Jobs,
+    /// Generated images.
+    Gallery,
+    /// Models and server state.
+    Server,
+}
+
+pub type EventBox<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
+
+/// The body of `POST /api/generate`: any JSON, validated field by field so that every problem
+/// is reported FastAPI-style; documented as [`GenerateBody`].
+pub struct GenerateJson(serde_json::Value);
+
+impl Payload for GenerateJson {
+    const CONTENT_TYPE: &'static str = "application/json";
+
+    fn check_content_type(content_type: &str) -> bool {
+        content_type.starts_with("application/json")
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        GenerateBody::schema_ref()
+    }
+
+    fn register(registry: &mut SchemaRegistry) {
+        GenerateBody::register(registry);
+    }
+}
+
+impl poem_openapi::payload::ParsePayload for GenerateJson {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        let data = <Vec<u8> as poem::FromRequest>::from_request(request, body).await?;
+        serde_json::from_slice(&data)
+            .map(GenerateJson)
+            .map_err(|e| {
+                let errors = ValidationErrors {
+                    detail: vec![ValidationItem {
+                        loc: vec!["body".into(), e.column().to_string()],
+                        msg: format!("JSON decode error: {e}"),
+                        kind: "json_invalid".into(),
+                        input: None,
+                    }],
+                };
+                poem::Error::from_response(unprocessable(&errors))
+            })
+    }
+}
+
+poem_openapi::impl_apirequest_for_payload!(GenerateJson,);
+
+fn unprocessable(errors: &ValidationErrors) -> poem::Response {
+    poem::Response::builder()
+        .status(poem::http::StatusCode::UNPROCESSABLE_ENTITY)
+        .content_type("application/json")
+        .body(serde_json::to_vec(errors).expect("serializable"))
+}
+
+fn error(detail: impl Into<String>) -> Json<ErrorBody> {
+    Json(ErrorBody {
+        detail: detail.into(),
+    })
+}
+
+#[derive(ApiResponse)]
+enum GenerateResponse {
+    /// Accepted: the job is queued.
+    #[oai(status = 202)]
+    Accepted(Json<Accepted>),
+    /// A field is missing or invalid (FastAPI-style `detail` list).
+    #[oai(status = 422)]
+    Invalid(Json<ValidationErrors>),
+    /// The queue is full; retry after the given seconds.
+    #[oai(status = 429)]
+    Busy(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+enum JobResponse {
+    #[oai(status = 200)]
+    Ok(Json<JobView>),
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The job has already finished.
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+enum JobListResponse {
+    #[oai(status = 200)]
+    Ok(Json<JobList>),
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+enum StreamResponse {
+    /// `text/event-stream`; each event has an `id:` (resume with `Last-Event-ID`).
+    #[oai(status = 200)]
+    Stream(
+        EventStream<EventBox<JobStreamEvent>>,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "X-Accel-Buffering")] String,
+    ),
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+enum GalleryStreamResponse {
+    /// `text/event-stream`; one event per new image, `id:` = the image id.
+    #[oai(status = 200)]
+    Stream(
+        EventStream<EventBox<ImageView>>,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "X-Accel-Buffering")] String,
+    ),
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+enum ImageListResponse {
+    #[oai(status = 200)]
+    Ok(Json<ImageList>),
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+enum FileResponse {
+    #[oai(status = 200, content_type = "image/png")]
+    Png(
+        Binary<Vec<u8>>,
+        #[oai(header = "ETag")] String,
+        #[oai(header = "Cache-Control")] String,
+    ),
+    #[oai(status = 200, content_type = "image/jpeg")]
+    Jpeg(
+        Binary<Vec<u8>>,
+        #[oai(header = "ETag")] String,
+        #[oai(header = "Cache-Control")] String,
+    ),
+    #[oai(status = 304)]
+    NotModified(#[oai(header = "ETag")] String),
+    /// The name is not a file name (path separators, `..`, NUL, …).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+enum DeleteResponse {
+    #[oai(status = 204)]
+    Deleted,
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+#[derive(ApiResponse)]
+enum ReadyResponse {
+    #[oai(status = 200)]
+    Ready(PlainText<String>),
+    #[oai(status = 503)]
+    NotReady(PlainText<String>),
+}
+
+const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
+const MAX_PAGE: u32 = 200;
+
+/// A file name as it may appear in the index: no separators, no `..`, no control characters.
+fn check_filename(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.contains("..")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not an image file name",
+            name.escape_debug()
+        ))
+    }
+}
+
+fn parse_cursor(cursor: &Option<String>) -> Result<Option<u64>, String> {
+    cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<u64>()
+                .map_err(|_| format!("invalid cursor `{c}`"))
+        })
+        .transpose()
+}
+
+fn sse_headers() -> (String, String) {
+    ("no-cache".into(), "no".into())
+}
+
+#[OpenApi]
+impl Api {
+    /// Queue a text-to-image job.
+    ///
+    /// Returns at once with the job id; follow it with `GET /api/sse/{job_id}` or
+    /// `GET /api/jobs/{job_id}`.
+    #[oai(path = "/api/generate", method = "post", tag = "Tag::Jobs")]
+    async fn generate(&self, body: GenerateJson) -> GenerateResponse {
+        let state = &self.0;
+        let validated = match validate(
+            &body.0,
+            &state.shared.registry,
+            state.default_model.as_deref(),
+        ) {
+            Ok(v) => v,
+            Err(errors) => return GenerateResponse::Invalid(Json(errors)),
+        };
+        let job = Job {
+            job_id: new_job_id(),
+            status: JobStatus::Queued,
+            priority: validated.priority,
+            seq: 0,
+            model: validated.model,
+            total_steps: validated.params.steps as u32 * validated.num_images,
+            params: validated.params,
+            num_images: validated.num_images,
+            step: 0,
+            images: Vec::new(),
+            error: None,
+            created_at: now_ms(),
+            started_at: None,
+            finished_at: None,
+        };
+        match state.shared.queue.submit(job) {
+            Ok((job, position)) => {
+                tracing::info!(job_id = %job.job_id, position, "job accepted");
+                GenerateResponse::Accepted(Json(Accepted {
+                    job_id: job.job_id,
+                    status: job.status,
+                    position: position as u32,
+                }))
+            }
+            Err(QueueError::Full) => {
+                GenerateResponse::Busy(error("the queue is full; retry later"), 10)
+            }
+            Err(e) => GenerateResponse::Internal(error(format!("{e:?}"))),
+        }
+    }
+
+    /// A job: status, queue position, progress, resolved parameters, images.
+    #[oai(path = "/api/jobs/:job_id", method = "get", tag = "Tag::Jobs")]
+    async fn job(&self, job_id: Path<String>) -> JobResponse {
+        match self.0.shared.queue.get(&job_id) {
+            Some((job, position)) => JobResponse::Ok(Json(JobView::new(&job, position))),
+            None => JobResponse::NotFound(error(format!("no job `{}`", job_id.0))),
+        }
+    }
+
+    /// Jobs, newest first.
+    #[oai(path = "/api/jobs", method = "get", tag = "Tag::Jobs")]
+    async fn jobs(
+        &self,
+        status: Query<Option<JobStatus>>,
+        limit: Query<Option<u32>>,
+        cursor: Query<Option<String>>,
+    ) -> JobListResponse {
+        let before = match parse_cursor(&cursor) {
+            Ok(c) => c,
+            Err(e) => return JobListResponse::BadRequest(error(e)),
+        };
+        let limit = limit.0.unwrap_or(50).clamp(1, MAX_PAGE) as usize;
+        let jobs = self.0.shared.queue.list(status.0, limit + 1, before);
+        let next_cursor = (jobs.len() > limit).then(|| jobs[limit - 1].0.seq.to_string());
+        let jobs = jobs
+            .iter()
+            .take(limit)
+            .map(|(j, p)| JobView::new(j, *p))
+            .collect();
+        JobListResponse::Ok(Json(JobList { jobs, next_cursor }))
+    }
+
+    /// Cancel a job: a queued job leaves the queue; a running one stops after its current step.
+    /// 409 if it has already finished.
+    #[oai(path = "/api/jobs/:job_id", method = "delete", tag = "Tag::Jobs")]
+    async fn cancel(&self, job_id: Path<String>) -> JobResponse {
+        let queue = &self.0.shared.queue;
+        match queue.cancel(&job_id) {
+            Ok(_) => {
+                let (job, position) = queue.get(&job_id).expect("cancelled jobs stay known");
+                JobResponse::Ok(Json(JobView::new(&job, position)))
+            }
+            Err(QueueError::NotFound) => {
+                JobResponse::NotFound(error(format!("no job `{}`", job_id.0)))
+            }
+            Err(QueueError::AlreadyFinished(s)) => {
+                JobResponse::Conflict(error(format!("job `{}` is already {}", job_id.0, s.name())))
+            }
+            Err(e) => JobResponse::Internal(error(format!("{e:?}"))),
+        }
+    }
+
+    /// Server-sent events of one job: `queued` (with position) on every change, `processing`
+    /// (step, total_steps, throttled JPEG preview), then `completed` / `failed` / `cancelled`,
+    /// after which the stream ends. Reconnect with `Last-Event-ID` to receive missed events.
+    #[oai(path = "/api/sse/:job_id", method = "get", tag = "Tag::Jobs")]
+    async fn job_events(
+        &self,
+        job_id: Path<String>,
+        #[oai(name = "Last-Event-ID")] last_event_id: Header<Option<String>>,
+    ) -> StreamResponse {
+        let after = last_event_id
+            .0
+            .as_deref()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        match sse::job_stream(&self.0, &job_id, after) {
+            Some(stream) => {
+                let (cache, buffering) = sse_headers();
+                let stream = EventStream::new(stream)
+                    .keep_alive(self.0.keep_alive)
+                    .to_event(|e: JobStreamEvent| {
+                        Event::message(e.to_json_string())
+                            .id(e.event_id.to_string())
+                            .event_type(e.status.clone())
+                    });
+                StreamResponse::Stream(stream, cache, buffering)
+            }
+            None => StreamResponse::NotFound(error(format!("no job `{}`", job_id.0))),
+        }
+    }
+
+    /// Generated images, newest first.
+    #[oai(path = "/api/images", method = "get", tag = "Tag::Gallery")]
+    async fn images(
+        &self,
+        limit: Query<Option<u32>>,
+        cursor: Query<Option<String>>,
+    ) -> ImageListResponse {
+        let before = match parse_cursor(&cursor) {
+            Ok(c) => c,
+            Err(e) => return ImageListResponse::BadRequest(error(e)),
+        };
+        let limit = limit.0.unwrap_or(50).clamp(1, MAX_PAGE) as usize;
+        match self.0.shared.store.list_images(limit + 1, before) {
+            Ok(records) => {
+                let next_cursor =
+                    (records.len() > limit).then(|| records[limit - 1].id.to_string());
+                let images = records.iter().take(limit).map(ImageView::from).collect();
+                ImageListResponse::Ok(Json(ImageList {
+                    images,
+                    next_cursor,
+                }))
+            }
+            Err(e) => ImageListResponse::Internal(error(e.to_string())),
+        }
+    }
+
+    /// A generated PNG, with its A1111 `parameters` metadata.
+    #[oai(path = "/api/images/:filename", method = "get", tag = "Tag::Gallery")]
+    async fn image(
+        &self,
+        filename: Path<String>,
+        #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
+    ) -> FileResponse {
+        self.file(&filename, if_none_match.0, false).await
+    }
+
+    /// A JPEG thumbnail (at most 256 px), made on first request and cached.
+    #[oai(path = "/api/thumbs/:filename", method = "get", tag = "Tag::Gallery")]
+    async fn thumb(
+        &self,
+        filename: Path<String>,
+        #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
+    ) -> FileResponse {
+        self.file(&filename, if_none_match.0, true).await
+    }
+
+    /// Delete an image and its thumbnail.
+    #[oai(
+        path = "/api/images/:filename",
+        method = "delete",
+        tag = "Tag::Gallery"
+    )]
+    async fn delete_image(&self, filename: Path<String>) -> DeleteResponse {
+        if let Err(e) = check_filename(&filename) {
+            return DeleteResponse::BadRequest(error(e));
+        }
+        let store = &self.0.shared.store;
+        match store.image(&filename) {
+            Ok(Some(record)) => match store.delete_image(&record) {
+                Ok(()) => DeleteResponse::Deleted,
+                Err(e) => DeleteResponse::Internal(error(e.to_string())),
+            },
+            Ok(None) => DeleteResponse::NotFound(error(format!("no image `{}`", filename.0))),
+            Err(e) => DeleteResponse::Internal(error(e.to_string())),
+        }
+    }
+
+    /// Server-sent events: one per new image. Reconnect with `Last-Event-ID` to receive the
+    /// images made since.
+    #[oai(path = "/api/sse/gallery", method = "get", tag = "Tag::Gallery")]
+    async fn gallery_events(
+        &self,
+        #[oai(name = "Last-Event-ID")] last_event_id: Header<Option<String>>,
+    ) -> GalleryStreamResponse {
+        let after = last_event_id
+            .0
+            .as_deref()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        match sse::gallery_stream(&self.0, after) {
+            Ok(stream) => {
+                let (cache, buffering) = sse_headers();
+                let stream = EventStream::new(stream)
+                    .keep_alive(self.0.keep_alive)
+                    .to_event(|image: ImageView| {
+                        let id = image.event_id;
+                        Event::message(image.to_json_string())
+                            .id(id.to_string())
+                            .event_type("image")
+                    });
+                GalleryStreamResponse::Stream(stream, cache, buffering)
+            }
+            Err(e) => GalleryStreamResponse::Internal(error(e.to_string())),
+        }
+    }
+
+    /// Models (with the JSON Schema of their parameters), LoRAs, the default model.
+    #[oai(path = "/api/info", method = "get", tag = "Tag::Server")]
+    async fn info(&self) -> Json<Info> {
+        let state = &self.0;
+        let loaded = state.shared.loaded.lock().expect("loaded lock").clone();
+        let models = state
+            .shared
+            .registry
+            .models()
+            .map(|m| ModelInfo {
+                id: m.id.clone(),
+                name: m.name.clone(),
+                family: m.family.name().into(),
+                description: m.description.clone(),
+                loaded: loaded.as_deref() == Some(m.id.as_str()),
+                parameters: parameter_schema(m),
+            })
+            .collect();
+        Json(Info {
+            version: env!("CARGO_PKG_VERSION").into(),
+            device: state.device.clone(),
+            default_model: state.default_model.clone(),
+            models,
+            loras: Vec::new(),
+        })
+    }
+
+    /// Liveness: the process answers.
+    #[oai(path = "/health", method = "get", tag = "Tag::Server")]
+    async fn health(&self) -> PlainText<String> {
+        PlainText("ok".into())
+    }
+
+    /// Readiness: a model can run (one is configured and the runner is alive).
+    #[oai(path = "/ready", method = "get", tag = "Tag::Server")]
+    async fn ready(&self) -> ReadyResponse {
+        let runner_alive = !self.0.runner.is_finished();
+        if runner_alive && self.0.shared.registry.models().next().is_some() {
+            ReadyResponse::Ready(PlainText("ready".into()))
+        } else {
+            ReadyResponse::NotReady(PlainText("no model can run".into()))
+        }
+    }
+
+    /// Prometheus metrics: queue depth, jobs by status, step time, images written.
+    #[oai(path = "/metrics", method = "get", tag = "Tag::Server")]
+    async fn metrics(&self) -> PlainText<String> {
+        let shared = &self.0.shared;
+        let (counts, depth) = shared.queue.counts();
+        let mut out = String::new();
+        out.push_str(
+            "# HELP hanga_queue_depth Jobs waiting to run.\n# TYPE hanga_queue_depth gauge\n",
+        );
+        out.push_str(&format!("hanga_queue_depth {depth}\n"));
+        out.push_str(
+            "# HELP hanga_jobs Jobs known to the server, by status.\n# TYPE hanga_jobs gauge\n",
+        );
+        for status in JobStatus::ALL {
+            out.push_str(&format!(
+                "hanga_jobs{{status=\"{}\"}} {}\n",
+                status.name(),
+                counts.get(&status).unwrap_or(&0)
+            ));
+        }
+        let (seconds, steps) = *shared.step_seconds.lock().expect("metrics lock");
+        out.push_str("# HELP hanga_step_seconds Time spent in denoising steps.\n# TYPE hanga_step_seconds summary\n");
+        out.push_str(&format!(
+            "hanga_step_seconds_sum {seconds}\nhanga_step_seconds_count {steps}\n"
+        ));
+        out.push_str("# HELP hanga_images_written_total Images written since start.\n# TYPE hanga_images_written_total counter\n");
+        out.push_str(&format!(
+            "hanga_images_written_total {}\n",
+            shared
+                .images_written
+                .load(std::sync::atomic::Ordering::Relaxed)
+        ));
+        PlainText(out)
+    }
+}
+
+impl Api {
+    async fn file(
+        &self,
+        filename: &str,
+        if_none_match: Option<String>,
+        thumbnail: bool,
+    ) -> FileResponse {
+        if let Err(e) = check_filename(filename) {
+            return FileResponse::BadRequest(error(e));
+        }
+        let store = self.0.shared.store.clone();
+        let record = match store.image(filename) {
+            Ok(Some(r)) => r,
+            Ok(None) => return FileResponse::NotFound(error(format!("no image `{filename}`"))),
+            Err(e) => return FileResponse::Internal(error(e.to_string())),
+        };
+        let etag = format!("\"{}{}\"", record.id, if thumbnail { "t" } else { "" });
+        if if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+        {
+            return FileResponse::NotModified(etag);
+        }
+        let read = tokio::task::spawn_blocking(move || {
+            let path = if thumbnail {
+                store.thumbnail(&record)?
+            } else {
+                store.image_path(&record)
+            };
+            std::fs::read(path).map_err(crate::Error::from)
+        })
+        .await;
+        match read {
+            Ok(Ok(bytes)) if thumbnail => {
+                FileResponse::Jpeg(Binary(bytes), etag, CACHE_IMMUTABLE.into())
+            }
+            Ok(Ok(bytes)) => FileResponse::Png(Binary(bytes), etag, CACHE_IMMUTABLE.into()),
+            Ok(Err(e)) => FileResponse::Internal(error(e.to_string())),
+            Err(e) => FileResponse::Internal(error(e.to_string())),
+        }
+    }
+}
+
+/// How long SSE connections wait between keep-alive comments.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);

@@ -1,0 +1,167 @@
+//! `hanga serve`: the HTTP API (poem + poem-openapi) in front of the queue, the runner thread
+//! and the store. HTTP ends in this folder; `queue/`, `runner.rs` and `store/` know nothing of
+//! it.
+
+mod api;
+mod schemas;
+mod sse;
+mod validation;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem::http::{Method, StatusCode, header};
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::middleware::Cors;
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
+use poem_openapi::OpenApiService;
+
+use crate::backend::DeviceKind;
+use crate::queue::{Events, Queue};
+use crate::registry::Registry;
+use crate::runner::{self, RunnerConfig, Shared};
+use crate::store::Store;
+use crate::{Error, with_backend};
+
+pub struct ServeOptions {
+    pub host: String,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub thumbnails_dir: PathBuf,
+    pub registry: Registry,
+    pub device: DeviceKind,
+    pub default_model: Option<String>,
+    pub queue_capacity: usize,
+    pub preview_interval: Duration,
+    pub cors_origin: Option<String>,
+    pub max_body_bytes: usize,
+}
+
+pub struct AppState {
+    shared: Arc<Shared>,
+    default_model: Option<String>,
+    device: String,
+    keep_alive: Duration,
+    runner: std::thread::JoinHandle<()>,
+}
+
+/// Opens the store, restores the queue, starts the runner on `options.device` and serves until
+/// SIGINT / SIGTERM.
+pub async fn serve(options: ServeOptions) -> Result<(), Error> {
+    let default_model = match options.default_model {
+        Some(id) => Some(options.registry.get(&id)?.id.clone()),
+        None => options.registry.models().next().map(|m| m.id.clone()),
+    };
+    let store = Arc::new(Store::open(&options.data_dir, &options.thumbnails_dir)?);
+    let events = Arc::new(Events::default());
+    let queue = Arc::new(Queue::restore(
+        store.clone(),
+        events.clone(),
+        options.queue_capacity,
+    )?);
+    let shared = Arc::new(Shared {
+        registry: options.registry,
+        queue,
+        store,
+        events,
+        loaded: Default::default(),
+        step_seconds: Default::default(),
+        images_written: Default::default(),
+    });
+    let config = RunnerConfig {
+        preview_interval: options.preview_interval,
+    };
+    let runner = with_backend!(options.device, |B, device| runner::spawn::<B>(
+        shared.clone(),
+        device,
+        config
+    ));
+    let state = Arc::new(AppState {
+        shared,
+        default_model,
+        device: options.device.to_string(),
+        keep_alive: api::KEEP_ALIVE,
+        runner,
+    });
+
+    // Bind first so that `--port 0` works: the line below tells which port was taken.
+    let acceptor = TcpListener::bind(format!("{}:{}", options.host, options.port))
+        .into_acceptor()
+        .await?;
+    let address = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .map_or_else(
+            || format!("{}:{}", options.host, options.port),
+            |a| a.to_string(),
+        );
+    println!("hanga listening on http://{address}");
+    let service = OpenApiService::new(api::Api(state), "hanga", env!("CARGO_PKG_VERSION"))
+        .description(
+            "Text-to-image generation: queue jobs, follow them over SSE, browse the gallery.",
+        )
+        .server(format!("http://{address}"));
+    let docs = service.swagger_ui();
+    let spec = service.spec_endpoint();
+    let app = Route::new()
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .nest("/", service)
+        .around(move |endpoint, request| limit_body(endpoint, request, options.max_body_bytes));
+    let app = match options.cors_origin {
+        Some(origin) => app.with(Cors::new().allow_origin(origin)).boxed(),
+        None => app.boxed(),
+    };
+    tracing::info!(%address, device = %options.device, "serving; API docs at /docs");
+    Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app, shutdown_signal(), Some(Duration::from_secs(5)))
+        .await
+        .map_err(Error::Io)
+}
+
+/// Bodies over `max` bytes get 413 before anything reads them. (poem's `SizeLimit` also
+/// refuses bodiless GETs that carry no Content-Length, so it does not fit here.)
+async fn limit_body<E: Endpoint>(
+    endpoint: std::sync::Arc<E>,
+    request: Request,
+    max: usize,
+) -> poem::Result<Response> {
+    let length = request
+        .header(header::CONTENT_LENGTH)
+        .and_then(|v| v.parse::<usize>().ok());
+    let chunked = request
+        .header(header::TRANSFER_ENCODING)
+        .is_some_and(|v| v.contains("chunked"));
+    if length.is_some_and(|l| l > max) {
+        return Ok((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request bodies are limited to {max} bytes"),
+        )
+            .into_response());
+    }
+    if chunked && length.is_none() && request.method() != Method::GET {
+        return Ok((StatusCode::LENGTH_REQUIRED, "send a Content-Length header").into_response());
+    }
+    endpoint
+        .call(request)
+        .await
+        .map(IntoResponse::into_response)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down; queued jobs stay queued for the next start");
+}

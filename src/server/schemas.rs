@@ -1,0 +1,225 @@
+//! The shapes of requests and responses, as the OpenAPI document shows them.
+
+use poem_openapi::Object;
+
+use crate::queue::{Job, JobStatus};
+use crate::store::ImageRecord;
+
+/// `POST /api/generate` (contract: ../shared/design.md). Parsed field by field by
+/// `validation::validate`, so every bad field is reported; this type documents the body.
+#[derive(Object)]
+pub struct GenerateBody {
+    pub prompt: String,
+    /// Absent or null: no negative prompt (SDXL: zero embeddings); `""` is encoded like any
+    /// prompt.
+    pub negative_prompt: Option<String>,
+    /// A model id from /api/info; the server's default model when absent.
+    pub model: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub steps: Option<u32>,
+    pub guidance_scale: Option<f64>,
+    /// `euler`, `euler_ancestral`, `dpmpp_2m`
+    pub sampler: Option<String>,
+    /// `normal` (the model's own scheduler config), `karras`
+    pub scheduler: Option<String>,
+    /// Null or absent: random. Image i uses seed + i.
+    pub seed: Option<u64>,
+    /// `chunk` (75-token chunks, A1111/ComfyUI) or `truncate` (77 tokens, diffusers)
+    pub long_prompt: Option<String>,
+    pub num_images: Option<u32>,
+    pub loras: Option<Vec<LoraRef>>,
+    /// Higher runs first; FIFO within a priority.
+    pub priority: Option<i32>,
+}
+
+#[derive(Object)]
+pub struct LoraRef {
+    pub id: String,
+    pub weight: Option<f64>,
+    pub trigger_weight: Option<f64>,
+}
+
+#[derive(Object)]
+pub struct Accepted {
+    pub job_id: String,
+    pub status: JobStatus,
+    /// 0: next to run.
+    pub position: u32,
+}
+
+#[derive(Object)]
+pub struct ErrorBody {
+    pub detail: String,
+}
+
+/// The resolved parameters of a job (with the seed it used).
+#[derive(Object)]
+pub struct JobParams {
+    pub model: String,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    pub guidance_scale: f64,
+    pub sampler: String,
+    pub scheduler: String,
+    pub seed: u64,
+    pub long_prompt: String,
+    pub num_images: u32,
+    pub priority: i32,
+}
+
+/// Contract: ../shared/design.md "job". Times are Unix milliseconds.
+#[derive(Object)]
+pub struct JobView {
+    pub job_id: String,
+    pub status: JobStatus,
+    /// Queue position while queued (0: next).
+    pub position: Option<u32>,
+    pub step: u32,
+    pub total_steps: u32,
+    pub params: JobParams,
+    pub images: Vec<String>,
+    pub error: Option<String>,
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+}
+
+impl JobView {
+    pub fn new(job: &Job, position: Option<usize>) -> Self {
+        let p = &job.params;
+        Self {
+            job_id: job.job_id.clone(),
+            status: job.status,
+            position: position.map(|p| p as u32),
+            step: job.step,
+            total_steps: if job.total_steps > 0 {
+                job.total_steps
+            } else {
+                p.steps as u32 * job.num_images
+            },
+            params: JobParams {
+                model: job.model.clone(),
+                prompt: p.prompt.clone(),
+                negative_prompt: p.negative_prompt.clone(),
+                width: p.width as u32,
+                height: p.height as u32,
+                steps: p.steps as u32,
+                guidance_scale: p.guidance_scale as f64,
+                sampler: p.sampler.name().into(),
+                scheduler: p.scheduler.name().into(),
+                seed: p.seed,
+                long_prompt: match p.long_prompt {
+                    crate::text::LongPrompt::Chunk => "chunk".into(),
+                    crate::text::LongPrompt::Truncate => "truncate".into(),
+                },
+                num_images: job.num_images,
+                priority: job.priority,
+            },
+            images: job.images.clone(),
+            error: job.error.clone(),
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Object)]
+pub struct ImageView {
+    /// The SSE event id (the image's index id); not part of the JSON.
+    #[oai(skip)]
+    pub event_id: u64,
+    pub filename: String,
+    pub url: String,
+    pub thumb_url: String,
+    pub width: u32,
+    pub height: u32,
+    pub job_id: String,
+    pub model: String,
+    pub prompt: String,
+    pub seed: u64,
+    pub created_at: u64,
+}
+
+impl From<&ImageRecord> for ImageView {
+    fn from(r: &ImageRecord) -> Self {
+        Self {
+            event_id: r.id,
+            filename: r.filename.clone(),
+            url: format!("/api/images/{}", r.filename),
+            thumb_url: format!("/api/thumbs/{}", r.filename),
+            width: r.width,
+            height: r.height,
+            job_id: r.job_id.clone(),
+            model: r.model.clone(),
+            prompt: r.prompt.clone(),
+            seed: r.seed,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(Object)]
+pub struct ImageList {
+    pub images: Vec<ImageView>,
+    pub next_cursor: Option<String>,
+}
+
+/// One SSE event of a job stream. `status` is always there; the other fields depend on it:
+/// `queued` → position; `processing` → step, total_steps, preview (sometimes);
+/// `completed` → images; `failed` → error; `snapshot` → job (the whole job, sent first on a
+/// reconnect that cannot be replayed).
+#[derive(Object, Default)]
+pub struct JobStreamEvent {
+    /// The SSE event id; not part of the JSON.
+    #[oai(skip)]
+    pub event_id: u64,
+    pub status: String,
+    pub position: Option<u32>,
+    pub step: Option<u32>,
+    pub total_steps: Option<u32>,
+    /// `data:image/jpeg;base64,...`
+    pub preview: Option<String>,
+    pub images: Option<Vec<String>>,
+    pub error: Option<String>,
+    pub job: Option<JobView>,
+}
+
+#[derive(Object)]
+pub struct ModelInfo {
+    pub id: String,
+    pub name: String,
+    pub family: String,
+    pub description: Option<String>,
+    /// Whether its pipeline is in memory now.
+    pub loaded: bool,
+    /// JSON Schema of the body of `POST /api/generate` for this model, with its defaults and
+    /// limits.
+    pub parameters: serde_json::Value,
+}
+
+#[derive(Object)]
+pub struct LoraInfo {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Object)]
+pub struct Info {
+    pub version: String,
+    pub device: String,
+    pub default_model: Option<String>,
+    pub models: Vec<ModelInfo>,
+    pub loras: Vec<LoraInfo>,
+}

@@ -1,0 +1,378 @@
+//! Request validation with FastAPI's error shape: 422 `{"detail": [{"type", "loc", "msg",
+//! "input"}]}`, one entry per bad field, and the JSON Schema of each model's parameters for
+//! /api/info (the same limits, so clients can validate before sending).
+
+use serde_json::{Map, Value, json};
+
+use crate::pipelines::{GenerationParams, GenerationRequest};
+use crate::registry::{Family, Manifest, Registry};
+use crate::sampling::{SamplerKind, ScheduleKind};
+use crate::text::LongPrompt;
+
+#[derive(Clone, Debug, serde::Serialize, poem_openapi::Object)]
+pub struct ValidationItem {
+    /// Where the error is, e.g. `["body", "width"]`.
+    pub loc: Vec<String>,
+    pub msg: String,
+    /// Machine-readable kind (`missing`, `int_type`, `less_than_equal`, `value_error`, …).
+    #[serde(rename = "type")]
+    #[oai(rename = "type")]
+    pub kind: String,
+    /// The offending value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, poem_openapi::Object)]
+pub struct ValidationErrors {
+    pub detail: Vec<ValidationItem>,
+}
+
+pub const MIN_SIZE: u32 = 64;
+pub const MAX_SIZE: u32 = 2048;
+pub const MAX_STEPS: u32 = 150;
+pub const MAX_GUIDANCE: f64 = 30.0;
+pub const MAX_IMAGES: u32 = 8;
+pub const MAX_PROMPT_CHARS: usize = 10_000;
+
+/// Pixel sizes must be multiples of this (the latent is 1/8 of the image; Flux packs 2×2).
+pub fn size_multiple(family: Family) -> u32 {
+    match family {
+        Family::Sdxl => 8,
+        _ => 16,
+    }
+}
+
+/// A validated generation request.
+pub struct Validated {
+    pub model: String,
+    pub params: GenerationParams,
+    pub num_images: u32,
+    pub priority: i32,
+}
+
+struct Fields<'a> {
+    body: &'a Map<String, Value>,
+    errors: Vec<ValidationItem>,
+}
+
+impl<'a> Fields<'a> {
+    fn error(&mut self, field: &str, kind: &str, msg: impl Into<String>, input: Option<&Value>) {
+        self.errors.push(ValidationItem {
+            loc: vec!["body".into(), field.into()],
+            msg: msg.into(),
+            kind: kind.into(),
+            input: input.cloned(),
+        });
+    }
+
+    fn value(&self, field: &str) -> Option<&'a Value> {
+        self.body.get(field).filter(|v| !v.is_null())
+    }
+
+    fn string(&mut self, field: &str) -> Option<String> {
+        let v = self.value(field)?;
+        match v.as_str() {
+            Some(s) => Some(s.to_owned()),
+            None => {
+                self.error(
+                    field,
+                    "string_type",
+                    "Input should be a valid string",
+                    Some(v),
+                );
+                None
+            }
+        }
+    }
+
+    /// An integer within `min..=max`.
+    fn integer(&mut self, field: &str, min: i64, max: i64) -> Option<i64> {
+        let v = self.value(field)?;
+        let Some(n) = v.as_i64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9e15)
+                .map(|f| f as i64)
+        }) else {
+            let (kind, msg) = if v.as_u64().is_some() {
+                (
+                    "less_than_equal",
+                    format!("Input should be less than or equal to {max}"),
+                )
+            } else {
+                ("int_type", "Input should be a valid integer".to_owned())
+            };
+            self.error(field, kind, msg, Some(v));
+            return None;
+        };
+        if n < min {
+            self.error(
+                field,
+                "greater_than_equal",
+                format!("Input should be greater than or equal to {min}"),
+                Some(v),
+            );
+            return None;
+        }
+        if n > max {
+            self.error(
+                field,
+                "less_than_equal",
+                format!("Input should be less than or equal to {max}"),
+                Some(v),
+            );
+            return None;
+        }
+        Some(n)
+    }
+
+    fn number(&mut self, field: &str, min: f64, max: f64) -> Option<f64> {
+        let v = self.value(field)?;
+        let Some(n) = v.as_f64() else {
+            self.error(
+                field,
+                "float_type",
+                "Input should be a valid number",
+                Some(v),
+            );
+            return None;
+        };
+        if !(min..=max).contains(&n) {
+            self.error(
+                field,
+                "value_error",
+                format!("Input should be between {min} and {max}"),
+                Some(v),
+            );
+            return None;
+        }
+        Some(n)
+    }
+
+    fn one_of<T: std::str::FromStr<Err = String>>(&mut self, field: &str) -> Option<T> {
+        let s = self.string(field)?;
+        match s.parse() {
+            Ok(v) => Some(v),
+            Err(msg) => {
+                let input = self.value(field);
+                self.error(field, "enum", msg, input);
+                None
+            }
+        }
+    }
+}
+
+const KNOWN_FIELDS: [&str; 14] = [
+    "prompt",
+    "negative_prompt",
+    "model",
+    "width",
+    "height",
+    "steps",
+    "guidance_scale",
+    "sampler",
+    "scheduler",
+    "seed",
+    "long_prompt",
+    "num_images",
+    "loras",
+    "priority",
+];
+
+/// Checks a generate body against the model it names; every problem is reported at once.
+pub fn validate(
+    body: &Value,
+    registry: &Registry,
+    default_model: Option<&str>,
+) -> Result<Validated, ValidationErrors> {
+    let Some(object) = body.as_object() else {
+        return Err(ValidationErrors {
+            detail: vec![ValidationItem {
+                loc: vec!["body".into()],
+                msg: "Input should be a JSON object".into(),
+                kind: "model_attributes_type".into(),
+                input: Some(body.clone()),
+            }],
+        });
+    };
+    let mut f = Fields {
+        body: object,
+        errors: Vec::new(),
+    };
+    for key in object
+        .keys()
+        .filter(|k| !KNOWN_FIELDS.contains(&k.as_str()))
+    {
+        let input = object.get(key);
+        f.errors.push(ValidationItem {
+            loc: vec!["body".into(), key.clone()],
+            msg: "Extra inputs are not permitted".into(),
+            kind: "extra_forbidden".into(),
+            input: input.cloned(),
+        });
+    }
+
+    let prompt = match f.value("prompt") {
+        None => {
+            f.error("prompt", "missing", "Field required", None);
+            None
+        }
+        Some(_) => f.string("prompt"),
+    };
+    if let Some(p) = &prompt
+        && p.chars().count() > MAX_PROMPT_CHARS
+    {
+        f.error(
+            "prompt",
+            "string_too_long",
+            format!("String should have at most {MAX_PROMPT_CHARS} characters"),
+            None,
+        );
+    }
+    let negative_prompt = f.string("negative_prompt");
+
+    let model_id = f
+        .string("model")
+        .or_else(|| default_model.map(str::to_owned));
+    let manifest: Option<&Manifest> = match &model_id {
+        None => {
+            f.error(
+                "model",
+                "missing",
+                "Field required (the server has no default model)",
+                None,
+            );
+            None
+        }
+        Some(id) => match registry.get(id) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                let input = f.value("model");
+                f.error(
+                    "model",
+                    "value_error",
+                    e.to_string(),
+                    input.or(Some(&Value::String(id.clone()))),
+                );
+                None
+            }
+        },
+    };
+    let multiple = manifest.map_or(8, |m| size_multiple(m.family)) as i64;
+    let size = |f: &mut Fields, field: &str| {
+        let v = f.integer(field, MIN_SIZE as i64, MAX_SIZE as i64)?;
+        if v % multiple != 0 {
+            let input = f.value(field);
+            f.error(
+                field,
+                "multiple_of",
+                format!("Input should be a multiple of {multiple}"),
+                input,
+            );
+            return None;
+        }
+        Some(v as usize)
+    };
+    let width = size(&mut f, "width");
+    let height = size(&mut f, "height");
+    let steps = f.integer("steps", 1, MAX_STEPS as i64).map(|v| v as usize);
+    let guidance_scale = f
+        .number("guidance_scale", 0.0, MAX_GUIDANCE)
+        .map(|v| v as f32);
+    let sampler: Option<SamplerKind> = f.one_of("sampler");
+    let scheduler: Option<ScheduleKind> = f.one_of("scheduler");
+    // A1111 seeds go to 2^32; torch accepts any u64.
+    let seed = f.integer("seed", 0, i64::MAX).map(|v| v as u64);
+    let long_prompt: Option<LongPrompt> = f.one_of("long_prompt");
+    let num_images = f.integer("num_images", 1, MAX_IMAGES as i64).unwrap_or(1) as u32;
+    let priority = f.integer("priority", -1000, 1000).unwrap_or(0) as i32;
+    if let Some(loras) = f.value("loras") {
+        match loras.as_array() {
+            None => f.error(
+                "loras",
+                "list_type",
+                "Input should be a valid list",
+                Some(loras),
+            ),
+            Some(list) => {
+                for (i, lora) in list.iter().enumerate() {
+                    let id = lora.get("id").and_then(Value::as_str).unwrap_or_default();
+                    f.errors.push(ValidationItem {
+                        loc: vec!["body".into(), "loras".into(), i.to_string(), "id".into()],
+                        msg: format!("unknown LoRA `{id}`; this server has no LoRAs installed"),
+                        kind: "value_error".into(),
+                        input: Some(lora.clone()),
+                    });
+                }
+            }
+        }
+    }
+
+    let (Some(manifest), Some(prompt), true) = (manifest, prompt, f.errors.is_empty()) else {
+        return Err(ValidationErrors { detail: f.errors });
+    };
+    let request = GenerationRequest {
+        prompt,
+        negative_prompt,
+        width,
+        height,
+        steps,
+        guidance_scale,
+        sampler: sampler.map(|s| s.name().to_owned()),
+        scheduler: scheduler.map(|s| s.name().to_owned()),
+        seed,
+        long_prompt,
+    };
+    let params = request.resolve(manifest).map_err(|e| ValidationErrors {
+        detail: vec![ValidationItem {
+            loc: vec!["body".into()],
+            msg: e.to_string(),
+            kind: "value_error".into(),
+            input: None,
+        }],
+    })?;
+    Ok(Validated {
+        model: manifest.id.clone(),
+        params,
+        num_images,
+        priority,
+    })
+}
+
+/// The JSON Schema of a model's generate parameters, with that model's defaults and limits.
+pub fn parameter_schema(manifest: &Manifest) -> Value {
+    let defaults = GenerationRequest {
+        prompt: String::new(),
+        seed: Some(0),
+        ..Default::default()
+    }
+    .resolve(manifest)
+    .ok();
+    let d = |f: fn(&GenerationParams) -> Value| defaults.as_ref().map(f).unwrap_or(Value::Null);
+    let multiple = size_multiple(manifest.family);
+    let names = |all: &[&str]| all.iter().map(|s| Value::from(*s)).collect::<Vec<_>>();
+    json!({
+        "type": "object",
+        "required": ["prompt"],
+        "additionalProperties": false,
+        "properties": {
+            "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+            "negative_prompt": {"type": ["string", "null"], "default": null,
+                "description": "absent or null: no negative prompt; \"\" is encoded like any prompt"},
+            "model": {"type": "string", "const": manifest.id},
+            "width": {"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": multiple, "default": d(|p| p.width.into())},
+            "height": {"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": multiple, "default": d(|p| p.height.into())},
+            "steps": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS, "default": d(|p| p.steps.into())},
+            "guidance_scale": {"type": "number", "minimum": 0, "maximum": MAX_GUIDANCE, "default": d(|p| p.guidance_scale.into())},
+            "sampler": {"enum": names(&SamplerKind::ALL.map(|s| s.name())), "default": d(|p| p.sampler.name().into())},
+            "scheduler": {"enum": names(&ScheduleKind::ALL.map(|s| s.name())), "default": d(|p| p.scheduler.name().into())},
+            "seed": {"type": ["integer", "null"], "minimum": 0, "description": "null or absent: random; image i uses seed + i"},
+            "long_prompt": {"enum": ["chunk", "truncate"], "default": "chunk"},
+            "num_images": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGES, "default": 1},
+            "loras": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
+                "id": {"type": "string"}, "weight": {"type": "number"}, "trigger_weight": {"type": "number"}}}},
+            "priority": {"type": "integer", "minimum": -1000, "maximum": 1000, "default": 0,
+                "description": "higher runs first; equal priorities run in submission order"},
+        }
+    })
+}

@@ -1,0 +1,258 @@
+//! Images and jobs on disk: PNG files in `<data>/outputs`, a sled index beside them,
+//! thumbnails in their own cache directory.
+//!
+//! Write order keeps the index honest: a PNG is written to a temporary name, fsynced and
+//! renamed before its index entry is inserted and flushed, so a crash leaves at worst a file
+//! without an entry (cleaned at start-up), never an entry without its file. File names are made
+//! here (`<job id>_<index>.png`); names from URLs are only ever looked up, never joined to a
+//! path before they are found in the index.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::output::png::{a1111_parameters, encode_png};
+use crate::pipelines::GenerationParams;
+use crate::queue::Job;
+
+/// A gallery entry.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ImageRecord {
+    /// Monotonic id (sled `generate_id`): the gallery's order, cursor and SSE event id.
+    pub id: u64,
+    pub filename: String,
+    pub width: u32,
+    pub height: u32,
+    pub job_id: String,
+    pub model: String,
+    pub prompt: String,
+    pub seed: u64,
+    /// Unix time in milliseconds.
+    pub created_at: u64,
+}
+
+pub struct Store {
+    db: sled::Db,
+    jobs: sled::Tree,
+    /// id (big-endian u64) → ImageRecord
+    images: sled::Tree,
+    /// filename → id
+    names: sled::Tree,
+    outputs: PathBuf,
+    thumbnails: PathBuf,
+}
+
+const THUMB_SIZE: u32 = 256;
+
+fn db_err(e: sled::Error) -> Error {
+    Error::Io(std::io::Error::other(e))
+}
+
+fn json_err(e: serde_json::Error) -> Error {
+    Error::Io(std::io::Error::other(e))
+}
+
+impl Store {
+    pub fn open(data_dir: &Path, thumbnails: &Path) -> Result<Self, Error> {
+        let outputs = data_dir.join("outputs");
+        fs::create_dir_all(&outputs)?;
+        fs::create_dir_all(thumbnails)?;
+        let db = sled::open(data_dir.join("index")).map_err(db_err)?;
+        let store = Self {
+            jobs: db.open_tree("jobs").map_err(db_err)?,
+            images: db.open_tree("images").map_err(db_err)?,
+            names: db.open_tree("names").map_err(db_err)?,
+            db,
+            outputs,
+            thumbnails: thumbnails.to_owned(),
+        };
+        store.reconcile()?;
+        Ok(store)
+    }
+
+    /// Start-up repair after a crash: drop half-written files and index entries whose file is
+    /// gone.
+    fn reconcile(&self) -> Result<(), Error> {
+        for entry in fs::read_dir(&self.outputs)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                fs::remove_file(&path)?;
+            }
+        }
+        for record in self.images_after(0)? {
+            if !self.outputs.join(&record.filename).is_file() {
+                tracing::warn!(filename = %record.filename, "index entry without its file: removed");
+                self.remove_index(&record)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn put_job(&self, job: &Job) -> Result<(), Error> {
+        self.jobs
+            .insert(
+                job.job_id.as_bytes(),
+                serde_json::to_vec(job).map_err(json_err)?,
+            )
+            .map_err(db_err)?;
+        self.jobs.flush().map_err(db_err)?;
+        Ok(())
+    }
+
+    pub fn jobs(&self) -> Result<Vec<Job>, Error> {
+        self.jobs
+            .iter()
+            .values()
+            .map(|v| serde_json::from_slice(&v.map_err(db_err)?).map_err(json_err))
+            .collect()
+    }
+
+    /// Writes image `index` of `job` and indexes it. Re-running an interrupted job rewrites the
+    /// same file name and replaces its entry, so a job's images exist once.
+    pub fn save_image(
+        &self,
+        job: &Job,
+        index: u32,
+        params: &GenerationParams,
+        image: &image::RgbImage,
+    ) -> Result<ImageRecord, Error> {
+        let filename = format!("{}_{index}.png", job.job_id);
+        let path = self.outputs.join(&filename);
+        let tmp = self.outputs.join(format!("{filename}.tmp"));
+        {
+            let file = File::create(&tmp)?;
+            let mut writer = BufWriter::new(file);
+            encode_png(image, &a1111_parameters(params, &job.model), &mut writer)?;
+            let file = writer.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+        }
+        fs::rename(&tmp, &path)?;
+        File::open(&self.outputs)?.sync_all()?;
+        if let Some(old) = self.image(&filename)? {
+            self.remove_index(&old)?;
+            let _ = fs::remove_file(self.thumbnails.join(thumb_name(&filename)));
+        }
+        let record = ImageRecord {
+            // sled ids start at 0; gallery ids start at 1 so that "after 0" means "all".
+            id: self.db.generate_id().map_err(db_err)? + 1,
+            filename: filename.clone(),
+            width: image.width(),
+            height: image.height(),
+            job_id: job.job_id.clone(),
+            model: job.model.clone(),
+            prompt: params.prompt.clone(),
+            seed: params.seed,
+            created_at: crate::queue::now_ms(),
+        };
+        self.images
+            .insert(
+                record.id.to_be_bytes(),
+                serde_json::to_vec(&record).map_err(json_err)?,
+            )
+            .map_err(db_err)?;
+        self.names
+            .insert(filename.as_bytes(), &record.id.to_be_bytes())
+            .map_err(db_err)?;
+        self.db.flush().map_err(db_err)?;
+        Ok(record)
+    }
+
+    fn remove_index(&self, record: &ImageRecord) -> Result<(), Error> {
+        self.images
+            .remove(record.id.to_be_bytes())
+            .map_err(db_err)?;
+        self.names
+            .remove(record.filename.as_bytes())
+            .map_err(db_err)?;
+        self.db.flush().map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Newest first, starting below `before` (an image id), at most `limit`.
+    pub fn list_images(
+        &self,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<ImageRecord>, Error> {
+        let range = match before {
+            Some(id) => self.images.range(..id.to_be_bytes()),
+            None => self.images.range::<[u8; 8], _>(..),
+        };
+        range
+            .rev()
+            .take(limit)
+            .map(|kv| serde_json::from_slice(&kv.map_err(db_err)?.1).map_err(json_err))
+            .collect()
+    }
+
+    /// Oldest first, every image with an id above `after` (gallery SSE replay).
+    pub fn images_after(&self, after: u64) -> Result<Vec<ImageRecord>, Error> {
+        self.images
+            .range((after + 1).to_be_bytes()..)
+            .map(|kv| serde_json::from_slice(&kv.map_err(db_err)?.1).map_err(json_err))
+            .collect()
+    }
+
+    /// The record of an indexed file name; `None` for anything else, whatever it contains.
+    pub fn image(&self, filename: &str) -> Result<Option<ImageRecord>, Error> {
+        let Some(id) = self.names.get(filename.as_bytes()).map_err(db_err)? else {
+            return Ok(None);
+        };
+        let Some(value) = self.images.get(&id).map_err(db_err)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&value).map(Some).map_err(json_err)
+    }
+
+    /// Path of an indexed image.
+    pub fn image_path(&self, record: &ImageRecord) -> PathBuf {
+        self.outputs.join(&record.filename)
+    }
+
+    pub fn delete_image(&self, record: &ImageRecord) -> Result<(), Error> {
+        self.remove_index(record)?;
+        let _ = fs::remove_file(self.thumbnails.join(thumb_name(&record.filename)));
+        fs::remove_file(self.image_path(record))?;
+        Ok(())
+    }
+
+    /// The JPEG thumbnail of an indexed image (at most 256 px on the long side), made with
+    /// fast_image_resize on first request and cached.
+    pub fn thumbnail(&self, record: &ImageRecord) -> Result<PathBuf, Error> {
+        let path = self.thumbnails.join(thumb_name(&record.filename));
+        if path.is_file() {
+            return Ok(path);
+        }
+        let source = image::open(self.image_path(record))
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+            .to_rgb8();
+        let scale = THUMB_SIZE as f32 / source.width().max(source.height()) as f32;
+        let (w, h) = if scale < 1.0 {
+            (
+                ((source.width() as f32 * scale).round() as u32).max(1),
+                ((source.height() as f32 * scale).round() as u32).max(1),
+            )
+        } else {
+            (source.width(), source.height())
+        };
+        let mut thumb = image::RgbImage::new(w, h);
+        fast_image_resize::Resizer::new()
+            .resize(&source, &mut thumb, None)
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let tmp = path.with_extension("jpg.tmp");
+        {
+            let mut out = BufWriter::new(File::create(&tmp)?);
+            out.write_all(&crate::output::preview::jpeg(&thumb, 85))?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        }
+        fs::rename(&tmp, &path)?;
+        Ok(path)
+    }
+}
+
+fn thumb_name(filename: &str) -> String {
+    format!("{}.jpg", filename.trim_end_matches(".png"))
+}

@@ -1,0 +1,441 @@
+//! `hanga serve` over real HTTP, with the demo model (tiny random SDXL): jobs, SSE, gallery,
+//! priorities, cancel, crash recovery, validation.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::http::{Server, Sse, get, post_json, request, wait_finished};
+use serde_json::json;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hanga-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn submit(port: u16, body: serde_json::Value) -> String {
+    let r = post_json(port, "/api/generate", &body);
+    assert_eq!(r.status, 202, "{}", r.text());
+    r.json()["job_id"].as_str().unwrap().to_owned()
+}
+
+/// A job that runs long enough (about a second or more on CPU) to be caught running.
+fn slow_job(priority: i32) -> serde_json::Value {
+    json!({"prompt": "slow", "width": 512, "height": 512, "steps": 60, "seed": 1, "priority": priority})
+}
+
+fn quick_job(prompt: &str, priority: i32) -> serde_json::Value {
+    json!({"prompt": prompt, "width": 64, "height": 64, "steps": 3, "seed": 7, "priority": priority})
+}
+
+#[test]
+fn generate_follow_download_and_gallery() {
+    let dir = temp_dir("roundtrip");
+    let server = Server::start(&dir, &["--preview-interval-ms", "0"]);
+    let port = server.port;
+    let mut gallery = Sse::connect(port, "/api/sse/gallery", None);
+    assert_eq!(gallery.status, 200);
+
+    let job_id = submit(
+        port,
+        json!({"prompt": "a red fox", "negative_prompt": "blurry", "width": 64, "height": 96, "steps": 4, "seed": 42, "num_images": 2}),
+    );
+    let mut sse = Sse::connect(port, &format!("/api/sse/{job_id}"), None);
+    let events = sse.collect_until(|e| {
+        matches!(
+            e.event.as_deref(),
+            Some("completed" | "failed" | "cancelled")
+        )
+    });
+    assert!(
+        sse.next().is_none(),
+        "the stream ends after the terminal event"
+    );
+    let ids: Vec<u64> = events
+        .iter()
+        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "increasing ids: {ids:?}"
+    );
+    let processing: Vec<_> = events
+        .iter()
+        .filter(|e| e.event.as_deref() == Some("processing"))
+        .map(|e| e.json())
+        .collect();
+    assert!(!processing.is_empty());
+    assert!(processing.iter().all(|p| p["total_steps"] == 8));
+    assert!(processing.iter().any(|p| {
+        p["preview"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("data:image/jpeg;base64,"))
+    }));
+    let last = events.last().unwrap().json();
+    assert_eq!(last["status"], "completed", "{last}");
+    let images: Vec<String> = last["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(images.len(), 2);
+
+    let job = get(port, &format!("/api/jobs/{job_id}")).json();
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["params"]["seed"], 42);
+    assert_eq!(job["step"], 8);
+
+    for (i, name) in images.iter().enumerate() {
+        let png = get(port, &format!("/api/images/{name}"));
+        assert_eq!(png.status, 200);
+        assert_eq!(png.header("content-type"), Some("image/png"));
+        let image = image::load_from_memory(&png.body).unwrap();
+        assert_eq!((image.width(), image.height()), (64, 96));
+        let parameters = hanga::output::png::read_parameters(&png.body).unwrap();
+        assert!(
+            parameters.contains(&format!("Seed: {}", 42 + i)),
+            "{parameters}"
+        );
+        let etag = png.header("etag").unwrap().to_owned();
+        assert_eq!(
+            request(
+                port,
+                "GET",
+                &format!("/api/images/{name}"),
+                None,
+                &[("If-None-Match", &etag)]
+            )
+            .status,
+            304
+        );
+
+        let thumb = get(port, &format!("/api/thumbs/{name}"));
+        assert_eq!(thumb.status, 200);
+        assert_eq!(thumb.header("content-type"), Some("image/jpeg"));
+        image::load_from_memory(&thumb.body).unwrap();
+    }
+
+    let listed = get(port, "/api/images").json();
+    let names: Vec<&str> = listed["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["filename"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec![images[1].as_str(), images[0].as_str()],
+        "newest first"
+    );
+    assert_eq!(
+        listed["images"][0]["url"],
+        format!("/api/images/{}", images[1])
+    );
+
+    let announced = gallery.collect_until(|e| e.data.contains(&images[1]));
+    assert!(announced.iter().any(|e| e.data.contains(&images[0])));
+    assert!(announced.iter().all(|e| e.id.is_some()));
+
+    // Gallery replay from an event id: the second image only.
+    let first_id = announced
+        .iter()
+        .find(|e| e.data.contains(&images[0]))
+        .unwrap()
+        .id
+        .clone()
+        .unwrap();
+    let mut replay = Sse::connect(port, "/api/sse/gallery", Some(&first_id));
+    assert!(replay.next().unwrap().data.contains(&images[1]));
+
+    assert_eq!(
+        request(
+            port,
+            "DELETE",
+            &format!("/api/images/{}", images[0]),
+            None,
+            &[]
+        )
+        .status,
+        204
+    );
+    assert_eq!(get(port, &format!("/api/images/{}", images[0])).status, 404);
+}
+
+#[test]
+fn priorities_order_the_queue_and_positions_count_down() {
+    let dir = temp_dir("priority");
+    let server = Server::start(&dir, &[]);
+    let port = server.port;
+    let running = submit(port, slow_job(0));
+    while get(port, &format!("/api/jobs/{running}")).json()["status"] != "processing" {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let low = submit(port, quick_job("low", 0));
+    let high = submit(port, quick_job("high", 5));
+    assert_eq!(
+        get(port, &format!("/api/jobs/{low}")).json()["position"],
+        1,
+        "the higher priority went ahead"
+    );
+    assert_eq!(
+        get(port, &format!("/api/jobs/{high}")).json()["position"],
+        0
+    );
+
+    let mut sse = Sse::connect(port, &format!("/api/sse/{low}"), None);
+    let events = sse.collect_until(|e| e.event.as_deref() == Some("completed"));
+    let positions: Vec<u64> = events
+        .iter()
+        .filter(|e| e.event.as_deref() == Some("queued"))
+        .map(|e| e.json()["position"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        positions,
+        vec![1, 0],
+        "position goes down as jobs ahead start"
+    );
+
+    let finished = |id: &str| {
+        wait_finished(port, id, Duration::from_secs(120))["started_at"]
+            .as_u64()
+            .unwrap()
+    };
+    let (t_running, t_high, t_low) = (finished(&running), finished(&high), finished(&low));
+    assert!(
+        t_running <= t_high && t_high <= t_low,
+        "ran in priority order"
+    );
+}
+
+#[test]
+fn cancel_queued_running_and_finished_jobs() {
+    let dir = temp_dir("cancel");
+    let server = Server::start(&dir, &[]);
+    let port = server.port;
+    let running = submit(port, slow_job(0));
+    let queued = submit(port, quick_job("queued", 0));
+    while get(port, &format!("/api/jobs/{running}")).json()["status"] != "processing" {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = request(port, "DELETE", &format!("/api/jobs/{queued}"), None, &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "cancelled");
+    assert_eq!(
+        request(port, "DELETE", &format!("/api/jobs/{running}"), None, &[]).status,
+        200
+    );
+    let job = wait_finished(port, &running, Duration::from_secs(60));
+    assert_eq!(job["status"], "cancelled");
+    assert!(job["step"].as_u64().unwrap() < 60, "stopped early: {job}");
+    assert_eq!(
+        request(port, "DELETE", &format!("/api/jobs/{running}"), None, &[]).status,
+        409
+    );
+    assert_eq!(
+        request(port, "DELETE", "/api/jobs/nope", None, &[]).status,
+        404
+    );
+
+    let done = submit(port, quick_job("done", 0));
+    assert_eq!(
+        wait_finished(port, &done, Duration::from_secs(60))["status"],
+        "completed"
+    );
+    assert_eq!(
+        request(port, "DELETE", &format!("/api/jobs/{done}"), None, &[]).status,
+        409
+    );
+}
+
+#[test]
+fn a_killed_server_finishes_every_accepted_job_once() {
+    let dir = temp_dir("restart");
+    let server = Server::start(&dir, &[]);
+    let port = server.port;
+    let mut jobs = vec![submit(port, slow_job(0))];
+    while get(port, &format!("/api/jobs/{}", jobs[0])).json()["status"] != "processing" {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for i in 0..3 {
+        jobs.push(submit(port, json!({"prompt": format!("queued {i}"), "width": 64, "height": 64, "steps": 2, "num_images": 2})));
+    }
+    server.kill();
+
+    let server = Server::start(&dir, &[]);
+    let port = server.port;
+    let mut all_images = Vec::new();
+    for id in &jobs {
+        let job = wait_finished(port, id, Duration::from_secs(120));
+        assert_eq!(job["status"], "completed", "{job}");
+        all_images.extend(
+            job["images"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned()),
+        );
+    }
+    assert_eq!(all_images.len(), 1 + 3 * 2);
+    let listed = get(port, "/api/images?limit=100").json();
+    let mut names: Vec<String> = listed["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["filename"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    all_images.sort();
+    assert_eq!(
+        names, all_images,
+        "each job's images exactly once in the gallery"
+    );
+    for name in &names {
+        assert_eq!(
+            get(port, &format!("/api/images/{name}")).status,
+            200,
+            "{name} has its file"
+        );
+    }
+    assert_eq!(
+        get(port, "/api/jobs?status=queued").json()["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn sse_replays_missed_events_after_last_event_id() {
+    let dir = temp_dir("replay");
+    let server = Server::start(&dir, &["--preview-interval-ms", "0"]);
+    let port = server.port;
+    let id = submit(port, quick_job("replay", 0));
+    wait_finished(port, &id, Duration::from_secs(60));
+    let mut full = Sse::connect(port, &format!("/api/sse/{id}"), Some("0"));
+    let all = full.collect_until(|e| e.event.as_deref() == Some("completed"));
+    assert!(all.len() >= 4, "queued, processing…, completed: {all:?}");
+    let resume_after = all[1].id.clone().unwrap();
+    let mut resumed = Sse::connect(port, &format!("/api/sse/{id}"), Some(&resume_after));
+    let rest = resumed.collect_until(|e| e.event.as_deref() == Some("completed"));
+    let rest_ids: Vec<_> = rest.iter().map(|e| e.id.clone().unwrap()).collect();
+    let expected: Vec<_> = all[2..].iter().map(|e| e.id.clone().unwrap()).collect();
+    assert_eq!(rest_ids, expected);
+
+    // Without an id: a snapshot of the finished job, then the end.
+    let mut fresh = Sse::connect(port, &format!("/api/sse/{id}"), None);
+    let snapshot = fresh.next().unwrap().json();
+    assert_eq!(snapshot["status"], "completed");
+    assert_eq!(snapshot["job"]["job_id"], id.as_str());
+    assert!(fresh.next().is_none());
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
+    let dir = temp_dir("bad-input");
+    let server = Server::start(&dir, &[]);
+    let port = server.port;
+    let expect_422 = |body: &[u8], field: &str| {
+        let r = request(port, "POST", "/api/generate", Some(body), &[]);
+        assert_eq!(
+            r.status,
+            422,
+            "{}: {}",
+            String::from_utf8_lossy(body),
+            r.text()
+        );
+        let detail = r.json()["detail"].as_array().unwrap().clone();
+        assert!(
+            detail
+                .iter()
+                .any(|d| d["loc"].as_array().unwrap().iter().any(|l| l == field)),
+            "{field} not named in {detail:?}"
+        );
+    };
+    expect_422(b"{\"prompt\": ", "body");
+    expect_422(br#"{"prompt": 5, "steps": "many"}"#, "prompt");
+    expect_422(br#"{"prompt": "x", "steps": "many"}"#, "steps");
+    expect_422(br#"{"prompt": "x", "model": "no-such-model"}"#, "model");
+    expect_422(br#"{"prompt": "x", "width": 1000000}"#, "width");
+    expect_422(br#"{"prompt": "x", "width": 100}"#, "width");
+    expect_422(br#"{"prompt": "x", "steps": 0}"#, "steps");
+    expect_422(br#"{"prompt": "x", "seed": -1}"#, "seed");
+    expect_422(
+        br#"{"prompt": "x", "loras": [{"id": "nope", "weight": 1.0}]}"#,
+        "loras",
+    );
+    expect_422(br#"{"prompt": "x", "sampler": "heun"}"#, "sampler");
+    expect_422(br#"{"width": 64}"#, "prompt");
+
+    for path in [
+        "/api/images/..%2f..%2fetc%2fpasswd",
+        "/api/images/%2e%2e",
+        "/api/thumbs/a%00b.png",
+        "/api/images/%2Fetc%2Fpasswd",
+    ] {
+        let status = get(port, path).status;
+        assert!(status == 400 || status == 404, "{path}: {status}");
+    }
+    assert_eq!(get(port, "/api/images/missing.png").status, 404);
+    assert_eq!(get(port, "/api/jobs/missing").status, 404);
+
+    let big = format!("{{\"prompt\": \"{}\"}}", "a".repeat(2 << 20));
+    assert_eq!(
+        request(port, "POST", "/api/generate", Some(big.as_bytes()), &[]).status,
+        413
+    );
+
+    assert_eq!(get(port, "/health").status, 200);
+    assert_eq!(get(port, "/ready").status, 200);
+    let metrics = get(port, "/metrics").text();
+    assert!(metrics.contains("hanga_queue_depth 0"), "{metrics}");
+}
+
+#[test]
+fn openapi_lists_every_route_and_info_describes_models() {
+    let dir = temp_dir("openapi");
+    let server = Server::start(&dir, &[]);
+    let port = server.port;
+    let spec = get(port, "/openapi.json").json();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = spec["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/api/generate", "post"),
+        ("/api/jobs", "get"),
+        ("/api/jobs/{job_id}", "get"),
+        ("/api/jobs/{job_id}", "delete"),
+        ("/api/sse/{job_id}", "get"),
+        ("/api/images", "get"),
+        ("/api/images/{filename}", "get"),
+        ("/api/images/{filename}", "delete"),
+        ("/api/thumbs/{filename}", "get"),
+        ("/api/sse/gallery", "get"),
+        ("/api/info", "get"),
+        ("/health", "get"),
+        ("/ready", "get"),
+        ("/metrics", "get"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing"
+        );
+    }
+    let body_schema =
+        &paths["/api/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert!(
+        body_schema.to_string().contains("GenerateBody"),
+        "{body_schema}"
+    );
+    assert_eq!(get(port, "/docs/").status, 200);
+
+    let info = get(port, "/api/info").json();
+    assert_eq!(info["default_model"], "sdxl-tiny-demo");
+    let model = &info["models"][0];
+    assert_eq!(model["family"], "sdxl");
+    assert_eq!(model["parameters"]["properties"]["steps"]["default"], 20);
+    assert_eq!(model["parameters"]["properties"]["width"]["multipleOf"], 8);
+}
