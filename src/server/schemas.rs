@@ -186,13 +186,20 @@ pub struct JobStreamEvent {
     #[oai(skip)]
     pub event_id: u64,
     pub status: String,
+    #[oai(skip_serializing_if_is_none)]
     pub position: Option<u32>,
+    #[oai(skip_serializing_if_is_none)]
     pub step: Option<u32>,
+    #[oai(skip_serializing_if_is_none)]
     pub total_steps: Option<u32>,
     /// `data:image/jpeg;base64,...`
+    #[oai(skip_serializing_if_is_none)]
     pub preview: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
     pub images: Option<Vec<String>>,
+    #[oai(skip_serializing_if_is_none)]
     pub error: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
     pub job: Option<JobView>,
 }
 
