@@ -1,7 +1,7 @@
 # hanga — two commands do everything: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test release bench check-gpu fmt
+.PHONY: run test release bench bench-server check-gpu fmt
 
 # Builds and starts the server on 127.0.0.1:8000 with the bundled demo model (random weights):
 # Swagger UI at http://127.0.0.1:8000/docs. The dev profile (dependencies at opt-level 3)
@@ -21,6 +21,10 @@ test:
 # build of everything. HANGA_BENCH_PYTHON names a Python with torch and diffusers.
 bench:
 	$(CARGO) test --bench denoise -- --bench
+
+# Requests per second and submit→start latency of `hanga serve`, with wrk.
+bench-server:
+	benches/server_load.sh
 
 # The GPU backends must keep compiling even on machines without a GPU.
 check-gpu:
