@@ -439,3 +439,63 @@ fn openapi_lists_every_route_and_info_describes_models() {
     assert_eq!(model["parameters"]["properties"]["steps"]["default"], 20);
     assert_eq!(model["parameters"]["properties"]["width"]["multipleOf"], 8);
 }
+
+#[test]
+fn a_full_queue_answers_429_and_a_broken_model_fails_alone() {
+    let dir = temp_dir("limits");
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    // A manifest whose "checkpoint" is a VAE file: loading it must fail that job only.
+    let vae = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/components/sdxl_vae/diffusion_pytorch_model.safetensors");
+    std::fs::write(
+        manifests.join("broken.toml"),
+        format!(
+            "id = \"broken\"\nname = \"Broken\"\nfamily = \"sdxl\"\n[files]\ncheckpoint = {:?}\n",
+            vae.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(
+        &dir,
+        &[
+            "--queue-capacity",
+            "1",
+            "--manifests",
+            manifests.to_str().unwrap(),
+            "--default-model",
+            "sdxl-tiny-demo",
+        ],
+    );
+    let port = server.port;
+
+    let broken = submit(port, json!({"prompt": "x", "model": "broken", "steps": 1}));
+    let failed = wait_finished(port, &broken, Duration::from_secs(60));
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an SDXL checkpoint"),
+        "{failed}"
+    );
+
+    let running = submit(port, slow_job(0));
+    while get(port, &format!("/api/jobs/{running}")).json()["status"] != "processing" {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let waiting = submit(port, quick_job("waits", 0));
+    let refused = post_json(port, "/api/generate", &quick_job("refused", 0));
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert!(refused.header("retry-after").is_some());
+
+    assert_eq!(
+        request(port, "DELETE", &format!("/api/jobs/{running}"), None, &[]).status,
+        200
+    );
+    assert_eq!(
+        wait_finished(port, &waiting, Duration::from_secs(60))["status"],
+        "completed",
+        "the runner goes on"
+    );
+}
