@@ -46,6 +46,9 @@ impl JobEvent {
 pub type Numbered = (u64, JobEvent);
 
 const LOG_LEN: usize = 64;
+/// Logs of finished jobs kept for late reconnects; older ones are dropped (their streams then
+/// start with a snapshot from the job record).
+const FINISHED_LOGS: usize = 256;
 
 struct JobLog {
     next_id: u64,
@@ -75,6 +78,7 @@ pub struct Subscription {
 #[derive(Default)]
 pub struct Events {
     jobs: Mutex<HashMap<String, JobLog>>,
+    finished: Mutex<VecDeque<String>>,
     gallery: Mutex<Option<broadcast::Sender<ImageRecord>>>,
 }
 
@@ -88,8 +92,24 @@ impl Events {
             log.log.pop_front();
         }
         log.log.push_back(numbered.clone());
+        let terminal = numbered.1.is_terminal();
         // No receivers is fine: nobody is watching this job.
         let _ = log.tx.send(numbered);
+        if terminal {
+            // Previews are for watching a run; a finished job's replay does without them.
+            for (_, event) in log.log.iter_mut() {
+                if let JobEvent::Processing { preview, .. } = event {
+                    *preview = None;
+                }
+            }
+            let mut finished = self.finished.lock().expect("events lock");
+            finished.push_back(job_id.to_owned());
+            if finished.len() > FINISHED_LOGS
+                && let Some(old) = finished.pop_front()
+            {
+                jobs.remove(&old);
+            }
+        }
     }
 
     /// Publishes a queued job's position unless it is the position it last announced.
@@ -108,11 +128,14 @@ impl Events {
 
     pub fn subscribe(&self, job_id: &str, after: Option<u64>) -> Subscription {
         let mut jobs = self.jobs.lock().expect("events lock");
+        let existed = jobs.contains_key(job_id);
         let log = jobs.entry(job_id.to_owned()).or_insert_with(JobLog::new);
         let live = log.tx.subscribe();
-        let missed = after.and_then(|after| {
+        // Replay only from a log that was there and still holds every event after `after`;
+        // an id from before a restart or from a dropped log gets a snapshot instead.
+        let missed = after.filter(|_| existed).and_then(|after| {
             let oldest = log.log.front().map_or(log.next_id, |(id, _)| *id);
-            (after + 1 >= oldest).then(|| {
+            (after < log.next_id && after + 1 >= oldest).then(|| {
                 log.log
                     .iter()
                     .filter(|(id, _)| *id > after)
@@ -139,5 +162,68 @@ impl Events {
             .expect("events lock")
             .get_or_insert_with(|| broadcast::channel(256).0)
             .subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn processing(step: u32) -> JobEvent {
+        JobEvent::Processing {
+            step,
+            total_steps: 3,
+            preview: Some("data:".into()),
+        }
+    }
+
+    #[test]
+    fn replays_what_was_missed_or_asks_for_a_snapshot() {
+        let events = Events::default();
+        events.publish("a", JobEvent::Queued { position: 0 });
+        events.publish("a", processing(1));
+        events.publish("a", processing(2));
+        let sub = events.subscribe("a", Some(1));
+        assert_eq!(
+            sub.missed.unwrap().iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(sub.last_id, 3);
+        // An id this log never issued (a previous server life): snapshot.
+        assert!(events.subscribe("a", Some(9)).missed.is_none());
+        assert!(events.subscribe("a", None).missed.is_none());
+    }
+
+    #[test]
+    fn finished_jobs_keep_no_previews_and_old_logs_go() {
+        let events = Events::default();
+        events.publish("a", processing(1));
+        events.publish("a", JobEvent::Completed { images: vec![] });
+        let missed = events.subscribe("a", Some(0)).missed.unwrap();
+        assert_eq!(
+            missed[0].1,
+            JobEvent::Processing {
+                step: 1,
+                total_steps: 3,
+                preview: None
+            }
+        );
+        for i in 0..FINISHED_LOGS {
+            events.publish(&format!("j{i}"), JobEvent::Cancelled);
+        }
+        assert!(
+            events.subscribe("a", Some(0)).missed.is_none(),
+            "the oldest finished log was dropped"
+        );
+    }
+
+    #[test]
+    fn positions_are_announced_once() {
+        let events = Events::default();
+        events.publish_position("a", 2);
+        events.publish_position("a", 2);
+        events.publish_position("a", 1);
+        let missed = events.subscribe("a", Some(0)).missed.unwrap();
+        assert_eq!(missed.len(), 2);
     }
 }
