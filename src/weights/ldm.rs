@@ -18,7 +18,7 @@ pub fn unet_store(file: &Arc<SafetensorsFile>, prefix: &str) -> TensorStore {
     raw.renamed(|name| unet_name(name, layers_per_block))
 }
 
-fn unet_name(name: &str, layers_per_block: usize) -> Option<String> {
+pub(super) fn unet_name(name: &str, layers_per_block: usize) -> Option<String> {
     let per_level = layers_per_block + 1;
     let (head, rest) = name.split_once('.')?;
     let renamed = match head {

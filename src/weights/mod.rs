@@ -3,9 +3,11 @@
 mod detect;
 mod ldm;
 mod loader;
+mod lora;
 mod store;
 
 pub use detect::describe;
 pub use ldm::{open_clip_store, unet_store, vae_store};
 pub use loader::Weights;
+pub use lora::{LoraComponent, LoraFile, LoraModule};
 pub use store::{SafetensorsFile, TensorInfo, TensorSlot, TensorStore};

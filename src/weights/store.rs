@@ -24,6 +24,7 @@ pub struct SafetensorsFile {
     mmap: Mmap,
     data_start: usize,
     tensors: Vec<(String, TensorInfo)>,
+    metadata: HashMap<String, String>,
 }
 
 #[derive(Clone, Debug)]
@@ -44,6 +45,7 @@ impl SafetensorsFile {
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
             Error::weights(format!("{} is not a safetensors file: {e}", path.display()))
         })?;
+        let file_metadata = metadata.metadata().clone().unwrap_or_default();
         let tensors = metadata
             .tensors()
             .into_iter()
@@ -62,11 +64,17 @@ impl SafetensorsFile {
             mmap,
             data_start: 8 + header_len,
             tensors,
+            metadata: file_metadata,
         }))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The free-form `__metadata__` strings of the header.
+    pub fn metadata(&self) -> &HashMap<String, String> {
+        &self.metadata
     }
 
     /// Every tensor of the file, in no particular order.
