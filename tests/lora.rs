@@ -6,6 +6,7 @@
 mod common;
 
 use common::{fixtures, load, max_abs_diff};
+
 use hanga::weights::LoraFile;
 
 const LORA_SCALE: f32 = 0.8;
@@ -65,4 +66,103 @@ fn kohya_lora_follows_sd_scripts_alpha_convention() {
         "sdxl_lora_kohya_sdscripts-equivalent.safetensors",
         "fused_deltas_kohya_sdscripts-equivalent.safetensors",
     );
+}
+
+mod pipeline {
+    use super::common::{B, fixtures, load, max_abs_diff, repo, values};
+    use hanga::pipelines::{Flow, GenerationParams, SdxlPipeline};
+    use hanga::registry::Manifest;
+    use hanga::sampling::{SamplerKind, ScheduleKind};
+    use hanga::text::LongPrompt;
+    use hanga::weights::LoraFile;
+
+    fn case(
+        run: &str,
+    ) -> (
+        GenerationParams,
+        std::collections::HashMap<String, super::common::Recorded>,
+        image::RgbImage,
+    ) {
+        let dir = fixtures().join(format!("sdxl/lora/cases/sdxl_lora_euler_64x64_{run}"));
+        let text = std::fs::read_to_string(dir.join("case.json"))
+            .unwrap()
+            .replace("-Infinity", "null");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let params = GenerationParams {
+            prompt: json["prompt"].as_str().unwrap().into(),
+            negative_prompt: json["negative_prompt"].as_str().map(Into::into),
+            width: 64,
+            height: 64,
+            steps: json["num_inference_steps"].as_u64().unwrap() as usize,
+            guidance_scale: json["guidance_scale"].as_f64().unwrap() as f32,
+            sampler: SamplerKind::Euler,
+            scheduler: ScheduleKind::Normal,
+            seed: json["seed"].as_u64().unwrap(),
+            long_prompt: LongPrompt::Chunk,
+        };
+        let png = image::open(dir.join("image.png")).unwrap().to_rgb8();
+        (params, load(&dir.join("case.safetensors")), png)
+    }
+
+    fn pixel_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
+        a.as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap()
+    }
+
+    fn lora(file: &str) -> LoraFile {
+        LoraFile::open(&fixtures().join("sdxl/lora").join(file)).unwrap()
+    }
+
+    #[test]
+    fn loras_reproduce_the_reference_images_and_come_off_cleanly() {
+        let manifest =
+            Manifest::from_file(&repo().join("model_manifests/sdxl-tiny-demo.toml")).unwrap();
+        let mut pipeline = SdxlPipeline::<B>::load(&manifest, &Default::default()).unwrap();
+        let (base_params, _, base_png) = case("base");
+        let base = pipeline
+            .generate(&base_params, &mut |_| Flow::Continue)
+            .unwrap();
+        assert!(pixel_diff(&base, &base_png) <= 2);
+
+        for (file, run) in [
+            ("sdxl_lora_peft.safetensors", "peft"),
+            ("sdxl_lora_kohya.safetensors", "kohya_sdscripts-equivalent"),
+            (
+                "sdxl_lora_kohya_sdscripts-equivalent.safetensors",
+                "kohya_sdscripts-equivalent",
+            ),
+        ] {
+            let (params, tensors, png) = case(run);
+            let file = lora(file);
+            let image = pipeline
+                .generate_with_loras(&params, &[(&file, 0.8)], &mut |p| {
+                    let key = format!("latents.step{}", p.step - 1);
+                    let err = max_abs_diff(&values(p.latents.clone()), &tensors[&key].f32());
+                    assert!(err <= 1e-3, "{run} {key}: {err:e}");
+                    Flow::Continue
+                })
+                .unwrap();
+            let diff = pixel_diff(&image, &png);
+            assert!(diff <= 2, "{run}: image differs by {diff}/255");
+            assert_ne!(image, base, "{run}: the LoRA changes the image");
+            // Nothing stays merged: the next plain run is the base image, bit for bit.
+            assert_eq!(
+                pipeline
+                    .generate(&base_params, &mut |_| Flow::Continue)
+                    .unwrap(),
+                base,
+                "{run} left weights behind"
+            );
+        }
+
+        let peft = lora("sdxl_lora_peft.safetensors");
+        let zero = pipeline
+            .generate_with_loras(&base_params, &[(&peft, 0.0)], &mut |_| Flow::Continue)
+            .unwrap();
+        assert_eq!(zero, base, "weight 0 gives the base image exactly");
+    }
 }

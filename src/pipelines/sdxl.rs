@@ -4,7 +4,10 @@
 //! (`encode_prompt`, `_get_add_time_ids`, `prepare_latents`, the denoising loop) with
 //! `EulerDiscreteScheduler` / `EulerAncestralDiscreteScheduler` / `DPMSolverMultistepScheduler`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+use burn::module::ParamId;
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -18,7 +21,10 @@ use crate::models::vae::{Decoder, VaeConfig};
 use crate::registry::Manifest;
 use crate::sampling::{Prediction, Sampler, SchedulerConfig, TorchGenerator};
 use crate::text::{ClipTokenizer, LongPrompt, TokenChunk};
-use crate::weights::{SafetensorsFile, TensorStore, open_clip_store, unet_store, vae_store};
+use crate::weights::{
+    LoraComponent, LoraFile, LoraPatch, SafetensorsFile, TensorStore, open_clip_store, unet_store,
+    vae_store,
+};
 
 /// SDXL's VAE latent scale (sgm `scale_factor`, diffusers vae config `scaling_factor`).
 const SDXL_VAE_SCALING: f32 = 0.13025;
@@ -37,6 +43,8 @@ pub struct SdxlPipeline<B: Backend> {
     force_zeros_for_empty_prompt: bool,
     latent_channels: usize,
     device: B::Device,
+    /// Weight name → parameter, per network, for merging LoRAs.
+    param_ids: [(LoraComponent, HashMap<String, ParamId>); 3],
 }
 
 /// The tensors and settings of an SDXL model, from whichever layout it came in.
@@ -222,12 +230,20 @@ impl<B: Backend> SdxlPipeline<B> {
                 )));
             }
         };
+        let clip_l = ClipTextModel::load(&parts.clip_l, &clip_l_cfg, device)?;
+        let clip_g = ClipTextModel::load(&parts.clip_g, &clip_g_cfg, device)?;
+        let unet = UNet::load(&parts.unet, &unet_cfg, device)?;
         Ok(Self {
             tokenizer_l: tokenizer(&parts.tokenizer_l, None)?,
             tokenizer_g: tokenizer(&parts.tokenizer_g, Some(&parts.pad_g))?,
-            clip_l: ClipTextModel::load(&parts.clip_l, &clip_l_cfg, device)?,
-            clip_g: ClipTextModel::load(&parts.clip_g, &clip_g_cfg, device)?,
-            unet: UNet::load(&parts.unet, &unet_cfg, device)?,
+            clip_l,
+            clip_g,
+            unet,
+            param_ids: [
+                (LoraComponent::Unet, parts.unet.param_ids()),
+                (LoraComponent::TextEncoder, parts.clip_l.param_ids()),
+                (LoraComponent::TextEncoder2, parts.clip_g.param_ids()),
+            ],
             vae: Decoder::load(&parts.vae, &vae_cfg, device)?,
             scheduler: parts.scheduler,
             prediction,
@@ -270,6 +286,27 @@ impl<B: Backend> SdxlPipeline<B> {
             Tensor::cat(contexts, 1),
             pooled.expect("at least one chunk"),
         ))
+    }
+
+    /// [`Self::generate`] with `loras` (file, weight) merged into the UNet and both text
+    /// encoders for this run only; the base weights are back afterwards, whatever the outcome.
+    pub fn generate_with_loras(
+        &mut self,
+        params: &GenerationParams,
+        loras: &[(&LoraFile, f32)],
+        on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
+    ) -> Result<image::RgbImage, Error> {
+        let patch =
+            |i: usize| LoraPatch::<B>::new(self.param_ids[i].0, loras, &self.param_ids[i].1);
+        let (mut unet_patch, mut l_patch, mut g_patch) = (patch(0)?, patch(1)?, patch(2)?);
+        self.unet = unet_patch.apply(self.unet.clone());
+        self.clip_l = l_patch.apply(self.clip_l.clone());
+        self.clip_g = g_patch.apply(self.clip_g.clone());
+        let result = self.generate(params, on_step);
+        self.unet = unet_patch.restore(self.unet.clone());
+        self.clip_l = l_patch.restore(self.clip_l.clone());
+        self.clip_g = g_patch.restore(self.clip_g.clone());
+        result
     }
 
     /// Decodes scaled latents to the VAE's raw output [1, 3, H, W] (about [-1, 1]).

@@ -90,6 +90,13 @@ impl<'a, B: Backend> Weights<'a, B> {
         Ok(Tensor::from_data(data, &self.device))
     }
 
+    /// A parameter for weight `name`, remembered by the store so LoRAs can patch it.
+    fn param<const D: usize>(&self, tensor: Tensor<B, D>, name: &str) -> Param<Tensor<B, D>> {
+        let param = Param::from_tensor(tensor);
+        self.store.record_param(&self.path(name), param.id);
+        param
+    }
+
     /// PyTorch `nn.Linear` (`weight [out, in]`); burn keeps `[in, out]`, so it is transposed
     /// here (a strided view, no copy).
     pub fn linear(
@@ -100,16 +107,13 @@ impl<'a, B: Backend> Weights<'a, B> {
         bias: bool,
     ) -> Result<Linear<B>, Error> {
         let w = self.pp(name);
-        let weight = w.tensor("weight", [d_out, d_in])?.transpose();
+        let weight = w.param(w.tensor("weight", [d_out, d_in])?.transpose(), "weight");
         let bias = if bias {
             Some(Param::from_tensor(w.tensor("bias", [d_out])?))
         } else {
             None
         };
-        Ok(Linear {
-            weight: Param::from_tensor(weight),
-            bias,
-        })
+        Ok(Linear { weight, bias })
     }
 
     /// `nn.Linear` whose sizes are read from the stored weight, returning `(layer, d_in, d_out)`.
@@ -130,10 +134,10 @@ impl<'a, B: Backend> Weights<'a, B> {
         padding: usize,
     ) -> Result<Conv2d<B>, Error> {
         let w = self.pp(name);
-        let weight = w.tensor("weight", [c_out, c_in, kernel, kernel])?;
+        let weight = w.param(w.tensor("weight", [c_out, c_in, kernel, kernel])?, "weight");
         let bias = w.tensor("bias", [c_out])?;
         Ok(Conv2d {
-            weight: Param::from_tensor(weight),
+            weight,
             bias: Some(Param::from_tensor(bias)),
             stride: [stride, stride],
             kernel_size: [kernel, kernel],

@@ -13,8 +13,14 @@
 //! fused q/k/v need no row slicing here: `open_clip_store` already exposes them as separate
 //! q/k/v projections.
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::path::Path;
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::prelude::*;
+use burn::tensor::TensorData;
 
 use super::ldm::unet_name;
 use super::{SafetensorsFile, TensorSlot};
@@ -269,6 +275,105 @@ impl LoraFile {
             modules,
             metadata: file.metadata().clone(),
         })
+    }
+}
+
+/// Summed LoRA deltas for one network, merged into its loaded parameters for a job and taken
+/// off afterwards: the originals are kept and put back, so nothing of a LoRA outlives its job
+/// and the base weights come back bit for bit.
+pub struct LoraPatch<B: Backend> {
+    deltas: HashMap<ParamId, (Vec<f32>, Vec<usize>)>,
+    originals: HashMap<ParamId, Box<dyn Any + Send>>,
+    _backend: PhantomData<B>,
+}
+
+impl<B: Backend> LoraPatch<B> {
+    /// The deltas of `loras` (file, weight) for `component`; `params` maps the network's weight
+    /// names to its parameters (`TensorStore::param_ids`).
+    pub fn new(
+        component: LoraComponent,
+        loras: &[(&LoraFile, f32)],
+        params: &HashMap<String, ParamId>,
+    ) -> Result<Self, Error> {
+        let mut deltas: HashMap<ParamId, (Vec<f32>, Vec<usize>)> = HashMap::new();
+        for (file, weight) in loras {
+            for module in file.modules.iter().filter(|m| m.component == component) {
+                let name = format!("{}.weight", module.module);
+                let id = params.get(&name).ok_or_else(|| {
+                    Error::request(format!(
+                        "the LoRA patches `{}` `{name}`, which this model does not have",
+                        component.name()
+                    ))
+                })?;
+                let (delta, shape) = module.delta(*weight)?;
+                match deltas.get_mut(id) {
+                    Some((sum, existing)) if *existing == shape => {
+                        sum.iter_mut().zip(&delta).for_each(|(s, d)| *s += d)
+                    }
+                    Some(_) => {
+                        return Err(Error::request(format!(
+                            "LoRAs disagree on the shape of `{name}`"
+                        )));
+                    }
+                    None => {
+                        deltas.insert(*id, (delta, shape));
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            deltas,
+            originals: HashMap::new(),
+            _backend: PhantomData,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deltas.is_empty()
+    }
+
+    /// `module` with every delta added (W + ΔW).
+    pub fn apply<M: Module<B>>(&mut self, module: M) -> M {
+        module.map(&mut Apply(self))
+    }
+
+    /// `module` with the original parameters back.
+    pub fn restore<M: Module<B>>(&mut self, module: M) -> M {
+        module.map(&mut Restore(self))
+    }
+}
+
+struct Apply<'a, B: Backend>(&'a mut LoraPatch<B>);
+
+impl<B: Backend> ModuleMapper<B> for Apply<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let Some((delta, shape)) = self.0.deltas.get(&param.id) else {
+            return param;
+        };
+        let (id, tensor, mapper) = param.consume();
+        let delta = Tensor::<B, D>::from_data(
+            TensorData::new(delta.clone(), shape.clone()),
+            &tensor.device(),
+        );
+        // Linear weights are kept as [in, out] (burn's layout); deltas come as PyTorch's [out, in].
+        let delta = if D == 2 { delta.transpose() } else { delta };
+        self.0.originals.insert(id, Box::new(tensor.clone()));
+        Param::from_mapped_value(id, tensor + delta, mapper)
+    }
+}
+
+struct Restore<'a, B: Backend>(&'a mut LoraPatch<B>);
+
+impl<B: Backend> ModuleMapper<B> for Restore<'_, B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let Some(original) = self.0.originals.remove(&param.id) else {
+            return param;
+        };
+        let (id, _, mapper) = param.consume();
+        let original = *original
+            .downcast::<Tensor<B, D>>()
+            .expect("the tensor this patch replaced");
+        Param::from_mapped_value(id, original, mapper)
     }
 }
 

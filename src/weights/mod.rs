@@ -9,5 +9,5 @@ mod store;
 pub use detect::describe;
 pub use ldm::{open_clip_store, unet_store, vae_store};
 pub use loader::Weights;
-pub use lora::{LoraComponent, LoraFile, LoraModule};
+pub use lora::{LoraComponent, LoraFile, LoraModule, LoraPatch};
 pub use store::{SafetensorsFile, TensorInfo, TensorSlot, TensorStore};

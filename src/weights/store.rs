@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use burn::module::ParamId;
 
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -207,10 +209,12 @@ fn f8_e4m3_to_f32(byte: u8) -> f32 {
     }
 }
 
-/// The tensors of one network, by name.
+/// The tensors of one network, by name. It also remembers which burn parameter each weight
+/// became (see [`TensorStore::param_ids`]), so that LoRA deltas can find them by name.
 #[derive(Clone, Default)]
 pub struct TensorStore {
     slots: HashMap<String, TensorSlot>,
+    loaded: Arc<Mutex<HashMap<String, ParamId>>>,
 }
 
 impl TensorStore {
@@ -278,7 +282,23 @@ impl TensorStore {
             .iter()
             .filter_map(|(n, s)| n.strip_prefix(&p).map(|rest| (rest.to_owned(), s.clone())))
             .collect();
-        TensorStore { slots }
+        TensorStore {
+            slots,
+            loaded: Default::default(),
+        }
+    }
+
+    /// Notes that weight `name` was loaded as parameter `id`.
+    pub fn record_param(&self, name: &str, id: ParamId) {
+        self.loaded
+            .lock()
+            .expect("param ids lock")
+            .insert(name.to_owned(), id);
+    }
+
+    /// The parameter each loaded weight became, by weight name (`….to_q.weight`).
+    pub fn param_ids(&self) -> HashMap<String, ParamId> {
+        self.loaded.lock().expect("param ids lock").clone()
     }
 
     /// The same tensors renamed by `rename` (names it maps to `None` are dropped).
@@ -288,7 +308,10 @@ impl TensorStore {
             .into_iter()
             .filter_map(|(n, s)| rename(&n).map(|n| (n, s)))
             .collect();
-        TensorStore { slots }
+        TensorStore {
+            slots,
+            loaded: Default::default(),
+        }
     }
 }
 
