@@ -44,6 +44,9 @@ struct ServeArgs {
     /// Images (`outputs/`) and the job and image index live here.
     #[arg(long, env = "HANGA_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
+    /// LoRA files (default: `<data-dir>/loras`).
+    #[arg(long, env = "HANGA_LORAS")]
+    loras: Option<PathBuf>,
     /// Cache of gallery thumbnails.
     #[arg(long, env = "HANGA_THUMBNAILS_DIR", default_value = "thumbnails")]
     thumbnails_dir: PathBuf,
@@ -162,6 +165,7 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
     let options = ServeOptions {
         host: args.host,
         port: args.port,
+        loras_dir: args.loras.unwrap_or_else(|| args.data_dir.join("loras")),
         data_dir: args.data_dir,
         thumbnails_dir: args.thumbnails_dir,
         registry: Registry::scan(&manifest_dirs(&args.manifests))?,

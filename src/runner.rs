@@ -15,6 +15,7 @@ use crate::pipelines::{Flow, Pipeline};
 use crate::queue::{Events, Job, JobEvent, JobStatus, Queue, now_ms};
 use crate::registry::Registry;
 use crate::store::Store;
+use crate::weights::LoraFile;
 
 pub struct RunnerConfig {
     /// Least time between two previews of a job.
@@ -24,6 +25,7 @@ pub struct RunnerConfig {
 /// What the runner shares with the HTTP side.
 pub struct Shared {
     pub registry: Registry,
+    pub loras: crate::registry::LoraLibrary,
     pub queue: Arc<Queue>,
     pub store: Arc<Store>,
     pub events: Arc<Events>,
@@ -122,7 +124,19 @@ fn generate<B: Backend>(
         *pipeline = Some((job.model.clone(), Pipeline::load(manifest, device)?));
         *shared.loaded.lock().expect("loaded lock") = Some(job.model.clone());
     }
-    let (_, pipeline) = pipeline.as_ref().expect("loaded above");
+    let (_, pipeline) = pipeline.as_mut().expect("loaded above");
+    let files = job
+        .loras
+        .iter()
+        .map(|l| {
+            let entry = shared
+                .loras
+                .get(&l.id)
+                .ok_or_else(|| Error::request(format!("unknown LoRA `{}`", l.id)))?;
+            Ok((LoraFile::open(&entry.path)?, l.weight))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    let loras: Vec<(&LoraFile, f32)> = files.iter().map(|(f, w)| (f, *w)).collect();
     let total = job.params.steps as u32 * job.num_images;
     job.images.clear();
     for index in 0..job.num_images {
@@ -130,7 +144,7 @@ fn generate<B: Backend>(
         params.seed = params.seed.wrapping_add(index as u64);
         let mut last_preview: Option<Instant> = None;
         let mut last_step = Instant::now();
-        let image = pipeline.generate(&params, &mut |p| {
+        let image = pipeline.generate_with_loras(&params, &loras, &mut |p| {
             if cancel.load(Ordering::SeqCst) {
                 return Flow::Cancel;
             }

@@ -499,3 +499,106 @@ fn a_full_queue_answers_429_and_a_broken_model_fails_alone() {
         "the runner goes on"
     );
 }
+
+#[test]
+fn loras_through_the_api_reproduce_the_reference_images() {
+    let dir = temp_dir("loras");
+    let loras = dir.join("loras");
+    std::fs::create_dir_all(&loras).unwrap();
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sdxl/lora");
+    std::fs::copy(
+        fixtures.join("sdxl_lora_peft.safetensors"),
+        loras.join("sdxl_lora_peft.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures.join("sdxl_lora_kohya.safetensors"),
+        loras.join("kohya_style.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        loras.join("kohya_style.json"),
+        r#"{"trainedWords": ["wine bottle"]}"#,
+    )
+    .unwrap();
+    std::fs::write(loras.join("corrupt.safetensors"), b"not a safetensors file").unwrap();
+    let server = Server::start(&dir, &["--loras", loras.to_str().unwrap()]);
+    let port = server.port;
+
+    let info = get(port, "/api/info").json();
+    let listed: Vec<&serde_json::Value> = info["loras"].as_array().unwrap().iter().collect();
+    let by_id = |id: &str| {
+        listed
+            .iter()
+            .find(|l| l["id"] == id)
+            .copied()
+            .unwrap_or_else(|| panic!("{id} not listed: {info}"))
+    };
+    assert_eq!(by_id("sdxl_lora_peft")["loaded"], true);
+    assert_eq!(by_id("sdxl_lora_peft")["family"], "sdxl");
+    assert_eq!(
+        by_id("kohya_style")["trigger_words"],
+        json!(["wine bottle"])
+    );
+    assert_eq!(by_id("corrupt")["loaded"], false);
+    assert!(by_id("corrupt")["error"].as_str().is_some());
+
+    let case = |run: &str| fixtures.join(format!("cases/sdxl_lora_euler_64x64_{run}/image.png"));
+    let body = |loras: serde_json::Value| {
+        json!({"prompt": "a bottle of wine and a glass on a wooden table", "negative_prompt": "blurry",
+               "width": 64, "height": 64, "steps": 3, "guidance_scale": 5.0, "seed": 2024,
+               "sampler": "euler", "scheduler": "normal", "loras": loras})
+    };
+    let image_of = |job: &serde_json::Value| {
+        let name = job["images"][0].as_str().unwrap().to_owned();
+        image::load_from_memory(&get(port, &format!("/api/images/{name}")).body)
+            .unwrap()
+            .to_rgb8()
+    };
+    let max_diff = |a: &image::RgbImage, b: &image::RgbImage| {
+        a.as_raw()
+            .iter()
+            .zip(b.as_raw())
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap()
+    };
+    for (loras, run) in [
+        (json!([{"id": "sdxl_lora_peft", "weight": 0.8}]), "peft"),
+        (
+            json!([{"id": "kohya_style", "weight": 0.8}]),
+            "kohya_sdscripts-equivalent",
+        ),
+        (json!([]), "base"),
+    ] {
+        let id = submit(port, body(loras));
+        let job = wait_finished(port, &id, Duration::from_secs(60));
+        assert_eq!(job["status"], "completed", "{job}");
+        let expected = image::open(case(run)).unwrap().to_rgb8();
+        let diff = max_diff(&image_of(&job), &expected);
+        assert!(diff <= 2, "{run}: {diff}/255");
+    }
+
+    // trigger_weight appends the trigger words with that emphasis.
+    let mut triggered = body(json!([{"id": "kohya_style", "weight": 0.0, "trigger_weight": 0.5}]));
+    triggered["steps"] = json!(1);
+    let id = submit(port, triggered);
+    let job = wait_finished(port, &id, Duration::from_secs(60));
+    assert!(
+        job["params"]["prompt"]
+            .as_str()
+            .unwrap()
+            .ends_with(", (wine bottle:0.5)"),
+        "{job}"
+    );
+
+    for bad in [
+        json!([{"id": "corrupt"}]),
+        json!([{"id": "missing"}]),
+        json!([{"id": "sdxl_lora_peft", "weight": "strong"}]),
+    ] {
+        let r = post_json(port, "/api/generate", &body(bad));
+        assert_eq!(r.status, 422, "{}", r.text());
+    }
+}

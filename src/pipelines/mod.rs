@@ -87,6 +87,19 @@ impl<B: Backend> Pipeline<B> {
         }
     }
 
+    /// Runs the pipeline with `loras` (file, weight) merged for this run only; `on_step` may
+    /// cancel between steps (the run then returns `Error::Cancelled`).
+    pub fn generate_with_loras(
+        &mut self,
+        params: &GenerationParams,
+        loras: &[(&crate::weights::LoraFile, f32)],
+        on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
+    ) -> Result<image::RgbImage, Error> {
+        match self {
+            Pipeline::Sdxl(p) => p.generate_with_loras(params, loras, on_step),
+        }
+    }
+
     /// Runs the pipeline; `on_step` may cancel between steps (the run then returns
     /// `Error::Cancelled`).
     pub fn generate(

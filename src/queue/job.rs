@@ -42,6 +42,14 @@ impl JobStatus {
     ];
 }
 
+/// A LoRA applied to a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobLora {
+    pub id: String,
+    pub weight: f32,
+    pub trigger_weight: f32,
+}
+
 /// One accepted request: what to make, and how far it got. Persisted on every status change.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Job {
@@ -54,6 +62,8 @@ pub struct Job {
     /// Resolved parameters; image i uses `seed + i`.
     pub params: GenerationParams,
     pub num_images: u32,
+    #[serde(default)]
+    pub loras: Vec<JobLora>,
     pub step: u32,
     pub total_steps: u32,
     pub images: Vec<String>,

@@ -1,10 +1,12 @@
 //! Which models exist: manifests scanned from `model_manifests/` and any `--manifests` dirs.
 
+mod loras;
 mod manifest;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub use loras::{LoraEntry, LoraLibrary};
 pub use manifest::{Family, Manifest, ManifestDefaults, ManifestFiles};
 
 use crate::Error;

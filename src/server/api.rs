@@ -254,6 +254,7 @@ impl Api {
         let validated = match validate(
             &body.0,
             &state.shared.registry,
+            &state.shared.loras,
             state.default_model.as_deref(),
         ) {
             Ok(v) => v,
@@ -268,6 +269,7 @@ impl Api {
             total_steps: validated.params.steps as u32 * validated.num_images,
             params: validated.params,
             num_images: validated.num_images,
+            loras: validated.loras,
             step: 0,
             images: Vec::new(),
             error: None,
@@ -490,7 +492,19 @@ impl Api {
             device: state.device.clone(),
             default_model: state.default_model.clone(),
             models,
-            loras: Vec::new(),
+            loras: state
+                .shared
+                .loras
+                .entries()
+                .map(|e| LoraInfo {
+                    id: e.id.clone(),
+                    family: e.family.map(|f| f.name().to_owned()),
+                    rank: e.rank.map(|r| r as u32),
+                    trigger_words: e.trigger_words.clone(),
+                    loaded: e.error.is_none(),
+                    error: e.error.clone(),
+                })
+                .collect(),
         })
     }
 

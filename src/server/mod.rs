@@ -19,7 +19,7 @@ use poem_openapi::OpenApiService;
 
 use crate::backend::DeviceKind;
 use crate::queue::{Events, Queue};
-use crate::registry::Registry;
+use crate::registry::{LoraLibrary, Registry};
 use crate::runner::{self, RunnerConfig, Shared};
 use crate::store::Store;
 use crate::{Error, with_backend};
@@ -30,6 +30,8 @@ pub struct ServeOptions {
     pub data_dir: PathBuf,
     pub thumbnails_dir: PathBuf,
     pub registry: Registry,
+    /// LoRA files (`*.safetensors`), scanned at start.
+    pub loras_dir: PathBuf,
     pub device: DeviceKind,
     pub default_model: Option<String>,
     pub queue_capacity: usize,
@@ -62,6 +64,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
     )?);
     let shared = Arc::new(Shared {
         registry: options.registry,
+        loras: LoraLibrary::scan(&options.loras_dir),
         queue,
         store,
         events,

@@ -33,10 +33,15 @@ pub struct GenerateBody {
     pub priority: Option<i32>,
 }
 
+/// A LoRA for one job, e.g. `{"id": "civitai_1963644", "weight": 0.8, "trigger_weight": 0.5}`.
 #[derive(Object)]
 pub struct LoraRef {
+    /// A LoRA id from /api/info.
     pub id: String,
+    /// Strength on the UNet and both text encoders (default 1.0; 0 leaves the model as is).
     pub weight: Option<f64>,
+    /// 0 (default): no trigger words; otherwise the LoRA's trigger words are appended to the
+    /// prompt with this emphasis, e.g. `(trigger words:0.5)`.
     pub trigger_weight: Option<f64>,
 }
 
@@ -69,6 +74,7 @@ pub struct JobParams {
     pub long_prompt: String,
     pub num_images: u32,
     pub priority: i32,
+    pub loras: Vec<LoraRef>,
 }
 
 /// Contract: ../shared/design.md "job". Times are Unix milliseconds.
@@ -118,6 +124,15 @@ impl JobView {
                 },
                 num_images: job.num_images,
                 priority: job.priority,
+                loras: job
+                    .loras
+                    .iter()
+                    .map(|l| LoraRef {
+                        id: l.id.clone(),
+                        weight: Some(l.weight as f64),
+                        trigger_weight: Some(l.trigger_weight as f64),
+                    })
+                    .collect(),
             },
             images: job.images.clone(),
             error: job.error.clone(),
@@ -218,8 +233,16 @@ pub struct ModelInfo {
 
 #[derive(Object)]
 pub struct LoraInfo {
+    /// What requests name in `loras[].id`: the file stem.
     pub id: String,
-    pub name: String,
+    /// The model family the file fits.
+    pub family: Option<String>,
+    pub rank: Option<u32>,
+    /// Appended to the prompt with `trigger_weight` as emphasis when that is not 0.
+    pub trigger_words: Vec<String>,
+    /// Whether the file could be read; `error` says why not.
+    pub loaded: bool,
+    pub error: Option<String>,
 }
 
 #[derive(Object)]

@@ -5,7 +5,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::pipelines::{GenerationParams, GenerationRequest};
-use crate::registry::{Family, Manifest, Registry};
+use crate::queue::JobLora;
+use crate::registry::{Family, LoraLibrary, Manifest, Registry};
 use crate::sampling::{SamplerKind, ScheduleKind};
 use crate::text::LongPrompt;
 
@@ -49,6 +50,7 @@ pub struct Validated {
     pub params: GenerationParams,
     pub num_images: u32,
     pub priority: i32,
+    pub loras: Vec<JobLora>,
 }
 
 struct Fields<'a> {
@@ -183,6 +185,7 @@ const KNOWN_FIELDS: [&str; 14] = [
 pub fn validate(
     body: &Value,
     registry: &Registry,
+    library: &LoraLibrary,
     default_model: Option<&str>,
 ) -> Result<Validated, ValidationErrors> {
     let Some(object) = body.as_object() else {
@@ -286,23 +289,36 @@ pub fn validate(
     let long_prompt: Option<LongPrompt> = f.one_of("long_prompt");
     let num_images = f.integer("num_images", 1, MAX_IMAGES as i64).unwrap_or(1) as u32;
     let priority = f.integer("priority", -1000, 1000).unwrap_or(0) as i32;
-    if let Some(loras) = f.value("loras") {
-        match loras.as_array() {
+    let mut loras = Vec::new();
+    let mut triggers = Vec::new();
+    if let Some(list) = f.value("loras") {
+        match list.as_array() {
             None => f.error(
                 "loras",
                 "list_type",
                 "Input should be a valid list",
-                Some(loras),
+                Some(list),
             ),
             Some(list) => {
                 for (i, lora) in list.iter().enumerate() {
-                    let id = lora.get("id").and_then(Value::as_str).unwrap_or_default();
-                    f.errors.push(ValidationItem {
-                        loc: vec!["body".into(), "loras".into(), i.to_string(), "id".into()],
-                        msg: format!("unknown LoRA `{id}`; this server has no LoRAs installed"),
-                        kind: "value_error".into(),
-                        input: Some(lora.clone()),
-                    });
+                    match check_lora(lora, library, manifest.map(|m| m.family)) {
+                        Ok((job_lora, words)) => {
+                            if job_lora.trigger_weight != 0.0 && !words.is_empty() {
+                                triggers.push(format!(
+                                    "({}:{})",
+                                    words.join(", "),
+                                    job_lora.trigger_weight
+                                ));
+                            }
+                            loras.push(job_lora);
+                        }
+                        Err((field, msg)) => f.errors.push(ValidationItem {
+                            loc: vec!["body".into(), "loras".into(), i.to_string(), field.into()],
+                            msg,
+                            kind: "value_error".into(),
+                            input: Some(lora.clone()),
+                        }),
+                    }
                 }
             }
         }
@@ -311,6 +327,11 @@ pub fn validate(
     let (Some(manifest), Some(prompt), true) = (manifest, prompt, f.errors.is_empty()) else {
         return Err(ValidationErrors { detail: f.errors });
     };
+    // trigger_weight appends the LoRA's trigger words with that emphasis: "…, (words:0.5)".
+    let prompt = std::iter::once(prompt)
+        .chain(triggers)
+        .collect::<Vec<_>>()
+        .join(", ");
     let request = GenerationRequest {
         prompt,
         negative_prompt,
@@ -336,7 +357,57 @@ pub fn validate(
         params,
         num_images,
         priority,
+        loras,
     })
+}
+
+/// One `loras` entry: a known, readable LoRA for the model's family, with its trigger words.
+fn check_lora(
+    lora: &Value,
+    library: &LoraLibrary,
+    family: Option<Family>,
+) -> Result<(JobLora, Vec<String>), (&'static str, String)> {
+    let id = lora
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or(("id", "Field required: a LoRA id from /api/info".to_owned()))?;
+    let entry = library.get(id).ok_or_else(|| {
+        let known: Vec<_> = library.entries().map(|e| e.id.as_str()).collect();
+        let known = if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        };
+        ("id", format!("unknown LoRA `{id}`; known: {known}"))
+    })?;
+    if let Some(error) = &entry.error {
+        return Err(("id", format!("LoRA `{id}` cannot be used: {error}")));
+    }
+    if let (Some(fits), Some(family)) = (entry.family, family)
+        && fits != family
+    {
+        return Err((
+            "id",
+            format!("LoRA `{id}` is for {}, not {}", fits.name(), family.name()),
+        ));
+    }
+    let number = |field: &'static str, default: f64| match lora.get(field) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v.as_f64().filter(|w| (-10.0..=10.0).contains(w)).ok_or((
+            field,
+            format!("`{field}` should be a number between -10 and 10"),
+        )),
+    };
+    let weight = number("weight", 1.0)? as f32;
+    let trigger_weight = number("trigger_weight", 0.0)? as f32;
+    Ok((
+        JobLora {
+            id: id.to_owned(),
+            weight,
+            trigger_weight,
+        },
+        entry.trigger_words.clone(),
+    ))
 }
 
 /// The JSON Schema of a model's generate parameters, with that model's defaults and limits.

@@ -1,0 +1,108 @@
+//! The LoRA directory: every `*.safetensors` in it, with a stable id (the file stem), the
+//! family it fits, its rank and trigger words. A file that cannot be read is listed as not
+//! loaded, with the reason; the rest still load.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::Family;
+use crate::weights::LoraFile;
+
+#[derive(Clone, Debug)]
+pub struct LoraEntry {
+    pub id: String,
+    pub path: PathBuf,
+    /// The family the file's keys fit (`None` when it could not be read).
+    pub family: Option<Family>,
+    pub rank: Option<usize>,
+    pub trigger_words: Vec<String>,
+    /// Why the file cannot be used.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LoraLibrary {
+    entries: BTreeMap<String, LoraEntry>,
+}
+
+impl LoraLibrary {
+    /// Scans `dir` (missing: an empty library).
+    pub fn scan(dir: &Path) -> Self {
+        let mut entries = BTreeMap::new();
+        let Ok(listing) = std::fs::read_dir(dir) else {
+            return Self { entries };
+        };
+        for path in listing.filter_map(|e| e.ok().map(|e| e.path())) {
+            if path.extension().is_none_or(|x| x != "safetensors") {
+                continue;
+            }
+            let Some(id) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            let entry = match LoraFile::open(&path) {
+                Ok(file) => LoraEntry {
+                    id: id.clone(),
+                    family: Some(Family::Sdxl),
+                    rank: file.modules.iter().map(|m| m.rank()).max(),
+                    trigger_words: trigger_words(&path, &file),
+                    error: None,
+                    path,
+                },
+                Err(e) => LoraEntry {
+                    id: id.clone(),
+                    path,
+                    family: None,
+                    rank: None,
+                    trigger_words: Vec::new(),
+                    error: Some(e.to_string()),
+                },
+            };
+            entries.insert(id, entry);
+        }
+        Self { entries }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&LoraEntry> {
+        self.entries.get(id)
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &LoraEntry> {
+        self.entries.values()
+    }
+}
+
+/// Trigger words: a sidecar (`<stem>.json` or civitai's `<stem>.civitai.info`, field
+/// `trainedWords`), else the five most frequent training tags of kohya's `ss_tag_frequency`.
+fn trigger_words(path: &Path, file: &LoraFile) -> Vec<String> {
+    for sidecar in [
+        path.with_extension("json"),
+        path.with_extension("civitai.info"),
+    ] {
+        let words = std::fs::read_to_string(&sidecar)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|j| j["trainedWords"].as_array().cloned());
+        if let Some(words) = words {
+            return words
+                .iter()
+                .filter_map(|w| w.as_str().map(str::to_owned))
+                .collect();
+        }
+    }
+    let Some(frequencies) = file
+        .metadata
+        .get("ss_tag_frequency")
+        .and_then(|t| serde_json::from_str::<BTreeMap<String, BTreeMap<String, u64>>>(t).ok())
+    else {
+        return Vec::new();
+    };
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for tags in frequencies.values() {
+        for (tag, n) in tags {
+            *counts.entry(tag.trim().to_owned()).or_default() += n;
+        }
+    }
+    let mut ranked: Vec<(String, u64)> = counts.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    ranked.into_iter().take(5).map(|(tag, _)| tag).collect()
+}
