@@ -69,7 +69,7 @@ fn kohya_lora_follows_sd_scripts_alpha_convention() {
 }
 
 mod pipeline {
-    use super::common::{B, fixtures, load, max_abs_diff, repo, values};
+    use super::common::{B, fixtures, load, max_abs_diff, max_pixel_diff, repo, values};
     use hanga::pipelines::{Flow, GenerationParams, SdxlPipeline};
     use hanga::registry::Manifest;
     use hanga::sampling::{SamplerKind, ScheduleKind};
@@ -104,15 +104,6 @@ mod pipeline {
         (params, load(&dir.join("case.safetensors")), png)
     }
 
-    fn pixel_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
-        a.as_raw()
-            .iter()
-            .zip(b.as_raw())
-            .map(|(x, y)| x.abs_diff(*y))
-            .max()
-            .unwrap()
-    }
-
     fn lora(file: &str) -> LoraFile {
         LoraFile::open(&fixtures().join("sdxl/lora").join(file)).unwrap()
     }
@@ -126,7 +117,7 @@ mod pipeline {
         let base = pipeline
             .generate(&base_params, &mut |_| Flow::Continue)
             .unwrap();
-        assert!(pixel_diff(&base, &base_png) <= 2);
+        assert!(max_pixel_diff(&base, &base_png) <= 2);
 
         for (file, run) in [
             ("sdxl_lora_peft.safetensors", "peft"),
@@ -146,7 +137,7 @@ mod pipeline {
                     Flow::Continue
                 })
                 .unwrap();
-            let diff = pixel_diff(&image, &png);
+            let diff = max_pixel_diff(&image, &png);
             assert!(diff <= 2, "{run}: image differs by {diff}/255");
             assert_ne!(image, base, "{run}: the LoRA changes the image");
             // Nothing stays merged: the next plain run is the base image, bit for bit.

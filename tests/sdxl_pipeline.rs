@@ -6,7 +6,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{B, Recorded, assert_close, fixtures, load, max_abs_diff, repo, values};
+use common::{
+    B, Recorded, assert_close, fixtures, load, max_abs_diff, max_pixel_diff, repo, values,
+};
 use hanga::pipelines::{Flow, GenerationParams, SdxlPipeline};
 use hanga::registry::Manifest;
 use hanga::sampling::{SamplerKind, ScheduleKind, TorchGenerator};
@@ -66,16 +68,6 @@ fn single_file_manifest() -> Manifest {
 
 fn diffusers_manifest() -> Manifest {
     Manifest::from_file(&fixtures().join("sdxl/diffusers.toml")).unwrap()
-}
-
-fn max_pixel_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
-    assert_eq!(a.dimensions(), b.dimensions());
-    a.as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap()
 }
 
 fn run_case(pipeline: &SdxlPipeline<B>, layout: &str, id: &str) {

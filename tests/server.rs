@@ -556,14 +556,6 @@ fn loras_through_the_api_reproduce_the_reference_images() {
             .unwrap()
             .to_rgb8()
     };
-    let max_diff = |a: &image::RgbImage, b: &image::RgbImage| {
-        a.as_raw()
-            .iter()
-            .zip(b.as_raw())
-            .map(|(x, y)| x.abs_diff(*y))
-            .max()
-            .unwrap()
-    };
     for (loras, run) in [
         (json!([{"id": "sdxl_lora_peft", "weight": 0.8}]), "peft"),
         (
@@ -576,7 +568,7 @@ fn loras_through_the_api_reproduce_the_reference_images() {
         let job = wait_finished(port, &id, Duration::from_secs(60));
         assert_eq!(job["status"], "completed", "{job}");
         let expected = image::open(case(run)).unwrap().to_rgb8();
-        let diff = max_diff(&image_of(&job), &expected);
+        let diff = common::max_pixel_diff(&image_of(&job), &expected);
         assert!(diff <= 2, "{run}: {diff}/255");
     }
 
