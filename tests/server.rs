@@ -523,6 +523,27 @@ fn loras_through_the_api_reproduce_the_reference_images() {
     )
     .unwrap();
     std::fs::write(loras.join("corrupt.safetensors"), b"not a safetensors file").unwrap();
+    // A Flux LoRA in kohya's layout (its key names tell the family).
+    let (down, up) = (vec![0u8; 4 * 4 * 8], vec![0u8; 4 * 8 * 4]);
+    let flux = [
+        (
+            "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight",
+            vec![4, 8],
+            &down,
+        ),
+        (
+            "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight",
+            vec![8, 4],
+            &up,
+        ),
+    ]
+    .map(|(n, s, b)| {
+        (
+            n,
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s, b).unwrap(),
+        )
+    });
+    safetensors::serialize_to_file(flux, None, &loras.join("flux_style.safetensors")).unwrap();
     let server = Server::start(&dir, &["--loras", loras.to_str().unwrap()]);
     let port = server.port;
 
@@ -585,12 +606,18 @@ fn loras_through_the_api_reproduce_the_reference_images() {
         "{job}"
     );
 
-    for bad in [
-        json!([{"id": "corrupt"}]),
-        json!([{"id": "missing"}]),
-        json!([{"id": "sdxl_lora_peft", "weight": "strong"}]),
+    assert_eq!(by_id("flux_style")["family"], "flux-dev");
+    for (bad, says) in [
+        (json!([{"id": "corrupt"}]), "cannot be used"),
+        (json!([{"id": "missing"}]), "unknown LoRA"),
+        (json!([{"id": "flux_style"}]), "is for flux-dev, not sdxl"),
+        (
+            json!([{"id": "sdxl_lora_peft", "weight": "strong"}]),
+            "weight",
+        ),
     ] {
         let r = post_json(port, "/api/generate", &body(bad));
         assert_eq!(r.status, 422, "{}", r.text());
+        assert!(r.text().contains(says), "{}", r.text());
     }
 }

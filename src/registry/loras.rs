@@ -39,6 +39,22 @@ impl LoraLibrary {
             let Some(id) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
                 continue;
             };
+            if let Some(family) = other_family(&path) {
+                let error = format!(
+                    "a {} LoRA; this build applies SDXL LoRAs only",
+                    family.name()
+                );
+                let entry = LoraEntry {
+                    id: id.clone(),
+                    path,
+                    family: Some(family),
+                    rank: None,
+                    trigger_words: Vec::new(),
+                    error: Some(error),
+                };
+                entries.insert(id, entry);
+                continue;
+            }
             let entry = match LoraFile::open(&path) {
                 Ok(file) => LoraEntry {
                     id: id.clone(),
@@ -68,6 +84,24 @@ impl LoraLibrary {
 
     pub fn entries(&self) -> impl Iterator<Item = &LoraEntry> {
         self.entries.values()
+    }
+}
+
+/// The family of a LoRA made for a transformer model, from its key names (ComfyUI's and
+/// diffusers' Flux/Chroma/Z-Image LoRA layouts; models.md §3.6, §5.5).
+fn other_family(path: &Path) -> Option<Family> {
+    let file = crate::weights::SafetensorsFile::open(path).ok()?;
+    let has = |needle: &str| file.tensors().iter().any(|(n, _)| n.contains(needle));
+    if has("double_blocks")
+        || has("single_blocks")
+        || has("single_transformer_blocks")
+        || has("lora_transformer_")
+    {
+        Some(Family::FluxDev)
+    } else if has("noise_refiner") || has("context_refiner") || has("diffusion_model.layers.") {
+        Some(Family::ZImageTurbo)
+    } else {
+        None
     }
 }
 

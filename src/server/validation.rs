@@ -380,9 +380,6 @@ fn check_lora(
         };
         ("id", format!("unknown LoRA `{id}`; known: {known}"))
     })?;
-    if let Some(error) = &entry.error {
-        return Err(("id", format!("LoRA `{id}` cannot be used: {error}")));
-    }
     if let (Some(fits), Some(family)) = (entry.family, family)
         && fits != family
     {
@@ -390,6 +387,9 @@ fn check_lora(
             "id",
             format!("LoRA `{id}` is for {}, not {}", fits.name(), family.name()),
         ));
+    }
+    if let Some(error) = &entry.error {
+        return Err(("id", format!("LoRA `{id}` cannot be used: {error}")));
     }
     let number = |field: &'static str, default: f64| match lora.get(field) {
         None | Some(Value::Null) => Ok(default),
