@@ -29,7 +29,7 @@ pub struct Shared {
     pub queue: Arc<Queue>,
     pub store: Arc<Store>,
     pub events: Arc<Events>,
-    /// Model ids whose pipeline is loaded now.
+    /// The id of the model whose pipeline is loaded now, if any.
     pub loaded: std::sync::Mutex<Option<String>>,
     /// Total seconds and count of denoising steps run (for /metrics).
     pub step_seconds: std::sync::Mutex<(f64, u64)>,

@@ -23,7 +23,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use super::ldm::unet_name;
-use super::{SafetensorsFile, TensorSlot};
+use super::{SafetensorsFile, TensorSlot, TensorStore};
 use crate::Error;
 
 /// Which network a LoRA module patches (the diffusers pipeline component names).
@@ -185,12 +185,9 @@ fn unet_module(path: &str) -> Option<String> {
 impl LoraFile {
     pub fn open(path: &Path) -> Result<Self, Error> {
         let file = SafetensorsFile::open(path)?;
-        let slot = |name: &str| -> Option<TensorSlot> {
-            file.tensors()
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, info)| TensorSlot::new(file.clone(), info.clone()))
-        };
+        // One index of the file's tensors, so that each module's up / alpha lookup is O(1).
+        let store = TensorStore::from_file_prefix(&file, "");
+        let slot = |name: &str| store.get(name).cloned();
         let mut modules = Vec::new();
         for (name, _) in file.tensors() {
             // kohya: `<prefix>_<module>.lora_down.weight`
@@ -326,10 +323,6 @@ impl<B: Backend> LoraPatch<B> {
             originals: HashMap::new(),
             _backend: PhantomData,
         })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.deltas.is_empty()
     }
 
     /// `module` with every delta added (W + ΔW).
