@@ -1,7 +1,8 @@
 //! LoRA files against the deltas diffusers fused into the weights (fixtures:
 //! ../shared/reference/pipelines/sdxl/lora; tolerance 1e-6). Our convention for a kohya
 //! module without `.alpha` is sd-scripts' (alpha = rank), so `sdxl_lora_kohya.safetensors`
-//! must give the `kohya_sdscripts-equivalent` deltas.
+//! must give the `kohya_sdscripts-equivalent` deltas. LyCORIS LoHa / LoKr files against the
+//! deltas LyCORIS's own `merge_to` adds (tests/fixtures/sdxl/lycoris, `make_lycoris.py`).
 
 mod common;
 
@@ -11,12 +12,13 @@ use hanga::weights::LoraFile;
 
 const LORA_SCALE: f32 = 0.8;
 
-fn check(lora: &str, fused: &str) {
-    let dir = fixtures().join("sdxl/lora");
+fn check(dir: &str, lora: &str, fused: &str) {
+    let dir = fixtures().join(dir);
     let file = LoraFile::open(&dir.join(lora)).unwrap();
     let expected = load(&dir.join(fused));
-    // Fused keys are `<component>.<module>`; transformers 5 drops CLIP-L's `text_model.`.
+    // Fused keys are `<component>.<module>[.weight]`; transformers 5 drops CLIP-L's `text_model.`.
     let normalize = |key: &str| {
+        let key = key.strip_suffix(".weight").unwrap_or(key);
         let (component, module) = key.split_once('.').unwrap();
         if component.starts_with("text_encoder") && !module.starts_with("text_model.") {
             format!("{component}.text_model.{module}")
@@ -40,7 +42,9 @@ fn check(lora: &str, fused: &str) {
             .get(&key)
             .unwrap_or_else(|| panic!("{lora}: no fused delta for {key}"));
         let (delta, shape) = module.delta(LORA_SCALE).unwrap();
-        assert_eq!(shape, reference.shape, "{key}");
+        // Conv factors may come flattened ([out, in·kh·kw]); the patch reshapes them.
+        assert_eq!(shape[0], reference.shape[0], "{key}");
+        assert_eq!(delta.len(), reference.f32().len(), "{key}");
         let err = max_abs_diff(&delta, &reference.f32());
         assert!(err <= 1e-6, "{lora} {key}: max abs error {err:e}");
         worst = worst.max(err);
@@ -51,6 +55,7 @@ fn check(lora: &str, fused: &str) {
 #[test]
 fn peft_lora_reproduces_diffusers_deltas() {
     check(
+        "sdxl/lora",
         "sdxl_lora_peft.safetensors",
         "fused_deltas_peft.safetensors",
     );
@@ -59,12 +64,117 @@ fn peft_lora_reproduces_diffusers_deltas() {
 #[test]
 fn kohya_lora_follows_sd_scripts_alpha_convention() {
     check(
+        "sdxl/lora",
         "sdxl_lora_kohya.safetensors",
         "fused_deltas_kohya_sdscripts-equivalent.safetensors",
     );
     check(
+        "sdxl/lora",
         "sdxl_lora_kohya_sdscripts-equivalent.safetensors",
         "fused_deltas_kohya_sdscripts-equivalent.safetensors",
+    );
+}
+
+#[test]
+fn lycoris_loha_and_lokr_reproduce_lycoris_deltas() {
+    // Linear, 3×3 and 1×1 conv modules; LoHa with and without Tucker cores; LoKr with a
+    // low-rank and a whole second factor, and with both factors whole (scale 1).
+    for name in [
+        "sdxl_loha",
+        "sdxl_loha_tucker",
+        "sdxl_lokr",
+        "sdxl_lokr_full",
+    ] {
+        check(
+            "sdxl/lycoris",
+            &format!("{name}.safetensors"),
+            &format!("fused_deltas_{name}.safetensors"),
+        );
+    }
+}
+
+/// Two LoRAs on one network: each weight becomes W + ΔW₁ + ΔW₂ (convs reshaped, linears in
+/// burn's transposed layout), and restoring gives W back bit for bit.
+#[test]
+fn stacked_loras_add_their_deltas_and_come_off() {
+    use burn::module::{Module, ModuleVisitor, Param, ParamId};
+    use burn::prelude::*;
+    use common::{B, values};
+    use hanga::models::unet_sdxl::{UNet, UNetConfig};
+    use hanga::weights::{LoraComponent, LoraPatch, SafetensorsFile, TensorStore};
+    use std::collections::HashMap;
+
+    /// Every float parameter's values, by id, in PyTorch's layout.
+    struct Values(HashMap<ParamId, Vec<f32>>);
+    impl ModuleVisitor<B> for Values {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let tensor = param.val();
+            let tensor = if D == 2 { tensor.transpose() } else { tensor };
+            self.0.insert(param.id, values(tensor));
+        }
+    }
+    let snapshot = |unet: &UNet<B>| {
+        let mut v = Values(HashMap::new());
+        unet.visit(&mut v);
+        v.0
+    };
+
+    let dir = fixtures().join("sdxl/diffusers/unet");
+    let store = TensorStore::from_file_prefix(
+        &SafetensorsFile::open(&dir.join("diffusion_pytorch_model.safetensors")).unwrap(),
+        "",
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let pooled_dim = config["projection_class_embeddings_input_dim"]
+        .as_u64()
+        .unwrap()
+        - 6 * config["addition_time_embed_dim"].as_u64().unwrap();
+    let cfg = UNetConfig::detect(&store, &config, pooled_dim as usize).unwrap();
+    let unet = UNet::<B>::load(&store, &cfg, &Default::default()).unwrap();
+    let params = store.loaded_params();
+    let before = snapshot(&unet);
+
+    let lycoris = fixtures().join("sdxl/lycoris");
+    let loha = LoraFile::open(&lycoris.join("sdxl_loha.safetensors")).unwrap();
+    let lokr = LoraFile::open(&lycoris.join("sdxl_lokr.safetensors")).unwrap();
+    let (loha_weight, lokr_weight) = (LORA_SCALE, 0.5);
+    let mut patch = LoraPatch::<B>::new(
+        LoraComponent::Unet,
+        &[(&loha, loha_weight), (&lokr, lokr_weight)],
+        &params,
+    )
+    .unwrap();
+    let unet = patch.apply(unet);
+    let merged = snapshot(&unet);
+
+    // The fixtures hold each file's deltas at LORA_SCALE; deltas are linear in the weight.
+    let loha_deltas = load(&lycoris.join("fused_deltas_sdxl_loha.safetensors"));
+    let lokr_deltas = load(&lycoris.join("fused_deltas_sdxl_lokr.safetensors"));
+    let mut checked = 0;
+    for (key, loha_delta) in &loha_deltas {
+        let Some(name) = key.strip_prefix("unet.") else {
+            continue;
+        };
+        let id = params[name].id;
+        let lokr_delta = lokr_deltas[key].f32();
+        let expected: Vec<f32> = before[&id]
+            .iter()
+            .zip(loha_delta.f32())
+            .zip(lokr_delta)
+            .map(|((w, a), b)| w + a + b * lokr_weight / LORA_SCALE)
+            .collect();
+        let err = max_abs_diff(&merged[&id], &expected);
+        assert!(err <= 1e-6, "{name}: {err:e}");
+        checked += 1;
+    }
+    assert_eq!(checked, 33, "every UNet module of the fixtures");
+
+    let unet = patch.restore(unet);
+    assert_eq!(
+        snapshot(&unet),
+        before,
+        "restore puts the base weights back exactly"
     );
 }
 

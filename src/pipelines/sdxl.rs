@@ -7,8 +7,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::ParamId;
-
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
@@ -22,8 +20,8 @@ use crate::registry::Manifest;
 use crate::sampling::{Prediction, Sampler, SchedulerConfig, TorchGenerator};
 use crate::text::{ClipTokenizer, LongPrompt, TokenChunk};
 use crate::weights::{
-    LoraComponent, LoraFile, LoraPatch, SafetensorsFile, TensorStore, open_clip_store, unet_store,
-    vae_store,
+    LoadedParam, LoraComponent, LoraFile, LoraPatch, SafetensorsFile, TensorStore, open_clip_store,
+    unet_store, vae_store,
 };
 
 /// SDXL's VAE latent scale (sgm `scale_factor`, diffusers vae config `scaling_factor`).
@@ -44,7 +42,7 @@ pub struct SdxlPipeline<B: Backend> {
     latent_channels: usize,
     device: B::Device,
     /// Weight name → parameter, per network, for merging LoRAs.
-    param_ids: [(LoraComponent, HashMap<String, ParamId>); 3],
+    loaded_params: [(LoraComponent, HashMap<String, LoadedParam>); 3],
 }
 
 /// The tensors and settings of an SDXL model, from whichever layout it came in.
@@ -239,10 +237,10 @@ impl<B: Backend> SdxlPipeline<B> {
             clip_l,
             clip_g,
             unet,
-            param_ids: [
-                (LoraComponent::Unet, parts.unet.param_ids()),
-                (LoraComponent::TextEncoder, parts.clip_l.param_ids()),
-                (LoraComponent::TextEncoder2, parts.clip_g.param_ids()),
+            loaded_params: [
+                (LoraComponent::Unet, parts.unet.loaded_params()),
+                (LoraComponent::TextEncoder, parts.clip_l.loaded_params()),
+                (LoraComponent::TextEncoder2, parts.clip_g.loaded_params()),
             ],
             vae: Decoder::load(&parts.vae, &vae_cfg, device)?,
             scheduler: parts.scheduler,
@@ -296,8 +294,9 @@ impl<B: Backend> SdxlPipeline<B> {
         loras: &[(&LoraFile, f32)],
         on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
     ) -> Result<image::RgbImage, Error> {
-        let patch =
-            |i: usize| LoraPatch::<B>::new(self.param_ids[i].0, loras, &self.param_ids[i].1);
+        let patch = |i: usize| {
+            LoraPatch::<B>::new(self.loaded_params[i].0, loras, &self.loaded_params[i].1)
+        };
         let (mut unet_patch, mut l_patch, mut g_patch) = (patch(0)?, patch(1)?, patch(2)?);
         self.unet = unet_patch.apply(self.unet.clone());
         self.clip_l = l_patch.apply(self.clip_l.clone());

@@ -59,7 +59,7 @@ impl LoraLibrary {
                 Ok(file) => LoraEntry {
                     id: id.clone(),
                     family: Some(Family::Sdxl),
-                    rank: file.modules.iter().map(|m| m.rank()).max(),
+                    rank: file.modules.iter().filter_map(|m| m.rank()).max(),
                     trigger_words: trigger_words(&path, &file),
                     error: None,
                     path,

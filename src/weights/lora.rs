@@ -1,4 +1,4 @@
-//! LoRA files as civitai and diffusers write them, read into per-module low-rank deltas under
+//! LoRA files as civitai and diffusers write them, read into per-module weight updates under
 //! the diffusers/transformers module names the networks load with.
 //!
 //! - kohya / sd-scripts: `lora_unet_*`, `lora_te1_*`, `lora_te2_*` with `.lora_down.weight`
@@ -6,15 +6,20 @@
 //!   name UNet modules in the LDM layout (`input_blocks_4_1_…`), some in diffusers' layout.
 //! - diffusers / PEFT: `unet.`, `text_encoder.`, `text_encoder_2.` + module path +
 //!   `.lora_A.weight` / `.lora_B.weight`.
+//! - LyCORIS, under the kohya module names: LoHa (`hada_w1_a/b`, `hada_w2_a/b`, Tucker cores
+//!   `hada_t1/t2`), ΔW = (w1a @ w1b) ⊙ (w2a @ w2b); LoKr (`lokr_w1` or `lokr_w1_a/b`, `lokr_w2`
+//!   or `lokr_w2_a/b`, core `lokr_t2`), ΔW = w1 ⊗ w2 (LyCORIS `functional/{loha,lokr}.py`,
+//!   A1111 `extensions-builtin/Lora/network_{hada,lokr}.py`).
 //!
-//! Scale = alpha / rank, and a module without `.alpha` uses alpha = rank: the sd-scripts and
-//! ComfyUI convention (kohya `networks/lora.py`, ComfyUI `weight_adapter/lora.py`). diffusers
-//! instead reuses the file's one alpha for such modules (see the fixture README). OpenCLIP-G's
-//! fused q/k/v need no row slicing here: `open_clip_store` already exposes them as separate
-//! q/k/v projections.
+//! Scale = alpha / rank, and a module without `.alpha` has scale 1 (alpha = rank): the sd-scripts,
+//! LyCORIS and ComfyUI convention (kohya `networks/lora.py`, ComfyUI `weight_adapter/*.py`). The
+//! rank is the low-rank factor's inner size; a LoKr whose factors are both whole has scale 1.
+//! diffusers instead reuses the file's one alpha for modules without one (see the fixture
+//! README). OpenCLIP-G's fused q/k/v need no row slicing here: `open_clip_store` already exposes
+//! them as separate q/k/v projections.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::marker::PhantomData;
 use std::path::Path;
 
@@ -23,7 +28,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use super::ldm::unet_name;
-use super::{SafetensorsFile, TensorSlot, TensorStore};
+use super::{LoadedParam, SafetensorsFile, TensorSlot, TensorStore};
 use crate::Error;
 
 /// Which network a LoRA module patches (the diffusers pipeline component names).
@@ -44,47 +49,207 @@ impl LoraComponent {
     }
 }
 
-/// One low-rank update `ΔW = scale · up @ down`.
+/// One factor of a module's update.
+enum Factor {
+    /// A tensor used as stored.
+    Whole(TensorSlot),
+    /// `a @ b`: a [m, r(, 1, 1)], b [r, n(, kh, kw)] → [m, n(, kh, kw)].
+    Product { a: TensorSlot, b: TensorSlot },
+    /// A Tucker (CP) conv factor, LyCORIS `make_weight_cp`: `einsum("ijkl,jr,ip->prkl", core, b,
+    /// a)`; core [r, r, kh, kw], a [r, m], b [r, n] → [m, n, kh, kw].
+    Tucker {
+        core: TensorSlot,
+        a: TensorSlot,
+        b: TensorSlot,
+    },
+}
+
+impl Factor {
+    /// `<name>` whole, or `<name>_a` / `<name>_b` with the optional Tucker `core`.
+    fn find(parts: &HashMap<&str, TensorSlot>, name: &str, core: &str) -> Option<Self> {
+        if let Some(whole) = parts.get(name) {
+            return Some(Factor::Whole(whole.clone()));
+        }
+        let a = parts.get(format!("{name}_a").as_str())?.clone();
+        let b = parts.get(format!("{name}_b").as_str())?.clone();
+        Some(match parts.get(core) {
+            Some(core) => Factor::Tucker {
+                core: core.clone(),
+                a,
+                b,
+            },
+            None => Factor::Product { a, b },
+        })
+    }
+
+    /// The inner size of a decomposed factor.
+    fn rank(&self) -> Option<usize> {
+        match self {
+            Factor::Whole(_) => None,
+            Factor::Product { b, .. } | Factor::Tucker { b, .. } => Some(b.shape()[0]),
+        }
+    }
+
+    /// The factor's values and shape.
+    fn materialize(&self, module: &str) -> Result<(Vec<f32>, Vec<usize>), Error> {
+        let mismatch = |what: &str| {
+            Error::weights(format!(
+                "LoRA module `{module}`: {what} factor shapes do not fit together"
+            ))
+        };
+        match self {
+            Factor::Whole(w) => Ok((w.to_f32()?, w.shape())),
+            Factor::Product { a, b } => {
+                let (a_shape, b_shape) = (a.shape(), b.shape());
+                let (m, r) = (a_shape[0], b_shape[0]);
+                let n: usize = b_shape[1..].iter().product();
+                if a_shape.iter().product::<usize>() != m * r {
+                    return Err(mismatch("low-rank"));
+                }
+                let mut shape = vec![m];
+                shape.extend(&b_shape[1..]);
+                Ok((matmul(&a.to_f32()?, &b.to_f32()?, m, r, n), shape))
+            }
+            Factor::Tucker { core, a, b } => {
+                let (core_shape, a_shape, b_shape) = (core.shape(), a.shape(), b.shape());
+                let [r1, r2, kh, kw] = core_shape[..] else {
+                    return Err(mismatch("Tucker"));
+                };
+                let (m, n) = (a_shape[1], b_shape[1]);
+                if a_shape != [r1, m] || b_shape != [r2, n] {
+                    return Err(mismatch("Tucker"));
+                }
+                let (core, a, b) = (core.to_f32()?, a.to_f32()?, b.to_f32()?);
+                let k = kh * kw;
+                // core contracted with b over j: [r1, n, k], then with a over i: [m, n, k].
+                let mut core_b = vec![0.0f32; r1 * n * k];
+                for i in 0..r1 {
+                    for j in 0..r2 {
+                        let t = &core[(i * r2 + j) * k..(i * r2 + j + 1) * k];
+                        for q in 0..n {
+                            let bj = b[j * n + q];
+                            let out = &mut core_b[(i * n + q) * k..(i * n + q + 1) * k];
+                            out.iter_mut().zip(t).for_each(|(o, t)| *o += bj * t);
+                        }
+                    }
+                }
+                let a_t: Vec<f32> = (0..m * r1).map(|x| a[(x % r1) * m + x / r1]).collect();
+                Ok((matmul(&a_t, &core_b, m, r1, n * k), vec![m, n, kh, kw]))
+            }
+        }
+    }
+}
+
+/// [m, r] @ [r, n], row-major.
+fn matmul(a: &[f32], b: &[f32], m: usize, r: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; m * n];
+    for (row, a_row) in out.chunks_mut(n).zip(a.chunks(r)) {
+        for (x, b_row) in a_row.iter().zip(b.chunks(n)) {
+            row.iter_mut().zip(b_row).for_each(|(o, b)| *o += x * b);
+        }
+    }
+    out
+}
+
+/// The Kronecker product of two tensors, the shorter shape padded with trailing 1s
+/// (`torch.kron` after LyCORIS unsqueezes a 2-D w1 for a conv w2).
+fn kron(w1: &[f32], s1: &[usize], w2: &[f32], s2: &[usize]) -> (Vec<f32>, Vec<usize>) {
+    let dims = s1.len().max(s2.len());
+    let pad = |s: &[usize]| -> Vec<usize> { (0..dims).map(|d| *s.get(d).unwrap_or(&1)).collect() };
+    let (s1, s2) = (pad(s1), pad(s2));
+    let shape: Vec<usize> = s1.iter().zip(&s2).map(|(a, b)| a * b).collect();
+    let index = |s: &[usize], mut flat: usize| -> Vec<usize> {
+        let mut idx = vec![0; dims];
+        for d in (0..dims).rev() {
+            idx[d] = flat % s[d];
+            flat /= s[d];
+        }
+        idx
+    };
+    let mut out = vec![0.0f32; shape.iter().product()];
+    let idx2: Vec<Vec<usize>> = (0..w2.len()).map(|j| index(&s2, j)).collect();
+    for (i, x) in w1.iter().enumerate() {
+        let idx1 = index(&s1, i);
+        for (y, idx2) in w2.iter().zip(&idx2) {
+            let flat = (0..dims).fold(0, |acc, d| acc * shape[d] + idx1[d] * s2[d] + idx2[d]);
+            out[flat] = x * y;
+        }
+    }
+    (out, shape)
+}
+
+/// How a module's update is built from its factors.
+enum Update {
+    /// LoRA: one low-rank product.
+    LowRank(Factor),
+    /// LoHa: the element-wise product of two factors.
+    Hadamard(Factor, Factor),
+    /// LoKr: the Kronecker product of two factors.
+    Kronecker(Factor, Factor),
+}
+
+/// One module's weight update `ΔW = scale · update`.
 pub struct LoraModule {
     pub component: LoraComponent,
     /// The patched module in diffusers/transformers naming (its `.weight` is the target).
     pub module: String,
-    up: TensorSlot,
-    down: TensorSlot,
+    update: Update,
     pub scale: f32,
 }
 
 impl LoraModule {
-    pub fn rank(&self) -> usize {
-        self.down.shape()[0]
+    fn new(component: LoraComponent, module: String, update: Update, alpha: Option<f32>) -> Self {
+        let rank = match &update {
+            Update::LowRank(f) => f.rank(),
+            Update::Hadamard(w1, _) => w1.rank(),
+            Update::Kronecker(w1, w2) => w1.rank().or(w2.rank()),
+        };
+        let scale = match (alpha, rank) {
+            (Some(alpha), Some(rank)) if alpha != 0.0 => alpha / rank as f32,
+            _ => 1.0,
+        };
+        Self {
+            component,
+            module,
+            update,
+            scale,
+        }
     }
 
-    /// ΔW · `weight`, shaped like the target weight: [out, in] or [out, in, kh, kw].
+    /// The rank of the update's low-rank factors (`None` for a LoKr of whole factors).
+    pub fn rank(&self) -> Option<usize> {
+        match &self.update {
+            Update::LowRank(f) | Update::Hadamard(f, _) => f.rank(),
+            Update::Kronecker(w1, w2) => w1.rank().or(w2.rank()),
+        }
+    }
+
+    /// ΔW · `weight`, row-major in PyTorch's layout ([out, in] or [out, in, kh, kw]), with the
+    /// shape its factors give: some formats store conv factors flattened ([out, in·kh·kw]), so
+    /// only the element count and the rows are fixed; the caller reshapes to the target weight.
     pub fn delta(&self, weight: f32) -> Result<(Vec<f32>, Vec<usize>), Error> {
-        let (up_shape, down_shape) = (self.up.shape(), self.down.shape());
-        let rank = down_shape[0];
-        let out = up_shape[0];
-        let inner: usize = down_shape[1..].iter().product();
-        if up_shape.iter().skip(1).product::<usize>() != rank {
-            return Err(Error::weights(format!(
-                "LoRA module `{}`: up {up_shape:?} does not match down {down_shape:?}",
-                self.module
-            )));
-        }
-        let (up, down) = (self.up.to_f32()?, self.down.to_f32()?);
-        let factor = self.scale * weight;
-        let mut delta = vec![0.0f32; out * inner];
-        for o in 0..out {
-            let row = &mut delta[o * inner..(o + 1) * inner];
-            for r in 0..rank {
-                let u = up[o * rank + r] * factor;
-                for (d, x) in row.iter_mut().zip(&down[r * inner..(r + 1) * inner]) {
-                    *d += u * x;
+        let (mut delta, shape) = match &self.update {
+            Update::LowRank(f) => f.materialize(&self.module)?,
+            Update::Hadamard(w1, w2) => {
+                let (mut d1, shape) = w1.materialize(&self.module)?;
+                let (d2, _) = w2.materialize(&self.module)?;
+                if d1.len() != d2.len() {
+                    return Err(Error::weights(format!(
+                        "LoHa module `{}`: its two factors differ in size",
+                        self.module
+                    )));
                 }
+                d1.iter_mut().zip(&d2).for_each(|(a, b)| *a *= b);
+                (d1, shape)
             }
-        }
-        let mut shape = vec![out];
-        shape.extend(&down_shape[1..]);
+            Update::Kronecker(w1, w2) => {
+                let (d1, s1) = w1.materialize(&self.module)?;
+                let (d2, s2) = w2.materialize(&self.module)?;
+                kron(&d1, &s1, &d2, &s2)
+            }
+        };
+        let factor = self.scale * weight;
+        delta.iter_mut().for_each(|d| *d *= factor);
         Ok((delta, shape))
     }
 }
@@ -138,19 +303,15 @@ fn kohya_path(flat: &str) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut i = 0;
     while i < pieces.len() {
-        let joined = pieces
-            .get(i + 1)
-            .map(|next| format!("{}_{next}", pieces[i]));
-        match joined.filter(|j| COMPOUNDS.contains(&j.as_str())) {
-            Some(j) => {
-                parts.push(j);
-                i += 2;
-            }
-            None => {
-                parts.push(pieces[i].to_owned());
-                i += 1;
-            }
-        }
+        // The longest compound starting here (three pieces: `time_emb_proj`), else one piece.
+        let len = (2..=3)
+            .rev()
+            .find(|&n| {
+                i + n <= pieces.len() && COMPOUNDS.contains(&pieces[i..i + n].join("_").as_str())
+            })
+            .unwrap_or(1);
+        parts.push(pieces[i..i + len].join("_"));
+        i += len;
     }
     parts.join(".")
 }
@@ -182,89 +343,104 @@ fn unet_module(path: &str) -> Option<String> {
     }
 }
 
+/// The component and diffusers module a kohya-named module (`lora_unet_…`) patches.
+fn kohya_module(base: &str) -> Option<(LoraComponent, String)> {
+    let (component, flat) = if let Some(rest) = base.strip_prefix("lora_unet_") {
+        (LoraComponent::Unet, rest)
+    } else if let Some(rest) = base.strip_prefix("lora_te1_") {
+        (LoraComponent::TextEncoder, rest)
+    } else if let Some(rest) = base.strip_prefix("lora_te2_") {
+        (LoraComponent::TextEncoder2, rest)
+    } else {
+        return None;
+    };
+    let path = kohya_path(flat);
+    let module = match component {
+        LoraComponent::Unet => unet_module(&path)?,
+        _ => text_module(&path),
+    };
+    Some((component, module))
+}
+
+/// A kohya-named module's update, from its tensors by suffix (`lora_down.weight`, `hada_w1_a`, …).
+fn kohya_update(parts: &HashMap<&str, TensorSlot>) -> Result<Update, String> {
+    for unsupported in ["dora_scale", "lora_mid.weight"] {
+        if parts.contains_key(unsupported) {
+            return Err(format!(
+                "uses `{unsupported}`, which this build cannot apply"
+            ));
+        }
+    }
+    if let (Some(up), Some(down)) = (parts.get("lora_up.weight"), parts.get("lora_down.weight")) {
+        return Ok(Update::LowRank(Factor::Product {
+            a: up.clone(),
+            b: down.clone(),
+        }));
+    }
+    let pair = |w1: &str, t1: &str, w2: &str, t2: &str| {
+        Factor::find(parts, w1, t1).zip(Factor::find(parts, w2, t2))
+    };
+    if let Some((w1, w2)) = pair("hada_w1", "hada_t1", "hada_w2", "hada_t2") {
+        return Ok(Update::Hadamard(w1, w2));
+    }
+    if let Some((w1, w2)) = pair("lokr_w1", "lokr_t1", "lokr_w2", "lokr_t2") {
+        return Ok(Update::Kronecker(w1, w2));
+    }
+    let mut found: Vec<&str> = parts.keys().copied().collect();
+    found.sort_unstable();
+    Err(format!(
+        "has no complete LoRA, LoHa or LoKr factors (found {found:?})"
+    ))
+}
+
 impl LoraFile {
     pub fn open(path: &Path) -> Result<Self, Error> {
         let file = SafetensorsFile::open(path)?;
-        // One index of the file's tensors, so that each module's up / alpha lookup is O(1).
+        let err = |what: String| Error::weights(format!("{}: {what}", path.display()));
         let store = TensorStore::from_file_prefix(&file, "");
-        let slot = |name: &str| store.get(name).cloned();
+        let alpha = |base: &str| -> Result<Option<f32>, Error> {
+            match store.get(&format!("{base}.alpha")) {
+                Some(a) => Ok(a.to_f32()?.first().copied()),
+                None => Ok(None),
+            }
+        };
+        // kohya and LyCORIS: `<prefix>_<module>.<suffix>`, grouped by module.
+        let mut kohya: BTreeMap<&str, HashMap<&str, TensorSlot>> = BTreeMap::new();
         let mut modules = Vec::new();
-        for (name, _) in file.tensors() {
-            // kohya: `<prefix>_<module>.lora_down.weight`
-            if let Some(base) = name.strip_suffix(".lora_down.weight") {
-                let (component, flat) = if let Some(rest) = base.strip_prefix("lora_unet_") {
-                    (LoraComponent::Unet, rest)
-                } else if let Some(rest) = base.strip_prefix("lora_te1_") {
-                    (LoraComponent::TextEncoder, rest)
-                } else if let Some(rest) = base.strip_prefix("lora_te2_") {
-                    (LoraComponent::TextEncoder2, rest)
-                } else {
-                    return Err(Error::weights(format!(
-                        "{}: unknown LoRA key `{name}`",
-                        path.display()
-                    )));
-                };
-                let module_path = kohya_path(flat);
-                let module = match component {
-                    LoraComponent::Unet => unet_module(&module_path).ok_or_else(|| {
-                        Error::weights(format!("{}: no UNet module for `{base}`", path.display()))
-                    })?,
-                    _ => text_module(&module_path),
-                };
-                let up = slot(&format!("{base}.lora_up.weight")).ok_or_else(|| {
-                    Error::weights(format!("{}: `{base}` has no lora_up", path.display()))
-                })?;
-                let down = slot(name).expect("listed");
-                let rank = down.shape()[0] as f32;
-                let alpha = match slot(&format!("{base}.alpha")) {
-                    Some(a) => a.to_f32()?.first().copied().unwrap_or(rank),
-                    None => rank,
-                };
-                let alpha = if alpha == 0.0 { rank } else { alpha };
-                modules.push(LoraModule {
-                    component,
-                    module,
-                    up,
-                    down,
-                    scale: alpha / rank,
-                });
-            } else if let Some(base) = name.strip_suffix(".lora_A.weight") {
+        for name in store.names() {
+            if let Some(base) = name.strip_suffix(".lora_A.weight") {
                 // diffusers / PEFT: `<component>.<module>.lora_A.weight`
                 let (prefix, module_path) = base.split_once('.').unwrap_or(("", base));
                 let (component, module) = match prefix {
                     "unet" => (LoraComponent::Unet, module_path.to_owned()),
                     "text_encoder" => (LoraComponent::TextEncoder, text_module(module_path)),
                     "text_encoder_2" => (LoraComponent::TextEncoder2, text_module(module_path)),
-                    _ => {
-                        return Err(Error::weights(format!(
-                            "{}: unknown LoRA key `{name}`",
-                            path.display()
-                        )));
-                    }
+                    _ => return Err(err(format!("unknown LoRA key `{name}`"))),
                 };
-                let up = slot(&format!("{base}.lora_B.weight")).ok_or_else(|| {
-                    Error::weights(format!("{}: `{base}` has no lora_B", path.display()))
-                })?;
-                let down = slot(name).expect("listed");
-                let rank = down.shape()[0] as f32;
-                let scale = match slot(&format!("{base}.alpha")) {
-                    Some(a) => a.to_f32()?.first().copied().unwrap_or(rank) / rank,
-                    None => 1.0,
-                };
-                modules.push(LoraModule {
-                    component,
-                    module,
-                    up,
-                    down,
-                    scale,
+                let up = store
+                    .get(&format!("{base}.lora_B.weight"))
+                    .ok_or_else(|| err(format!("`{base}` has no lora_B")))?;
+                let update = Update::LowRank(Factor::Product {
+                    a: up.clone(),
+                    b: store.get(name).expect("listed").clone(),
                 });
+                modules.push(LoraModule::new(component, module, update, alpha(base)?));
+            } else if let Some((base, suffix)) = name.split_once('.')
+                && base.starts_with("lora_")
+                && suffix != "alpha"
+            {
+                let slot = store.get(name).expect("listed").clone();
+                kohya.entry(base).or_default().insert(suffix, slot);
             }
         }
+        for (base, parts) in &kohya {
+            let (component, module) = kohya_module(base)
+                .ok_or_else(|| err(format!("no SDXL module for LoRA key `{base}`")))?;
+            let update = kohya_update(parts).map_err(|why| err(format!("`{base}` {why}")))?;
+            modules.push(LoraModule::new(component, module, update, alpha(base)?));
+        }
         if modules.is_empty() {
-            return Err(Error::weights(format!(
-                "{} holds no LoRA modules this build can read",
-                path.display()
-            )));
+            return Err(err("holds no LoRA modules this build can read".into()));
         }
         modules
             .sort_by(|a, b| (a.component.name(), &a.module).cmp(&(b.component.name(), &b.module)));
@@ -286,34 +462,36 @@ pub struct LoraPatch<B: Backend> {
 
 impl<B: Backend> LoraPatch<B> {
     /// The deltas of `loras` (file, weight) for `component`; `params` maps the network's weight
-    /// names to its parameters (`TensorStore::param_ids`).
+    /// names to its parameters (`TensorStore::loaded_params`).
     pub fn new(
         component: LoraComponent,
         loras: &[(&LoraFile, f32)],
-        params: &HashMap<String, ParamId>,
+        params: &HashMap<String, LoadedParam>,
     ) -> Result<Self, Error> {
         let mut deltas: HashMap<ParamId, (Vec<f32>, Vec<usize>)> = HashMap::new();
         for (file, weight) in loras {
             for module in file.modules.iter().filter(|m| m.component == component) {
                 let name = format!("{}.weight", module.module);
-                let id = params.get(&name).ok_or_else(|| {
+                let target = params.get(&name).ok_or_else(|| {
                     Error::request(format!(
                         "the LoRA patches `{}` `{name}`, which this model does not have",
                         component.name()
                     ))
                 })?;
                 let (delta, shape) = module.delta(*weight)?;
-                match deltas.get_mut(id) {
-                    Some((sum, existing)) if *existing == shape => {
-                        sum.iter_mut().zip(&delta).for_each(|(s, d)| *s += d)
-                    }
-                    Some(_) => {
-                        return Err(Error::request(format!(
-                            "LoRAs disagree on the shape of `{name}`"
-                        )));
-                    }
+                if delta.len() != target.shape.iter().product::<usize>()
+                    || shape[0] != target.shape[0]
+                {
+                    return Err(Error::request(format!(
+                        "the LoRA's update of `{}` `{name}` is {shape:?}, the weight is {:?}",
+                        component.name(),
+                        target.shape
+                    )));
+                }
+                match deltas.get_mut(&target.id) {
+                    Some((sum, _)) => sum.iter_mut().zip(&delta).for_each(|(s, d)| *s += d),
                     None => {
-                        deltas.insert(*id, (delta, shape));
+                        deltas.insert(target.id, (delta, target.shape.clone()));
                     }
                 }
             }
@@ -389,6 +567,10 @@ mod tests {
             ))
             .unwrap(),
             "up_blocks.1.attentions.2.transformer_blocks.1.ff.net.0.proj"
+        );
+        assert_eq!(
+            kohya_path("down_blocks_1_resnets_0_time_emb_proj"),
+            "down_blocks.1.resnets.0.time_emb_proj"
         );
         assert_eq!(
             unet_module(&kohya_path("middle_block_1_proj_in")).unwrap(),

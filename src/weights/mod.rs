@@ -10,4 +10,4 @@ pub use detect::describe;
 pub use ldm::{open_clip_store, unet_store, vae_store};
 pub use loader::Weights;
 pub use lora::{LoraComponent, LoraFile, LoraModule, LoraPatch};
-pub use store::{SafetensorsFile, TensorInfo, TensorSlot, TensorStore};
+pub use store::{LoadedParam, SafetensorsFile, TensorInfo, TensorSlot, TensorStore};

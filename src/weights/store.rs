@@ -209,8 +209,16 @@ fn f8_e4m3_to_f32(byte: u8) -> f32 {
     }
 }
 
+/// A loaded weight's burn parameter and its shape as stored (PyTorch layout: [out, in] for a
+/// linear weight, which burn keeps transposed).
+#[derive(Clone, Debug)]
+pub struct LoadedParam {
+    pub id: ParamId,
+    pub shape: Vec<usize>,
+}
+
 /// The tensors of one network, by name. It also remembers which burn parameter each weight
-/// became (see [`TensorStore::param_ids`]), so that LoRA deltas can find them by name.
+/// became (see [`TensorStore::loaded_params`]), so that LoRA deltas can find them by name.
 #[derive(Clone, Default)]
 pub struct TensorStore {
     slots: HashMap<String, TensorSlot>,
@@ -296,9 +304,17 @@ impl TensorStore {
             .insert(name.to_owned(), id);
     }
 
-    /// The parameter each loaded weight became, by weight name (`….to_q.weight`).
-    pub fn param_ids(&self) -> HashMap<String, ParamId> {
-        self.loaded.lock().expect("param ids lock").clone()
+    /// The parameter each loaded weight became, with its stored shape, by weight name
+    /// (`….to_q.weight`).
+    pub fn loaded_params(&self) -> HashMap<String, LoadedParam> {
+        let loaded = self.loaded.lock().expect("param ids lock");
+        loaded
+            .iter()
+            .filter_map(|(name, id)| {
+                let shape = self.shape(name)?;
+                Some((name.clone(), LoadedParam { id: *id, shape }))
+            })
+            .collect()
     }
 
     /// The same tensors renamed by `rename` (names it maps to `None` are dropped).
