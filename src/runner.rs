@@ -2,8 +2,9 @@
 //! queue one at a time, and publishes their progress. It never touches HTTP.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -13,7 +14,7 @@ use crate::Error;
 use crate::output::preview::{SDXL_LATENT_RGB, jpeg, latent_preview};
 use crate::pipelines::{Flow, Pipeline};
 use crate::queue::{Events, Job, JobEvent, JobStatus, Queue, now_ms};
-use crate::registry::Registry;
+use crate::registry::{LoraLibrary, Registry};
 use crate::store::Store;
 use crate::weights::LoraFile;
 
@@ -25,7 +26,10 @@ pub struct RunnerConfig {
 /// What the runner shares with the HTTP side.
 pub struct Shared {
     pub registry: Registry,
-    pub loras: crate::registry::LoraLibrary,
+    /// The LoRA directories, in the order their ids win.
+    pub lora_dirs: Vec<PathBuf>,
+    /// What the last scan of `lora_dirs` found (`POST /api/loras/rescan` scans again).
+    pub loras: RwLock<LoraLibrary>,
     pub queue: Arc<Queue>,
     pub store: Arc<Store>,
     pub events: Arc<Events>,
@@ -34,6 +38,14 @@ pub struct Shared {
     /// Total seconds and count of denoising steps run (for /metrics).
     pub step_seconds: std::sync::Mutex<(f64, u64)>,
     pub images_written: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// Scans the LoRA directories again, so files added or removed since show up.
+    pub fn rescan_loras(&self) {
+        let library = LoraLibrary::scan(&self.lora_dirs);
+        *self.loras.write().expect("loras lock") = library;
+    }
 }
 
 pub fn spawn<B: Backend>(
@@ -121,7 +133,9 @@ fn generate<B: Backend>(
         *pipeline = None;
         *shared.loaded.lock().expect("loaded lock") = None;
         let manifest = shared.registry.get(&job.model)?;
+        let start = Instant::now();
         *pipeline = Some((job.model.clone(), Pipeline::load(manifest, device)?));
+        job.timings.model_load_ms = Some(millis(start.elapsed()));
         *shared.loaded.lock().expect("loaded lock") = Some(job.model.clone());
     }
     let (_, pipeline) = pipeline.as_mut().expect("loaded above");
@@ -129,14 +143,40 @@ fn generate<B: Backend>(
         .loras
         .iter()
         .map(|l| {
-            let entry = shared
+            let path = shared
                 .loras
+                .read()
+                .expect("loras lock")
                 .get(&l.id)
+                .map(|entry| entry.path.clone())
                 .ok_or_else(|| Error::request(format!("unknown LoRA `{}`", l.id)))?;
-            Ok((LoraFile::open(&entry.path)?, l.weight))
+            Ok((LoraFile::open(&path)?, l.weight))
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let loras: Vec<(&LoraFile, f32)> = files.iter().map(|(f, w)| (f, *w)).collect();
+    if loras.is_empty() {
+        return generate_images(shared, config, pipeline, job, cancel);
+    }
+    // One merge serves all images; the weights come back whatever the images' outcome.
+    let start = Instant::now();
+    let merged = pipeline.merge_loras(&loras)?;
+    let merging = start.elapsed();
+    let result = generate_images(shared, config, pipeline, job, cancel);
+    let start = Instant::now();
+    pipeline.unmerge_loras(merged);
+    job.timings.lora_merge_ms = Some(millis(merging + start.elapsed()));
+    result
+}
+
+/// Generates, saves and announces each image of `job`.
+fn generate_images<B: Backend>(
+    shared: &Shared,
+    config: &RunnerConfig,
+    pipeline: &Pipeline<B>,
+    job: &mut Job,
+    cancel: &AtomicBool,
+) -> Result<(), Error> {
+    let start = Instant::now();
     let total = job.params.steps as u32 * job.num_images;
     job.images.clear();
     for index in 0..job.num_images {
@@ -144,7 +184,7 @@ fn generate<B: Backend>(
         params.seed = params.seed.wrapping_add(index as u64);
         let mut last_preview: Option<Instant> = None;
         let mut last_step = Instant::now();
-        let image = pipeline.generate_with_loras(&params, &loras, &mut |p| {
+        let image = pipeline.generate(&params, &mut |p| {
             if cancel.load(Ordering::SeqCst) {
                 return Flow::Cancel;
             }
@@ -181,7 +221,12 @@ fn generate<B: Backend>(
     }
     job.step = total;
     job.total_steps = total;
+    job.timings.generate_ms = Some(millis(start.elapsed()));
     Ok(())
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
 fn record_step_time(shared: &Shared, elapsed: Duration) {

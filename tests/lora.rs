@@ -239,14 +239,16 @@ mod pipeline {
         ] {
             let (params, tensors, png) = case(run);
             let file = lora(file);
+            let merged = pipeline.merge_loras(&[(&file, 0.8)]).unwrap();
             let image = pipeline
-                .generate_with_loras(&params, &[(&file, 0.8)], &mut |p| {
+                .generate(&params, &mut |p| {
                     let key = format!("latents.step{}", p.step - 1);
                     let err = max_abs_diff(&values(p.latents.clone()), &tensors[&key].f32());
                     assert!(err <= 1e-3, "{run} {key}: {err:e}");
                     Flow::Continue
                 })
                 .unwrap();
+            pipeline.unmerge_loras(merged);
             let diff = max_pixel_diff(&image, &png);
             assert!(diff <= 2, "{run}: image differs by {diff}/255");
             assert_ne!(image, base, "{run}: the LoRA changes the image");
@@ -261,9 +263,11 @@ mod pipeline {
         }
 
         let peft = lora("sdxl_lora_peft.safetensors");
+        let merged = pipeline.merge_loras(&[(&peft, 0.0)]).unwrap();
         let zero = pipeline
-            .generate_with_loras(&base_params, &[(&peft, 0.0)], &mut |_| Flow::Continue)
+            .generate(&base_params, &mut |_| Flow::Continue)
             .unwrap();
+        pipeline.unmerge_loras(merged);
         assert_eq!(zero, base, "weight 0 gives the base image exactly");
     }
 }

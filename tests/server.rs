@@ -415,6 +415,7 @@ fn openapi_lists_every_route_and_info_describes_models() {
         ("/api/thumbs/{filename}", "get"),
         ("/api/sse/gallery", "get"),
         ("/api/info", "get"),
+        ("/api/loras/rescan", "post"),
         ("/health", "get"),
         ("/ready", "get"),
         ("/metrics", "get"),
@@ -585,9 +586,17 @@ fn loras_through_the_api_reproduce_the_reference_images() {
         ),
         (json!([]), "base"),
     ] {
+        let with_loras = !loras.as_array().unwrap().is_empty();
         let id = submit(port, body(loras));
         let job = wait_finished(port, &id, Duration::from_secs(60));
         assert_eq!(job["status"], "completed", "{job}");
+        assert!(job["timings"]["generate_ms"].is_u64(), "{job}");
+        // The merge time is reported for LoRA jobs only.
+        assert_eq!(
+            job["timings"]["lora_merge_ms"].is_u64(),
+            with_loras,
+            "{job}"
+        );
         let expected = image::open(case(run)).unwrap().to_rgb8();
         let diff = common::max_pixel_diff(&image_of(&job), &expected);
         assert!(diff <= 2, "{run}: {diff}/255");
@@ -620,4 +629,94 @@ fn loras_through_the_api_reproduce_the_reference_images() {
         assert_eq!(r.status, 422, "{}", r.text());
         assert!(r.text().contains(says), "{}", r.text());
     }
+}
+
+#[test]
+fn lora_directories_rescan_and_manifest_paths() {
+    let dir = temp_dir("lora-dirs");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lycoris = repo.join("tests/fixtures/sdxl/lycoris");
+    let (loras, manifests) = (dir.join("loras"), dir.join("manifests"));
+    let manifest_loras = manifests.join("manifest_loras");
+    std::fs::create_dir_all(&loras).unwrap();
+    std::fs::create_dir_all(&manifest_loras).unwrap();
+    // A second manifest naming its own LoRA directory (relative to the manifest).
+    let demo = std::fs::read_to_string(repo.join("model_manifests/sdxl-tiny-demo.toml")).unwrap();
+    let manifest = demo
+        .replace(
+            "id = \"sdxl-tiny-demo\"",
+            "id = \"sdxl-with-loras\"\nloras = \"manifest_loras\"",
+        )
+        .replace("../assets/", &format!("{}/assets/", repo.display()));
+    std::fs::write(manifests.join("with-loras.toml"), manifest).unwrap();
+    std::fs::copy(
+        lycoris.join("sdxl_loha.safetensors"),
+        manifest_loras.join("loha.safetensors"),
+    )
+    .unwrap();
+    let server = Server::start(
+        &dir,
+        &[
+            "--loras",
+            loras.to_str().unwrap(),
+            "--manifests",
+            manifests.to_str().unwrap(),
+        ],
+    );
+    let port = server.port;
+    let ids = |list: &serde_json::Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let info = get(port, "/api/info").json();
+    assert_eq!(ids(&info["loras"]), ["loha"], "{info}");
+    assert_eq!(info["loras"][0]["rank"], 4);
+
+    // A file added after start shows up on rescan, and a job can use it at once.
+    std::fs::copy(
+        lycoris.join("sdxl_lokr.safetensors"),
+        loras.join("lokr.safetensors"),
+    )
+    .unwrap();
+    let r = post_json(
+        port,
+        "/api/generate",
+        &json!({"prompt": "x", "loras": [{"id": "lokr"}]}),
+    );
+    assert_eq!(r.status, 422, "not scanned yet: {}", r.text());
+    let listed = request(port, "POST", "/api/loras/rescan", None, &[]).json();
+    assert_eq!(ids(&listed), ["loha", "lokr"], "{listed}");
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["loaded"] == true),
+        "{listed}"
+    );
+
+    let body = |loras: serde_json::Value| {
+        json!({"prompt": "a bottle of wine", "width": 64, "height": 64, "steps": 2, "seed": 7,
+               "loras": loras})
+    };
+    let image_of = |loras: serde_json::Value| {
+        let job = wait_finished(port, &submit(port, body(loras)), Duration::from_secs(60));
+        assert_eq!(job["status"], "completed", "{job}");
+        get(
+            port,
+            &format!("/api/images/{}", job["images"][0].as_str().unwrap()),
+        )
+        .body
+    };
+    let base = image_of(json!([]));
+    let stacked = image_of(json!([{"id": "loha", "weight": 0.5}, {"id": "lokr", "weight": 0.5}]));
+    assert_ne!(base, stacked, "LoHa + LoKr change the image");
+
+    // A removed file is gone after the next rescan.
+    std::fs::remove_file(loras.join("lokr.safetensors")).unwrap();
+    let listed = request(port, "POST", "/api/loras/rescan", None, &[]).json();
+    assert_eq!(ids(&listed), ["loha"], "{listed}");
 }

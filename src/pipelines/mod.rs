@@ -11,9 +11,14 @@ use crate::Error;
 use crate::registry::{Family, Manifest};
 use crate::sampling::{SamplerKind, ScheduleKind};
 use crate::text::LongPrompt;
+use crate::weights::{LoraFile, LoraPatch};
 
 pub use request::GenerationRequest;
 pub use sdxl::SdxlPipeline;
+
+/// LoRA deltas merged into a pipeline's networks (one patch per network, in the pipeline's
+/// order), to be handed back to [`Pipeline::unmerge_loras`].
+pub struct MergedLoras<B: Backend>(Vec<LoraPatch<B>>);
 
 /// Everything one image depends on, fully resolved (defaults applied, seed chosen).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -87,16 +92,19 @@ impl<B: Backend> Pipeline<B> {
         }
     }
 
-    /// Runs the pipeline with `loras` (file, weight) merged for this run only; `on_step` may
-    /// cancel between steps (the run then returns `Error::Cancelled`).
-    pub fn generate_with_loras(
-        &mut self,
-        params: &GenerationParams,
-        loras: &[(&crate::weights::LoraFile, f32)],
-        on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
-    ) -> Result<image::RgbImage, Error> {
+    /// Merges `loras` (file, weight) into the loaded weights until [`Self::unmerge_loras`]
+    /// takes them off: one merge serves every image of a job, and the base checkpoint is never
+    /// read again.
+    pub fn merge_loras(&mut self, loras: &[(&LoraFile, f32)]) -> Result<MergedLoras<B>, Error> {
         match self {
-            Pipeline::Sdxl(p) => p.generate_with_loras(params, loras, on_step),
+            Pipeline::Sdxl(p) => p.merge_loras(loras),
+        }
+    }
+
+    /// Puts back, bit for bit, the weights [`Self::merge_loras`] replaced.
+    pub fn unmerge_loras(&mut self, merged: MergedLoras<B>) {
+        match self {
+            Pipeline::Sdxl(p) => p.unmerge_loras(merged),
         }
     }
 

@@ -11,7 +11,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use super::components::{folder_config, folder_store, merged, open_checkpoint, read_json};
-use super::{Flow, GenerationParams, StepProgress};
+use super::{Flow, GenerationParams, MergedLoras, StepProgress};
 use crate::Error;
 use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
 use crate::models::unet_sdxl::{UNet, UNetConfig};
@@ -286,26 +286,26 @@ impl<B: Backend> SdxlPipeline<B> {
         ))
     }
 
-    /// [`Self::generate`] with `loras` (file, weight) merged into the UNet and both text
-    /// encoders for this run only; the base weights are back afterwards, whatever the outcome.
-    pub fn generate_with_loras(
-        &mut self,
-        params: &GenerationParams,
-        loras: &[(&LoraFile, f32)],
-        on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
-    ) -> Result<image::RgbImage, Error> {
+    /// Merges `loras` (file, weight) into the UNet and both text encoders until
+    /// [`Self::unmerge_loras`] takes them off again.
+    pub fn merge_loras(&mut self, loras: &[(&LoraFile, f32)]) -> Result<MergedLoras<B>, Error> {
         let patch = |i: usize| {
             LoraPatch::<B>::new(self.loaded_params[i].0, loras, &self.loaded_params[i].1)
         };
-        let (mut unet_patch, mut l_patch, mut g_patch) = (patch(0)?, patch(1)?, patch(2)?);
-        self.unet = unet_patch.apply(self.unet.clone());
-        self.clip_l = l_patch.apply(self.clip_l.clone());
-        self.clip_g = g_patch.apply(self.clip_g.clone());
-        let result = self.generate(params, on_step);
-        self.unet = unet_patch.restore(self.unet.clone());
-        self.clip_l = l_patch.restore(self.clip_l.clone());
-        self.clip_g = g_patch.restore(self.clip_g.clone());
-        result
+        let [mut unet, mut clip_l, mut clip_g] = [patch(0)?, patch(1)?, patch(2)?];
+        self.unet = unet.apply(self.unet.clone());
+        self.clip_l = clip_l.apply(self.clip_l.clone());
+        self.clip_g = clip_g.apply(self.clip_g.clone());
+        Ok(MergedLoras(vec![unet, clip_l, clip_g]))
+    }
+
+    /// Puts back the weights [`Self::merge_loras`] replaced, bit for bit.
+    pub fn unmerge_loras(&mut self, merged: MergedLoras<B>) {
+        let [mut unet, mut clip_l, mut clip_g] =
+            <[LoraPatch<B>; 3]>::try_from(merged.0).unwrap_or_else(|_| panic!("SDXL merges three"));
+        self.unet = unet.restore(self.unet.clone());
+        self.clip_l = clip_l.restore(self.clip_l.clone());
+        self.clip_g = clip_g.restore(self.clip_g.clone());
     }
 
     /// Decodes scaled latents to the VAE's raw output [1, 3, H, W] (about [-1, 1]).

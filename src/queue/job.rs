@@ -50,6 +50,18 @@ pub struct JobLora {
     pub trigger_weight: f32,
 }
 
+/// Where a job's time went, in milliseconds; a phase the job did not reach or need is absent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, poem_openapi::Object)]
+#[oai(skip_serializing_if_is_none)]
+pub struct JobTimings {
+    /// Loading the model, when this job had to (a different model was loaded before it).
+    pub model_load_ms: Option<u64>,
+    /// Merging the job's LoRAs into the loaded weights and taking them off afterwards.
+    pub lora_merge_ms: Option<u64>,
+    /// Encoding, sampling and decoding all of the job's images.
+    pub generate_ms: Option<u64>,
+}
+
 /// One accepted request: what to make, and how far it got. Persisted on every status change.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Job {
@@ -72,6 +84,8 @@ pub struct Job {
     pub created_at: u64,
     pub started_at: Option<u64>,
     pub finished_at: Option<u64>,
+    #[serde(default)]
+    pub timings: JobTimings,
 }
 
 pub fn now_ms() -> u64 {

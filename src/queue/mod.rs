@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 pub use events::{Events, JobEvent, Numbered, Subscription};
-pub use job::{Job, JobLora, JobStatus, new_job_id, now_ms};
+pub use job::{Job, JobLora, JobStatus, JobTimings, new_job_id, now_ms};
 
 use crate::Error;
 use crate::store::Store;

@@ -1,4 +1,4 @@
-//! The LoRA directory: every `*.safetensors` in it, with a stable id (the file stem), the
+//! The LoRA directories: every `*.safetensors` in them, with a stable id (the file stem), the
 //! family it fits, its rank and trigger words. A file that cannot be read is listed as not
 //! loaded, with the reason; the rest still load.
 
@@ -26,54 +26,34 @@ pub struct LoraLibrary {
 }
 
 impl LoraLibrary {
-    /// Scans `dir` (missing: an empty library).
-    pub fn scan(dir: &Path) -> Self {
+    /// Scans `dirs` in order (a missing one adds nothing); when two files share a stem, the
+    /// first directory's keeps the id.
+    pub fn scan(dirs: &[PathBuf]) -> Self {
         let mut entries = BTreeMap::new();
-        let Ok(listing) = std::fs::read_dir(dir) else {
-            return Self { entries };
-        };
-        for path in listing.filter_map(|e| e.ok().map(|e| e.path())) {
-            if path.extension().is_none_or(|x| x != "safetensors") {
-                continue;
-            }
-            let Some(id) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+        for dir in dirs {
+            let Ok(listing) = std::fs::read_dir(dir) else {
                 continue;
             };
-            if let Some(family) = other_family(&path) {
-                let error = format!(
-                    "a {} LoRA; this build applies SDXL LoRAs only",
-                    family.name()
-                );
-                let entry = LoraEntry {
-                    id: id.clone(),
-                    path,
-                    family: Some(family),
-                    rank: None,
-                    trigger_words: Vec::new(),
-                    error: Some(error),
+            let mut paths: Vec<PathBuf> =
+                listing.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            paths.sort();
+            for path in paths {
+                if path.extension().is_none_or(|x| x != "safetensors") {
+                    continue;
+                }
+                let Some(id) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+                    continue;
                 };
-                entries.insert(id, entry);
-                continue;
+                if let Some(first) = entries.get(&id).map(|e: &LoraEntry| e.path.clone()) {
+                    tracing::warn!(
+                        "LoRA id `{id}` of {} is taken by {}; skipped",
+                        path.display(),
+                        first.display()
+                    );
+                    continue;
+                }
+                entries.insert(id.clone(), entry(id, path));
             }
-            let entry = match LoraFile::open(&path) {
-                Ok(file) => LoraEntry {
-                    id: id.clone(),
-                    family: Some(Family::Sdxl),
-                    rank: file.modules.iter().filter_map(|m| m.rank()).max(),
-                    trigger_words: trigger_words(&path, &file),
-                    error: None,
-                    path,
-                },
-                Err(e) => LoraEntry {
-                    id: id.clone(),
-                    path,
-                    family: None,
-                    rank: None,
-                    trigger_words: Vec::new(),
-                    error: Some(e.to_string()),
-                },
-            };
-            entries.insert(id, entry);
         }
         Self { entries }
     }
@@ -84,6 +64,42 @@ impl LoraLibrary {
 
     pub fn entries(&self) -> impl Iterator<Item = &LoraEntry> {
         self.entries.values()
+    }
+}
+
+/// What the file at `path` is and whether it can be used.
+fn entry(id: String, path: PathBuf) -> LoraEntry {
+    if let Some(family) = other_family(&path) {
+        let error = format!(
+            "a {} LoRA; this build applies SDXL LoRAs only",
+            family.name()
+        );
+        return LoraEntry {
+            id,
+            path,
+            family: Some(family),
+            rank: None,
+            trigger_words: Vec::new(),
+            error: Some(error),
+        };
+    }
+    match LoraFile::open(&path) {
+        Ok(file) => LoraEntry {
+            id,
+            family: Some(Family::Sdxl),
+            rank: file.modules.iter().filter_map(|m| m.rank()).max(),
+            trigger_words: trigger_words(&path, &file),
+            error: None,
+            path,
+        },
+        Err(e) => LoraEntry {
+            id,
+            path,
+            family: None,
+            rank: None,
+            trigger_words: Vec::new(),
+            error: Some(e.to_string()),
+        },
     }
 }
 

@@ -70,6 +70,9 @@ pub struct Manifest {
     pub description: Option<String>,
     #[serde(default)]
     pub files: ManifestFiles,
+    /// A directory of LoRAs to list beside the server's `--loras` directory (relative to the
+    /// manifest's directory unless absolute).
+    pub loras: Option<PathBuf>,
     #[serde(default)]
     pub defaults: ManifestDefaults,
     /// `[architecture.<component>]`: hyper-parameters tensor shapes cannot tell, named as in

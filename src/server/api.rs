@@ -19,6 +19,7 @@ use super::schemas::*;
 use super::sse;
 use super::validation::{ValidationErrors, ValidationItem, parameter_schema, validate};
 use crate::queue::{Job, JobStatus, QueueError, new_job_id, now_ms};
+use crate::registry::LoraLibrary;
 
 pub struct Api(pub Arc<AppState>);
 
@@ -238,6 +239,20 @@ fn parse_cursor(cursor: &Option<String>) -> Result<Option<u64>, String> {
         .transpose()
 }
 
+fn lora_infos(library: &LoraLibrary) -> Vec<LoraInfo> {
+    library
+        .entries()
+        .map(|e| LoraInfo {
+            id: e.id.clone(),
+            family: e.family.map(|f| f.name().to_owned()),
+            rank: e.rank.map(|r| r as u32),
+            trigger_words: e.trigger_words.clone(),
+            loaded: e.error.is_none(),
+            error: e.error.clone(),
+        })
+        .collect()
+}
+
 fn sse_headers() -> (String, String) {
     ("no-cache".into(), "no".into())
 }
@@ -254,7 +269,7 @@ impl Api {
         let validated = match validate(
             &body.0,
             &state.shared.registry,
-            &state.shared.loras,
+            &state.shared.loras.read().expect("loras lock"),
             state.default_model.as_deref(),
         ) {
             Ok(v) => v,
@@ -276,6 +291,7 @@ impl Api {
             created_at: now_ms(),
             started_at: None,
             finished_at: None,
+            timings: Default::default(),
         };
         match state.shared.queue.submit(job) {
             Ok((job, position)) => {
@@ -492,20 +508,21 @@ impl Api {
             device: state.device.clone(),
             default_model: state.default_model.clone(),
             models,
-            loras: state
-                .shared
-                .loras
-                .entries()
-                .map(|e| LoraInfo {
-                    id: e.id.clone(),
-                    family: e.family.map(|f| f.name().to_owned()),
-                    rank: e.rank.map(|r| r as u32),
-                    trigger_words: e.trigger_words.clone(),
-                    loaded: e.error.is_none(),
-                    error: e.error.clone(),
-                })
-                .collect(),
+            loras: lora_infos(&state.shared.loras.read().expect("loras lock")),
         })
+    }
+
+    /// Scan the LoRA directories again (after adding or removing files) and list what they hold.
+    #[oai(path = "/api/loras/rescan", method = "post", tag = "Tag::Server")]
+    async fn rescan_loras(&self) -> Json<Vec<LoraInfo>> {
+        let shared = self.0.shared.clone();
+        let infos = tokio::task::spawn_blocking(move || {
+            shared.rescan_loras();
+            lora_infos(&shared.loras.read().expect("loras lock"))
+        })
+        .await
+        .expect("LoRA scan task");
+        Json(infos)
     }
 
     /// Liveness: the process answers.

@@ -8,7 +8,7 @@ mod sse;
 mod validation;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use poem::http::{Method, StatusCode, header};
@@ -56,6 +56,15 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         None => options.registry.models().next().map(|m| m.id.clone()),
     };
     let store = Arc::new(Store::open(&options.data_dir, &options.thumbnails_dir)?);
+    let mut lora_dirs = vec![options.loras_dir.clone()];
+    for manifest in options.registry.models() {
+        if let Some(dir) = &manifest.loras {
+            let dir = manifest.resolve(dir);
+            if !lora_dirs.contains(&dir) {
+                lora_dirs.push(dir);
+            }
+        }
+    }
     let events = Arc::new(Events::default());
     let queue = Arc::new(Queue::restore(
         store.clone(),
@@ -63,8 +72,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         options.queue_capacity,
     )?);
     let shared = Arc::new(Shared {
+        loras: RwLock::new(LoraLibrary::scan(&lora_dirs)),
+        lora_dirs,
         registry: options.registry,
-        loras: LoraLibrary::scan(&options.loras_dir),
         queue,
         store,
         events,

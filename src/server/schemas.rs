@@ -2,7 +2,7 @@
 
 use poem_openapi::Object;
 
-use crate::queue::{Job, JobStatus};
+use crate::queue::{Job, JobStatus, JobTimings};
 use crate::store::ImageRecord;
 
 /// `POST /api/generate` (contract: ../shared/design.md). Parsed field by field by
@@ -92,6 +92,7 @@ pub struct JobView {
     pub created_at: u64,
     pub started_at: Option<u64>,
     pub finished_at: Option<u64>,
+    pub timings: JobTimings,
 }
 
 impl JobView {
@@ -139,6 +140,7 @@ impl JobView {
             created_at: job.created_at,
             started_at: job.started_at,
             finished_at: job.finished_at,
+            timings: job.timings.clone(),
         }
     }
 }
