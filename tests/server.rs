@@ -715,8 +715,38 @@ fn lora_directories_rescan_and_manifest_paths() {
     let stacked = image_of(json!([{"id": "loha", "weight": 0.5}, {"id": "lokr", "weight": 0.5}]));
     assert_ne!(base, stacked, "LoHa + LoKr change the image");
 
+    // The README's request example works verbatim.
+    std::fs::copy(
+        lycoris.join("sdxl_lokr_full.safetensors"),
+        loras.join("civitai_1963644.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        loras.join("civitai_1963644.civitai.info"),
+        r#"{"trainedWords": ["shiny hair"]}"#,
+    )
+    .unwrap();
+    request(port, "POST", "/api/loras/rescan", None, &[]);
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let example = readme
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("-d '")?.strip_suffix("'"))
+        .filter(|body| body.contains("trigger_weight"))
+        .expect("README has a LoRA request example");
+    let mut body: serde_json::Value = serde_json::from_str(example).unwrap();
+    body["steps"] = json!(1); // only to keep the test short
+    let job = wait_finished(port, &submit(port, body), Duration::from_secs(60));
+    assert_eq!(job["status"], "completed", "{job}");
+    assert!(
+        job["params"]["prompt"]
+            .as_str()
+            .unwrap()
+            .ends_with("(shiny hair:0.5)"),
+        "{job}"
+    );
+
     // A removed file is gone after the next rescan.
     std::fs::remove_file(loras.join("lokr.safetensors")).unwrap();
     let listed = request(port, "POST", "/api/loras/rescan", None, &[]).json();
-    assert_eq!(ids(&listed), ["loha"], "{listed}");
+    assert_eq!(ids(&listed), ["civitai_1963644", "loha"], "{listed}");
 }
