@@ -8,6 +8,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use common::{B, assert_close, fixtures, load, values};
 use hanga::models::clip::{Activation, ClipConfig, ClipTextModel};
+use hanga::models::t5::{T5Config, T5Encoder};
 use hanga::models::unet_sdxl::{UNet, UNetConfig};
 use hanga::models::vae::{Decoder, Encoder, VaeConfig};
 use hanga::sampling::{
@@ -220,4 +221,34 @@ impl NoiseSource for Replay {
         assert_eq!(noise.len(), n);
         noise
     }
+}
+
+#[test]
+fn t5_encoder_matches_transformers() {
+    let dir = "t5_encoder";
+    let weights = store(dir, "model.safetensors");
+    let cfg = T5Config::detect(&weights, &config(dir)).unwrap();
+    let model = T5Encoder::<B>::load(&weights, &cfg, &Default::default()).unwrap();
+    let io = load(&fixtures().join("components/t5_encoder/io.safetensors"));
+    let (ids, mask) = (&io["in.input_ids"], &io["in.attention_mask"]);
+    let [batch, len] = [ids.shape[0], ids.shape[1]];
+    let device = Default::default();
+    let ids: Vec<i64> = ids.values.iter().map(|&v| v as i64).collect();
+    let input =
+        || Tensor::<B, 2, Int>::from_data(TensorData::new(ids.clone(), [batch, len]), &device);
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask.f32(), [batch, len]), &device);
+    // 160 tokens: past relative_attention_max_distance, so the log-spaced buckets are used.
+    let e1 = assert_close(
+        "t5 no mask",
+        &values(model.forward(input(), None)),
+        &io["out.last_hidden_state_nomask"].f32(),
+        TOL,
+    );
+    let e2 = assert_close(
+        "t5 masked",
+        &values(model.forward(input(), Some(mask))),
+        &io["out.last_hidden_state_masked"].f32(),
+        TOL,
+    );
+    println!("t5: no mask {e1:e}, masked {e2:e}");
 }

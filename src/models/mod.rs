@@ -2,5 +2,6 @@
 
 pub mod blocks;
 pub mod clip;
+pub mod t5;
 pub mod unet_sdxl;
 pub mod vae;
