@@ -8,6 +8,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use common::{B, assert_close, fixtures, load, values};
 use hanga::models::clip::{Activation, ClipConfig, ClipTextModel};
+use hanga::models::flux::{FluxConditioning, FluxConfig, FluxTransformer};
 use hanga::models::t5::{T5Config, T5Encoder};
 use hanga::models::unet_sdxl::{UNet, UNetConfig};
 use hanga::models::vae::{Decoder, Encoder, VaeConfig};
@@ -251,4 +252,60 @@ fn t5_encoder_matches_transformers() {
         TOL,
     );
     println!("t5: no mask {e1:e}, masked {e2:e}");
+}
+
+fn ids(io: &std::collections::HashMap<String, common::Recorded>) -> Vec<[f32; 3]> {
+    let (txt, img) = (io["in.txt_ids"].f32(), io["in.img_ids"].f32());
+    txt.chunks(3)
+        .chain(img.chunks(3))
+        .map(|c| [c[0], c[1], c[2]])
+        .collect()
+}
+
+fn tensor3(r: &common::Recorded) -> Tensor<B, 3> {
+    let s = &r.shape;
+    Tensor::from_data(
+        TensorData::new(r.f32(), [s[0], s[1], s[2]]),
+        &Default::default(),
+    )
+}
+
+fn check_flux(dir: &str) {
+    let weights = store(dir, "diffusion_pytorch_model.safetensors");
+    let cfg = FluxConfig::detect(&weights, &config(dir)).unwrap();
+    let model = FluxTransformer::<B>::load(&weights, &cfg, &Default::default()).unwrap();
+    let io = load(
+        &fixtures()
+            .join("components")
+            .join(dir)
+            .join("io.safetensors"),
+    );
+    let pooled = &io["in.pooled_projections"];
+    let guidance = io.get("in.guidance").map(|g| g.f32());
+    let cond = FluxConditioning {
+        timesteps: &io["in.timestep"].f32(),
+        guidance: guidance.as_deref(),
+        pooled: Tensor::from_data(
+            TensorData::new(pooled.f32(), [pooled.shape[0], pooled.shape[1]]),
+            &Default::default(),
+        ),
+    };
+    let out = model.forward(
+        tensor3(&io["in.hidden_states"]),
+        tensor3(&io["in.encoder_hidden_states"]),
+        &ids(&io),
+        &cond,
+    );
+    let err = assert_close(dir, &values(out), &io["out.sample"].f32(), TOL);
+    println!("{dir}: {err:e}");
+}
+
+#[test]
+fn flux_dev_transformer_matches_diffusers() {
+    check_flux("flux_dev_transformer");
+}
+
+#[test]
+fn flux_schnell_transformer_matches_diffusers() {
+    check_flux("flux_schnell_transformer");
 }

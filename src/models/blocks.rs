@@ -1,7 +1,7 @@
 //! Building blocks that several networks share, as diffusers defines them
 //! (`models/resnet.py`, `models/attention_processor.py`, `models/embeddings.py`).
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
 use burn::prelude::*;
@@ -70,6 +70,40 @@ impl<B: Backend> ResnetBlock2D<B> {
         };
         shortcut + h
     }
+}
+
+/// RMS norm: `w · x / √(mean(x²) + eps)`, no mean subtraction, no bias (transformers
+/// `T5LayerNorm`, diffusers `RMSNorm` with an elementwise weight).
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    weight: Param<Tensor<B, 1>>,
+    #[module(skip)]
+    eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    pub fn load(w: &Weights<B>, name: &str, dim: usize, eps: f64) -> Result<Self, Error> {
+        Ok(Self {
+            weight: Param::from_tensor(w.tensor(name, [dim])?),
+            eps,
+        })
+    }
+
+    /// x: [..., D] → same shape.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let variance = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let x = x * (variance + self.eps).sqrt().recip();
+        x * self.weight.val().unsqueeze()
+    }
+}
+
+/// LayerNorm over the last dimension without affine parameters (`elementwise_affine=False`),
+/// biased variance as PyTorch.
+pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
+    let mean = x.clone().mean_dim(D - 1);
+    let centered = x - mean;
+    let variance = centered.clone().powi_scalar(2).mean_dim(D - 1);
+    centered * (variance + eps).sqrt().recip()
 }
 
 /// Nearest-neighbour ×2 then conv3×3 (diffusers `Upsample2D`).

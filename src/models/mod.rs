@@ -2,6 +2,7 @@
 
 pub mod blocks;
 pub mod clip;
+pub mod flux;
 pub mod t5;
 pub mod unet_sdxl;
 pub mod vae;

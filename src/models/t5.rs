@@ -6,7 +6,7 @@
 //! (`wo(gelu_tanh(wi_0 x) ⊙ wi_1 x)`). Runs in f32, so the reference's fp16 overflow clamp
 //! (`clamp_value = finfo(fp16).max - 1000`) never triggers here.
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::{Embedding, Linear};
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -15,6 +15,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use serde::Deserialize;
 
+use super::blocks::RmsNorm;
 use crate::Error;
 use crate::weights::{TensorStore, Weights};
 
@@ -65,30 +66,6 @@ impl T5Config {
             relative_attention_max_distance: o.relative_attention_max_distance.unwrap_or(128),
             layer_norm_epsilon: o.layer_norm_epsilon.unwrap_or(1e-6),
         })
-    }
-}
-
-/// transformers `T5LayerNorm`: `w · x / √(mean(x²) + eps)`, no mean subtraction, no bias.
-#[derive(Module, Debug)]
-pub struct RmsNorm<B: Backend> {
-    weight: Param<Tensor<B, 1>>,
-    #[module(skip)]
-    eps: f64,
-}
-
-impl<B: Backend> RmsNorm<B> {
-    pub fn load(w: &Weights<B>, name: &str, dim: usize, eps: f64) -> Result<Self, Error> {
-        Ok(Self {
-            weight: Param::from_tensor(w.tensor(name, [dim])?),
-            eps,
-        })
-    }
-
-    /// x: [..., D] → same shape.
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let variance = x.clone().powi_scalar(2).mean_dim(D - 1);
-        let x = x * (variance + self.eps).sqrt().recip();
-        x * self.weight.val().unsqueeze()
     }
 }
 
