@@ -7,8 +7,9 @@ mod common;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use common::{B, assert_close, fixtures, load, values};
+use hanga::models::chroma::ChromaTransformer;
 use hanga::models::clip::{Activation, ClipConfig, ClipTextModel};
-use hanga::models::flux::{FluxConditioning, FluxConfig, FluxTransformer};
+use hanga::models::flux::{AttentionMask, FluxConditioning, FluxConfig, FluxTransformer};
 use hanga::models::t5::{T5Config, T5Encoder};
 use hanga::models::unet_sdxl::{UNet, UNetConfig};
 use hanga::models::vae::{Decoder, Encoder, VaeConfig};
@@ -308,4 +309,46 @@ fn flux_dev_transformer_matches_diffusers() {
 #[test]
 fn flux_schnell_transformer_matches_diffusers() {
     check_flux("flux_schnell_transformer");
+}
+
+#[test]
+fn chroma_transformer_matches_diffusers_for_each_mask() {
+    let dir = "chroma_transformer";
+    let weights = store(dir, "diffusion_pytorch_model.safetensors");
+    let cfg = FluxConfig::detect(&weights, &config(dir)).unwrap();
+    let model = ChromaTransformer::<B>::load(&weights, &cfg, &Default::default()).unwrap();
+    let io = load(
+        &fixtures()
+            .join("components")
+            .join(dir)
+            .join("io.safetensors"),
+    );
+    let token_mask = |key: &str| {
+        let m = &io[key];
+        Tensor::<B, 2>::from_data(
+            TensorData::new(m.f32(), [m.shape[0], m.shape[1]]),
+            &Default::default(),
+        )
+    };
+    for (mask, expected) in [
+        (AttentionMask::None, "out.sample_no_mask"),
+        (
+            AttentionMask::from_tokens(token_mask("in.attention_mask_pipeline"), false),
+            "out.sample_pipeline_mask",
+        ),
+        (
+            AttentionMask::from_tokens(token_mask("in.attention_mask_bool"), true),
+            "out.sample_bool_mask",
+        ),
+    ] {
+        let out = model.forward(
+            tensor3(&io["in.hidden_states"]),
+            tensor3(&io["in.encoder_hidden_states"]),
+            &ids(&io),
+            &io["in.timestep"].f32(),
+            &mask,
+        );
+        let err = assert_close(expected, &values(out), &io[expected].f32(), TOL);
+        println!("chroma {expected}: {err:e}");
+    }
 }

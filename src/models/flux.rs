@@ -170,24 +170,50 @@ pub fn position_ids(text_tokens: usize, rows: usize, cols: usize) -> Vec<[f32; 3
     text.chain(image).collect()
 }
 
-/// Attention over a token sequence that may hold two streams: q/k RMS-normed per head, RoPE,
-/// SDPA with an optional additive bias [B, 1 or H, L, L].
+/// What attention may not (or may less) look at, as SDPA gets it ([B, 1, L, L]).
+#[derive(Clone, Debug)]
+pub enum AttentionMask<B: Backend> {
+    /// Every token sees every token (Flux).
+    None,
+    /// Added to the logits (a float mask given to SDPA).
+    Bias(Tensor<B, 4>),
+    /// `true` pairs are excluded (a bool mask given to SDPA).
+    Exclude(Tensor<B, 4, Bool>),
+}
+
+impl<B: Backend> AttentionMask<B> {
+    /// `token_mask` [B, L] (1 = attend) as diffusers' Chroma blocks pass it to SDPA:
+    /// `m[:, None, None, :] · m[:, None, :, None]`. `as_bool` says whether the mask is bool
+    /// (pairs with a padded query or key excluded) or float, which SDPA *adds* to the logits —
+    /// what `ChromaPipeline` passes, so its padded pairs get +0 and the others +1.
+    pub fn from_tokens(token_mask: Tensor<B, 2>, as_bool: bool) -> Self {
+        let keys: Tensor<B, 4> = token_mask.clone().unsqueeze_dims(&[1, 2]);
+        let queries: Tensor<B, 4> = token_mask.unsqueeze_dims(&[1, 3]);
+        let pairs = keys * queries;
+        if as_bool {
+            AttentionMask::Exclude(pairs.lower_elem(0.5))
+        } else {
+            AttentionMask::Bias(pairs)
+        }
+    }
+}
+
+/// Attention over a token sequence that may hold two streams: RoPE on the (already normed)
+/// q/k, then SDPA with scale 1/√head_dim.
 fn joint_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     rope: &Rope<B>,
-    bias: Option<&Tensor<B, 4>>,
+    mask: &AttentionMask<B>,
 ) -> Tensor<B, 3> {
     let (q, k) = (rope.apply(q), rope.apply(k));
-    let out = attention(
-        q,
-        k,
-        v,
-        None,
-        bias.cloned(),
-        AttentionModuleOptions::default(),
-    );
+    let (exclude, bias) = match mask {
+        AttentionMask::None => (None, None),
+        AttentionMask::Bias(bias) => (None, Some(bias.clone())),
+        AttentionMask::Exclude(exclude) => (Some(exclude.clone()), None),
+    };
+    let out = attention(q, k, v, exclude, bias, AttentionModuleOptions::default());
     let [b, h, l, d] = out.dims();
     out.swap_dims(1, 2).reshape([b, l, h * d])
 }
@@ -296,13 +322,13 @@ impl<B: Backend> DoubleBlock<B> {
         img_mod: &[Modulation<B>],
         txt_mod: &[Modulation<B>],
         rope: &Rope<B>,
-        bias: Option<&Tensor<B, 4>>,
+        mask: &AttentionMask<B>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let text_len = txt.dims()[1];
         let [iq, ik, iv] = self.img_qkv.forward(img_mod[0].apply(img.clone()));
         let [tq, tk, tv] = self.txt_qkv.forward(txt_mod[0].apply(txt.clone()));
         let cat = |t: Tensor<B, 4>, i: Tensor<B, 4>| Tensor::cat(vec![t, i], 2);
-        let attn = joint_attention(cat(tq, iq), cat(tk, ik), cat(tv, iv), rope, bias);
+        let attn = joint_attention(cat(tq, iq), cat(tk, ik), cat(tv, iv), rope, mask);
         let [b, l, d] = attn.dims();
         let txt_attn = attn.clone().slice([0..b, 0..text_len, 0..d]);
         let img_attn = attn.slice([0..b, text_len..l, 0..d]);
@@ -345,12 +371,12 @@ impl<B: Backend> SingleBlock<B> {
         x: Tensor<B, 3>,
         modulation: &Modulation<B>,
         rope: &Rope<B>,
-        bias: Option<&Tensor<B, 4>>,
+        mask: &AttentionMask<B>,
     ) -> Tensor<B, 3> {
         let h = modulation.apply(x.clone());
         let mlp = gelu_approximate(self.proj_mlp.forward(h.clone()));
         let [q, k, v] = self.qkv.forward(h);
-        let attn = joint_attention(q, k, v, rope, bias);
+        let attn = joint_attention(q, k, v, rope, mask);
         let out = self.proj_out.forward(Tensor::cat(vec![attn, mlp], 2));
         x + modulation.gate.clone() * out
     }
@@ -490,13 +516,13 @@ impl<B: Backend> FluxTransformer<B> {
         for (m, block) in self.double_modulation.iter().zip(&self.double_blocks) {
             let img_mod = Modulation::chunks(m.img.forward(vec.clone()), 2);
             let txt_mod = Modulation::chunks(m.txt.forward(vec.clone()), 2);
-            (img, txt) = block.forward(img, txt, &img_mod, &txt_mod, &rope, None);
+            (img, txt) = block.forward(img, txt, &img_mod, &txt_mod, &rope, &AttentionMask::None);
         }
         let text_len = txt.dims()[1];
         let mut x = Tensor::cat(vec![txt, img], 1);
         for (m, block) in self.single_modulation.iter().zip(&self.single_blocks) {
             let modulation = &Modulation::chunks(m.forward(vec.clone()), 1)[0];
-            x = block.forward(x, modulation, &rope, None);
+            x = block.forward(x, modulation, &rope, &AttentionMask::None);
         }
         let [b, l, d] = x.dims();
         let img = x.slice([0..b, text_len..l, 0..d]);

@@ -1,6 +1,7 @@
 //! The networks, one file each, as burn modules with `load` + `forward`.
 
 pub mod blocks;
+pub mod chroma;
 pub mod clip;
 pub mod flux;
 pub mod t5;
