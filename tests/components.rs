@@ -112,15 +112,14 @@ fn sdxl_unet_matches_diffusers() {
     println!("unet: {err:e}");
 }
 
-#[test]
-fn sdxl_vae_matches_diffusers() {
-    let weights = store("sdxl_vae", "diffusion_pytorch_model.safetensors");
-    let cfg = VaeConfig::detect(&weights, &config("sdxl_vae"), 0.13025, 0.0).unwrap();
-    let io = load(&fixtures().join("components/sdxl_vae/io.safetensors"));
+fn check_vae(dir: &str, scaling: f32, shift: f32) {
+    let weights = store(dir, "diffusion_pytorch_model.safetensors");
+    let cfg = VaeConfig::detect(&weights, &config(dir), scaling, shift).unwrap();
+    let io = load(&fixtures().join("components").join(dir).join("io.safetensors"));
     let decoder = Decoder::<B>::load(&weights, &cfg, &Default::default()).unwrap();
     let decoded = decoder.forward(io["in.latent"].tensor());
     let e1 = assert_close(
-        "vae decode",
+        &format!("{dir} decode"),
         &values(decoded),
         &io["out.decoded"].f32(),
         TOL,
@@ -128,12 +127,23 @@ fn sdxl_vae_matches_diffusers() {
     let encoder = Encoder::<B>::load(&weights, &cfg, &Default::default()).unwrap();
     let mean = encoder.forward(io["in.image"].tensor());
     let e2 = assert_close(
-        "vae encode",
+        &format!("{dir} encode"),
         &values(mean),
         &io["out.latent_mean"].f32(),
         TOL,
     );
-    println!("vae: decode {e1:e}, encode {e2:e}");
+    println!("{dir}: decode {e1:e}, encode {e2:e}");
+}
+
+#[test]
+fn sdxl_vae_matches_diffusers() {
+    check_vae("sdxl_vae", 0.13025, 0.0);
+}
+
+/// 16 latent channels, no quant convs.
+#[test]
+fn flux_vae_matches_diffusers() {
+    check_vae("flux_vae", 0.3611, 0.1159);
 }
 
 /// The scheduler fixture drives each scheduler with fixed "model outputs" from one sample.
@@ -292,8 +302,8 @@ fn check_flux(dir: &str) {
         ),
     };
     let out = model.forward(
-        tensor3(&io["in.hidden_states"]),
-        tensor3(&io["in.encoder_hidden_states"]),
+        io["in.hidden_states"].tensor(),
+        io["in.encoder_hidden_states"].tensor(),
         &ids(&io),
         &cond,
     );
@@ -342,8 +352,8 @@ fn chroma_transformer_matches_diffusers_for_each_mask() {
         ),
     ] {
         let out = model.forward(
-            tensor3(&io["in.hidden_states"]),
-            tensor3(&io["in.encoder_hidden_states"]),
+            io["in.hidden_states"].tensor(),
+            io["in.encoder_hidden_states"].tensor(),
             &ids(&io),
             &io["in.timestep"].f32(),
             &mask,
