@@ -115,7 +115,12 @@ fn sdxl_unet_matches_diffusers() {
 fn check_vae(dir: &str, scaling: f32, shift: f32) {
     let weights = store(dir, "diffusion_pytorch_model.safetensors");
     let cfg = VaeConfig::detect(&weights, &config(dir), scaling, shift).unwrap();
-    let io = load(&fixtures().join("components").join(dir).join("io.safetensors"));
+    let io = load(
+        &fixtures()
+            .join("components")
+            .join(dir)
+            .join("io.safetensors"),
+    );
     let decoder = Decoder::<B>::load(&weights, &cfg, &Default::default()).unwrap();
     let decoded = decoder.forward(io["in.latent"].tensor());
     let e1 = assert_close(

@@ -113,3 +113,18 @@ pub fn open_checkpoint(
     }
     Ok(file)
 }
+
+/// transformers 5 saves `CLIPTextModel` without the `text_model.` prefix; real checkpoints
+/// have it. Accept both.
+pub fn with_text_model_prefix(store: TensorStore) -> TensorStore {
+    if store.has_prefix("text_model") {
+        return store;
+    }
+    store.renamed(|n| {
+        Some(if n.starts_with("text_projection") {
+            n.to_owned()
+        } else {
+            format!("text_model.{n}")
+        })
+    })
+}

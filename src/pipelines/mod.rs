@@ -1,6 +1,7 @@
 //! Text-to-image pipelines: tokenize → encode → sample → decode, one file per family.
 
 mod components;
+pub mod flux;
 mod request;
 pub mod sdxl;
 
@@ -13,6 +14,7 @@ use crate::sampling::{SamplerKind, ScheduleKind};
 use crate::text::LongPrompt;
 use crate::weights::{LoraFile, LoraPatch};
 
+pub use flux::FluxPipeline;
 pub use request::GenerationRequest;
 pub use sdxl::SdxlPipeline;
 
@@ -78,12 +80,17 @@ pub enum Flow {
 /// A loaded model of any family.
 pub enum Pipeline<B: Backend> {
     Sdxl(SdxlPipeline<B>),
+    /// FLUX.1 dev / schnell and Chroma.
+    Flux(FluxPipeline<B>),
 }
 
 impl<B: Backend> Pipeline<B> {
     pub fn load(manifest: &Manifest, device: &B::Device) -> Result<Self, Error> {
         match manifest.family {
             Family::Sdxl => Ok(Pipeline::Sdxl(SdxlPipeline::load(manifest, device)?)),
+            Family::FluxDev | Family::FluxSchnell | Family::Chroma => {
+                Ok(Pipeline::Flux(FluxPipeline::load(manifest, device)?))
+            }
             other => Err(Error::config(format!(
                 "model `{}`: the {} family is not supported by this build yet",
                 manifest.id,
@@ -98,6 +105,10 @@ impl<B: Backend> Pipeline<B> {
     pub fn merge_loras(&mut self, loras: &[(&LoraFile, f32)]) -> Result<MergedLoras<B>, Error> {
         match self {
             Pipeline::Sdxl(p) => p.merge_loras(loras),
+            Pipeline::Flux(_) if loras.is_empty() => Ok(MergedLoras(Vec::new())),
+            Pipeline::Flux(_) => Err(Error::request(
+                "this build applies LoRAs to SDXL models only",
+            )),
         }
     }
 
@@ -105,6 +116,7 @@ impl<B: Backend> Pipeline<B> {
     pub fn unmerge_loras(&mut self, merged: MergedLoras<B>) {
         match self {
             Pipeline::Sdxl(p) => p.unmerge_loras(merged),
+            Pipeline::Flux(_) => debug_assert!(merged.0.is_empty()),
         }
     }
 
@@ -117,6 +129,7 @@ impl<B: Backend> Pipeline<B> {
     ) -> Result<image::RgbImage, Error> {
         match self {
             Pipeline::Sdxl(p) => p.generate(params, on_step),
+            Pipeline::Flux(p) => p.generate(params, on_step),
         }
     }
 }

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use super::components::{folder_config, folder_store, merged, open_checkpoint, read_json};
+use super::components::{
+    folder_config, folder_store, merged, open_checkpoint, read_json, with_text_model_prefix,
+};
 use super::{Flow, GenerationParams, MergedLoras, StepProgress};
 use crate::Error;
 use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
@@ -166,21 +168,6 @@ impl SdxlParts {
                 .unwrap_or(true),
         })
     }
-}
-
-/// transformers 5 saves `CLIPTextModel` without the `text_model.` prefix; real checkpoints
-/// have it. Accept both.
-fn with_text_model_prefix(store: TensorStore) -> TensorStore {
-    if store.has_prefix("text_model") {
-        return store;
-    }
-    store.renamed(|n| {
-        Some(if n.starts_with("text_projection") {
-            n.to_owned()
-        } else {
-            format!("text_model.{n}")
-        })
-    })
 }
 
 /// A VAE file on its own (e.g. sdxl-vae-fp16-fix): diffusers names or the LDM layout.

@@ -1,5 +1,6 @@
 //! Noise, schedules and samplers: pure functions over tensors, no model code.
 
+mod flow_match;
 mod samplers;
 mod schedule;
 mod torch_rng;
@@ -7,6 +8,7 @@ mod torch_rng;
 use std::fmt;
 use std::str::FromStr;
 
+pub use flow_match::{FlowMatchConfig, euler_step};
 pub use samplers::{Prediction, Sampler, StepOutput};
 pub use schedule::{Schedule, SchedulerConfig};
 pub use torch_rng::TorchGenerator;

@@ -160,6 +160,18 @@ impl ClipTokenizer {
         Ok(chunks)
     }
 
+    /// The prompt as written (no emphasis syntax), cut to one 77-token sequence: what the
+    /// diffusers Flux pipeline gives CLIP-L.
+    pub fn plain(&self, prompt: &str) -> Result<TokenChunk, Error> {
+        let ids = self.encode(prompt)?;
+        let tokens: Vec<(u32, f32)> = ids
+            .into_iter()
+            .take(CHUNK_LEN)
+            .map(|id| (id, 1.0))
+            .collect();
+        Ok(self.sequence(&tokens))
+    }
+
     /// BOS, tokens, EOS, pad… (77 tokens; BOS, EOS and padding weigh 1).
     fn sequence(&self, tokens: &[(u32, f32)]) -> TokenChunk {
         let mut ids = vec![self.bos];

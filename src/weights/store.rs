@@ -94,10 +94,12 @@ impl SafetensorsFile {
 pub struct TensorSlot {
     file: Arc<SafetensorsFile>,
     info: TensorInfo,
-    /// Rows (along dim 0) of a fused tensor.
-    rows: Option<Range<usize>>,
+    /// Rows (along dim 0) of a fused tensor, in this order.
+    rows: Option<Vec<Range<usize>>>,
     /// Stored as the transpose of what the name means (a 2-D tensor).
     transposed: bool,
+    /// Multiplies every value ("scaled fp8" files store `weight / scale_weight`).
+    scale: Option<f32>,
 }
 
 impl TensorSlot {
@@ -107,11 +109,23 @@ impl TensorSlot {
             info,
             rows: None,
             transposed: false,
+            scale: None,
         }
     }
 
-    pub fn rows(mut self, rows: Range<usize>) -> Self {
-        self.rows = Some(rows);
+    /// Rows `rows` of the stored tensor (one part of a fused tensor).
+    pub fn rows(self, rows: Range<usize>) -> Self {
+        self.row_blocks(vec![rows])
+    }
+
+    /// The stored rows in blocks, concatenated in the given order (e.g. halves swapped).
+    pub fn row_blocks(mut self, blocks: Vec<Range<usize>>) -> Self {
+        self.rows = Some(blocks);
+        self
+    }
+
+    pub fn scaled(mut self, factor: f32) -> Self {
+        self.scale = Some(factor);
         self
     }
 
@@ -123,8 +137,8 @@ impl TensorSlot {
     /// Shape of the tensor this slot stands for.
     pub fn shape(&self) -> Vec<usize> {
         let mut shape = self.info.shape.clone();
-        if let Some(rows) = &self.rows {
-            shape[0] = rows.len();
+        if let Some(blocks) = &self.rows {
+            shape[0] = blocks.iter().map(|r| r.len()).sum();
         }
         if self.transposed {
             shape.reverse();
@@ -144,17 +158,29 @@ impl TensorSlot {
         let bytes = self.file.bytes(&self.info);
         let row_len: usize = self.info.shape.iter().skip(1).product();
         let elem = self.info.dtype.bitsize() / 8;
-        let bytes = match &self.rows {
-            Some(rows) => &bytes[rows.start * row_len * elem..rows.end * row_len * elem],
-            None => bytes,
+        let decode = |bytes: &[u8]| {
+            decode_f32(self.info.dtype, bytes).ok_or_else(|| {
+                Error::weights(format!(
+                    "{}: tensor of dtype {:?} cannot be read as floats",
+                    self.file.path().display(),
+                    self.info.dtype
+                ))
+            })
         };
-        let values = decode_f32(self.info.dtype, bytes).ok_or_else(|| {
-            Error::weights(format!(
-                "{}: tensor of dtype {:?} cannot be read as floats",
-                self.file.path().display(),
-                self.info.dtype
-            ))
-        })?;
+        let mut values = match &self.rows {
+            Some(blocks) => {
+                let mut values = Vec::new();
+                for rows in blocks {
+                    let range = rows.start * row_len * elem..rows.end * row_len * elem;
+                    values.extend(decode(&bytes[range])?);
+                }
+                values
+            }
+            None => decode(bytes)?,
+        };
+        if let Some(factor) = self.scale {
+            values.iter_mut().for_each(|v| *v *= factor);
+        }
         if !self.transposed {
             return Ok(values);
         }
@@ -227,15 +253,25 @@ pub struct TensorStore {
 
 impl TensorStore {
     /// All float tensors of `file` whose name starts with `prefix`, with the prefix removed.
-    /// Integer buffers (`position_ids`) are skipped.
+    /// Integer buffers (`position_ids`) are skipped. In "scaled fp8" files (ComfyUI), each
+    /// `<m>.weight` is multiplied by its `<m>.scale_weight`, which is not listed itself.
     pub fn from_file_prefix(file: &Arc<SafetensorsFile>, prefix: &str) -> Self {
         let mut store = Self::default();
+        let mut scales = Vec::new();
         for (name, info) in file.tensors() {
             if let Some(rest) = name.strip_prefix(prefix) {
                 let slot = TensorSlot::new(file.clone(), info.clone());
-                if slot.is_float() {
+                if let Some(module) = rest.strip_suffix(".scale_weight") {
+                    scales.push((format!("{module}.weight"), slot));
+                } else if slot.is_float() {
                     store.insert(rest.to_owned(), slot);
                 }
+            }
+        }
+        for (weight, scale) in scales {
+            let factor = scale.to_f32().ok().and_then(|v| v.first().copied());
+            if let (Some(slot), Some(factor)) = (store.slots.get_mut(&weight), factor) {
+                *slot = slot.clone().scaled(factor);
             }
         }
         store
@@ -315,6 +351,11 @@ impl TensorStore {
                 Some((name.clone(), LoadedParam { id: *id, shape }))
             })
             .collect()
+    }
+
+    /// Every (name, tensor).
+    pub fn into_slots(self) -> impl Iterator<Item = (String, TensorSlot)> {
+        self.slots.into_iter()
     }
 
     /// The same tensors renamed by `rename` (names it maps to `None` are dropped).

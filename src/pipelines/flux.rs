@@ -1,0 +1,502 @@
+//! FLUX.1 dev / schnell and Chroma text-to-image: T5 (+ CLIP-L pooled for Flux) → the Flux
+//! trunk on packed 2×2 latent patches → flow-matching Euler → the 16-channel VAE.
+//!
+//! Reference: diffusers `pipelines/flux/pipeline_flux.py` and `pipelines/chroma/pipeline_chroma.py`
+//! (`_get_t5_prompt_embeds`, `_get_clip_prompt_embeds`, `prepare_latents`, `_pack_latents`,
+//! `_unpack_latents`, `calculate_shift`, the denoising loop).
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use super::components::{
+    folder_config, folder_store, merged, open_checkpoint, read_json, with_text_model_prefix,
+};
+use super::sdxl::to_rgb;
+use super::{Flow, GenerationParams, StepProgress};
+use crate::Error;
+use crate::models::chroma::ChromaTransformer;
+use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
+use crate::models::flux::{
+    AttentionMask, FluxConditioning, FluxConfig, FluxTransformer, position_ids,
+};
+use crate::models::t5::{T5Config, T5Encoder};
+use crate::models::vae::{Decoder, VaeConfig};
+use crate::registry::{Family, Manifest};
+use crate::sampling::{FlowMatchConfig, SamplerKind, ScheduleKind, TorchGenerator, euler_step};
+use crate::text::{ClipTokenizer, T5Tokenizer};
+use crate::weights::{SafetensorsFile, TensorStore, bfl_prefix, flux_store, vae_store};
+
+/// The Flux VAE's latent scale and shift (BFL `AutoEncoderParams`).
+const FLUX_VAE_SCALING: f32 = 0.3611;
+const FLUX_VAE_SHIFT: f32 = 0.1159;
+/// Image pixels per packed token side: 8× VAE, 2×2 patches.
+pub const TOKEN_PIXELS: usize = 16;
+
+enum Denoiser<B: Backend> {
+    Flux(FluxTransformer<B>),
+    Chroma(ChromaTransformer<B>),
+}
+
+pub struct FluxPipeline<B: Backend> {
+    family: Family,
+    /// CLIP-L for the pooled vector (Flux; Chroma has none).
+    clip: Option<(ClipTokenizer, ClipTextModel<B>)>,
+    t5_tokenizer: T5Tokenizer,
+    t5: T5Encoder<B>,
+    /// T5 sequence length: 512 for dev and Chroma, 256 for schnell.
+    max_sequence_length: usize,
+    denoiser: Denoiser<B>,
+    vae: Decoder<B>,
+    scheduler: FlowMatchConfig,
+    latent_channels: usize,
+    device: B::Device,
+}
+
+/// The tensors and settings of a Flux-family model, from whichever layout it came in.
+struct FluxParts {
+    transformer: TensorStore,
+    vae: TensorStore,
+    clip_l: Option<TensorStore>,
+    t5: TensorStore,
+    transformer_config: serde_json::Value,
+    vae_config: serde_json::Value,
+    clip_l_config: serde_json::Value,
+    t5_config: serde_json::Value,
+    scheduler: Option<FlowMatchConfig>,
+    tokenizer_clip_l: Option<PathBuf>,
+    tokenizer_t5: Option<PathBuf>,
+}
+
+impl FluxParts {
+    fn from_manifest(manifest: &Manifest) -> Result<Self, Error> {
+        let files = &manifest.files;
+        let needs_clip = manifest.family != Family::Chroma;
+        let mut parts = match &files.diffusers {
+            Some(dir) => Self::diffusers_folder(&manifest.resolve(dir), needs_clip)?,
+            None => Self::files(manifest, needs_clip)?,
+        };
+        if let Some(t) = &files.tokenizer_t5 {
+            parts.tokenizer_t5 = Some(manifest.resolve(t));
+        }
+        if let Some(t) = &files.tokenizer_clip_l {
+            parts.tokenizer_clip_l = Some(manifest.resolve(t));
+        }
+        parts.transformer_config = merged(
+            parts.transformer_config,
+            &manifest.architecture("transformer"),
+        );
+        parts.vae_config = merged(parts.vae_config, &manifest.architecture("vae"));
+        let (clip_name, t5_name) = if needs_clip {
+            ("text_encoder", "text_encoder_2")
+        } else {
+            ("", "text_encoder")
+        };
+        parts.clip_l_config = merged(parts.clip_l_config, &manifest.architecture(clip_name));
+        parts.t5_config = merged(parts.t5_config, &manifest.architecture(t5_name));
+        if let Some(overrides) = manifest.architecture.get("scheduler") {
+            let base = serde_json::to_value(parts.scheduler.clone().unwrap_or_default())
+                .expect("serializable");
+            parts.scheduler = Some(
+                serde_json::from_value(merged(base, overrides)).map_err(|e| {
+                    Error::config(format!("model `{}`: scheduler: {e}", manifest.id))
+                })?,
+            );
+        }
+        Ok(parts)
+    }
+
+    /// A diffusers folder: FluxPipeline (`text_encoder` CLIP-L, `text_encoder_2` T5) or
+    /// ChromaPipeline (`text_encoder` T5).
+    fn diffusers_folder(dir: &Path, needs_clip: bool) -> Result<Self, Error> {
+        read_json(&dir.join("model_index.json"))?;
+        let (t5_dir, t5_tokenizer) = if needs_clip {
+            ("text_encoder_2", "tokenizer_2")
+        } else {
+            ("text_encoder", "tokenizer")
+        };
+        let scheduler_path = dir.join("scheduler/scheduler_config.json");
+        let scheduler = if scheduler_path.is_file() {
+            Some(
+                serde_json::from_value(read_json(&scheduler_path)?)
+                    .map_err(|e| Error::config(format!("{}: {e}", scheduler_path.display())))?,
+            )
+        } else {
+            None
+        };
+        let tokenizer = |sub: &str| {
+            let p = dir.join(sub).join("tokenizer.json");
+            p.is_file().then_some(p)
+        };
+        let (clip_l, clip_l_config) = if needs_clip {
+            (
+                Some(with_text_model_prefix(folder_store(
+                    &dir.join("text_encoder"),
+                )?)),
+                folder_config(&dir.join("text_encoder"))?,
+            )
+        } else {
+            (None, serde_json::json!({}))
+        };
+        Ok(Self {
+            transformer: folder_store(&dir.join("transformer"))?,
+            vae: folder_store(&dir.join("vae"))?,
+            clip_l,
+            t5: t5_store(folder_store(&dir.join(t5_dir))?),
+            transformer_config: folder_config(&dir.join("transformer"))?,
+            vae_config: folder_config(&dir.join("vae"))?,
+            clip_l_config,
+            t5_config: folder_config(&dir.join(t5_dir))?,
+            scheduler,
+            tokenizer_clip_l: if needs_clip {
+                tokenizer("tokenizer")
+            } else {
+                None
+            },
+            tokenizer_t5: tokenizer(t5_tokenizer),
+        })
+    }
+
+    /// Files as BFL and ComfyUI distribute them: `transformer` (BFL or diffusers names, or a
+    /// `checkpoint` holding everything), `vae` (`ae.safetensors`), `clip_l`, `t5`.
+    fn files(manifest: &Manifest, needs_clip: bool) -> Result<Self, Error> {
+        let files = &manifest.files;
+        let missing = |what: &str| {
+            Error::config(format!(
+                "model `{}`: [files] needs `{what}` (or a `diffusers` folder)",
+                manifest.id
+            ))
+        };
+        let checkpoint = match &files.checkpoint {
+            Some(path) => Some(open_checkpoint(&manifest.resolve(path), "a Flux", &[])?),
+            None => None,
+        };
+        let transformer = match (&files.transformer, &checkpoint) {
+            (Some(path), _) => transformer_store(&SafetensorsFile::open(&manifest.resolve(path))?)?,
+            (None, Some(file)) => transformer_store(file)?,
+            (None, None) => return Err(missing("transformer")),
+        };
+        // Each part from its own file, or from the all-in-one checkpoint, where ComfyUI puts
+        // them under `vae.`, `text_encoders.clip_l.transformer.`, `text_encoders.t5xxl.transformer.`.
+        let part = |path: &Option<PathBuf>, inside: &str, what: &str| {
+            let file = match (path, &checkpoint) {
+                (Some(path), _) => SafetensorsFile::open(&manifest.resolve(path))?,
+                (None, Some(file)) => file.clone(),
+                (None, None) => return Err(missing(what)),
+            };
+            let prefix = if file.tensors().iter().any(|(n, _)| n.starts_with(inside)) {
+                inside
+            } else if path.is_some() {
+                ""
+            } else {
+                return Err(missing(what));
+            };
+            Ok((file, prefix.to_owned()))
+        };
+        let (vae_file, vae_prefix) = part(&files.vae, "vae.", "vae")?;
+        let (t5_file, t5_prefix) = part(&files.t5, "text_encoders.t5xxl.transformer.", "t5")?;
+        let clip_l = if needs_clip {
+            let (file, prefix) =
+                part(&files.clip_l, "text_encoders.clip_l.transformer.", "clip_l")?;
+            Some(with_text_model_prefix(TensorStore::from_file_prefix(
+                &file, &prefix,
+            )))
+        } else {
+            None
+        };
+        let empty = serde_json::json!({});
+        Ok(Self {
+            transformer,
+            vae: standalone_vae(&vae_file, &vae_prefix),
+            clip_l,
+            t5: t5_store(TensorStore::from_file_prefix(&t5_file, &t5_prefix)),
+            transformer_config: empty.clone(),
+            vae_config: empty.clone(),
+            clip_l_config: empty.clone(),
+            t5_config: empty,
+            scheduler: None,
+            tokenizer_clip_l: None,
+            tokenizer_t5: None,
+        })
+    }
+}
+
+/// A transformer file: BFL / Chroma names (with or without `model.diffusion_model.`) or
+/// diffusers names.
+fn transformer_store(file: &std::sync::Arc<SafetensorsFile>) -> Result<TensorStore, Error> {
+    if let Some(prefix) = bfl_prefix(file) {
+        return Ok(flux_store(file, &prefix));
+    }
+    let store = TensorStore::from_file_prefix(file, "");
+    if store.contains("x_embedder.weight") {
+        return Ok(store);
+    }
+    Err(Error::weights(format!(
+        "{} is not a Flux or Chroma transformer: found {}",
+        file.path().display(),
+        crate::weights::describe(file)
+    )))
+}
+
+/// `ae.safetensors` (LDM names, no prefix or `vae.`) or a diffusers VAE file.
+fn standalone_vae(file: &std::sync::Arc<SafetensorsFile>, prefix: &str) -> TensorStore {
+    let store = TensorStore::from_file_prefix(file, prefix);
+    if store.has_prefix("decoder.up_blocks") {
+        store
+    } else {
+        vae_store(file, prefix)
+    }
+}
+
+/// transformers ties T5's `encoder.embed_tokens` to `shared`; files keep either.
+fn t5_store(mut store: TensorStore) -> TensorStore {
+    if !store.contains("shared.weight")
+        && let Some(embed) = store.get("encoder.embed_tokens.weight").cloned()
+    {
+        store.insert("shared.weight".into(), embed);
+    }
+    store
+}
+
+impl<B: Backend> FluxPipeline<B> {
+    pub fn load(manifest: &Manifest, device: &B::Device) -> Result<Self, Error> {
+        let family = manifest.family;
+        let parts = FluxParts::from_manifest(manifest)?;
+        let transformer_cfg = FluxConfig::detect(&parts.transformer, &parts.transformer_config)?;
+        let denoiser = if family == Family::Chroma {
+            Denoiser::Chroma(ChromaTransformer::load(
+                &parts.transformer,
+                &transformer_cfg,
+                device,
+            )?)
+        } else {
+            Denoiser::Flux(FluxTransformer::load(
+                &parts.transformer,
+                &transformer_cfg,
+                device,
+            )?)
+        };
+        let t5_cfg = T5Config::detect(&parts.t5, &parts.t5_config)?;
+        if t5_cfg.d_model != transformer_cfg.joint_attention_dim {
+            return Err(Error::weights(format!(
+                "the transformer takes {}-wide text states but the T5 encoder gives {}",
+                transformer_cfg.joint_attention_dim, t5_cfg.d_model
+            )));
+        }
+        let clip = match &parts.clip_l {
+            Some(store) => {
+                let cfg = ClipConfig::detect(store, &parts.clip_l_config, Activation::QuickGelu)?;
+                let tokenizer = match &parts.tokenizer_clip_l {
+                    Some(p) => ClipTokenizer::from_file(p, None)?,
+                    None => ClipTokenizer::bundled(None)?,
+                };
+                Some((tokenizer, ClipTextModel::load(store, &cfg, device)?))
+            }
+            None => None,
+        };
+        let t5_tokenizer = match &parts.tokenizer_t5 {
+            Some(p) => T5Tokenizer::from_file(p)?,
+            None => {
+                return Err(Error::config(format!(
+                    "model `{}`: no T5 tokenizer; name its tokenizer.json as \
+                     `tokenizer_t5` in [files] (diffusers folders have one in tokenizer_2/)",
+                    manifest.id
+                )));
+            }
+        };
+        let vae_cfg = VaeConfig::detect(
+            &parts.vae,
+            &parts.vae_config,
+            FLUX_VAE_SCALING,
+            FLUX_VAE_SHIFT,
+        )?;
+        let scheduler = parts.scheduler.unwrap_or_else(|| match family {
+            Family::FluxSchnell => FlowMatchConfig::schnell(),
+            _ => FlowMatchConfig::default(),
+        });
+        Ok(Self {
+            family,
+            clip,
+            t5_tokenizer,
+            t5: T5Encoder::load(&parts.t5, &t5_cfg, device)?,
+            // diffusers: schnell "cannot be more than 256"; dev and Chroma use 512.
+            max_sequence_length: if family == Family::FluxSchnell {
+                256
+            } else {
+                512
+            },
+            denoiser,
+            latent_channels: vae_cfg.latent_channels,
+            vae: Decoder::load(&parts.vae, &vae_cfg, device)?,
+            scheduler,
+            device: device.clone(),
+        })
+    }
+
+    /// The samplers this family runs (flow-matching Euler on the model's own schedule).
+    pub fn check_sampling(sampler: SamplerKind, scheduler: ScheduleKind) -> Result<(), Error> {
+        if sampler != SamplerKind::Euler || scheduler != ScheduleKind::Normal {
+            return Err(Error::request(format!(
+                "this model samples with `euler` on the `normal` schedule (got `{}` / `{}`)",
+                sampler.name(),
+                scheduler.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// T5 states [1, L, D] and, for Chroma, the token mask: real tokens plus the first padding
+    /// token (`ChromaPipeline._get_t5_prompt_embeds`).
+    fn encode_t5(&self, prompt: &str) -> Result<(Tensor<B, 3>, Vec<f32>), Error> {
+        let tokens = self.t5_tokenizer.encode(prompt, self.max_sequence_length)?;
+        let len = tokens.ids.len();
+        let ids: Vec<i64> = tokens.ids.iter().map(|&i| i as i64).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &self.device);
+        if self.family != Family::Chroma {
+            // Flux runs T5 without a mask (diffusers `_get_t5_prompt_embeds`).
+            return Ok((self.t5.forward(ids, None), vec![1.0; len]));
+        }
+        let mask: Vec<f32> = tokens.mask.iter().map(|&m| m as f32).collect();
+        let valid = tokens.mask.iter().sum::<u32>() as usize;
+        let mask_tensor = Tensor::<B, 2>::from_data(TensorData::new(mask, [1, len]), &self.device);
+        let states = self.t5.forward(ids, Some(mask_tensor));
+        let attend = (0..len)
+            .map(|i| if i <= valid { 1.0 } else { 0.0 })
+            .collect();
+        Ok((states, attend))
+    }
+
+    /// CLIP-L's pooled output [1, 768] (Flux), from the prompt as written, cut at 77 tokens.
+    fn encode_clip(&self, prompt: &str) -> Result<Option<Tensor<B, 2>>, Error> {
+        let Some((tokenizer, clip)) = &self.clip else {
+            return Ok(None);
+        };
+        let chunk = tokenizer.plain(prompt)?;
+        let ids: Vec<i64> = chunk.ids.iter().map(|&i| i as i64).collect();
+        let len = ids.len();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &self.device);
+        Ok(Some(clip.forward(ids, &[chunk.eos_position]).pooled))
+    }
+
+    /// `randn([1, 16, H/8, W/8])` from the run's CPU generator, unscaled (σ_max = 1;
+    /// diffusers `FluxPipeline.prepare_latents` draws before packing).
+    pub fn initial_latents(&self, params: &GenerationParams) -> Tensor<B, 4> {
+        let shape = [1, self.latent_channels, params.height / 8, params.width / 8];
+        let noise = TorchGenerator::new(params.seed).randn(shape.iter().product());
+        Tensor::from_data(TensorData::new(noise, shape), &self.device)
+    }
+
+    /// σ of each step and the final 0, for this image size (Flux dev and Chroma shift by the
+    /// packed token count).
+    pub fn sigmas(&self, params: &GenerationParams) -> Result<Vec<f32>, Error> {
+        let tokens = (params.height / TOKEN_PIXELS) * (params.width / TOKEN_PIXELS);
+        self.scheduler.sigmas(params.steps, tokens)
+    }
+
+    pub fn generate(
+        &self,
+        params: &GenerationParams,
+        on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
+    ) -> Result<image::RgbImage, Error> {
+        Self::check_sampling(params.sampler, params.scheduler)?;
+        if params.width % TOKEN_PIXELS != 0
+            || params.height % TOKEN_PIXELS != 0
+            || params.width == 0
+            || params.height == 0
+        {
+            return Err(Error::request(format!(
+                "width and height must be positive multiples of {TOKEN_PIXELS}, got {}x{}",
+                params.width, params.height
+            )));
+        }
+        let (txt, txt_mask) = self.encode_t5(&params.prompt)?;
+        let pooled = self.encode_clip(&params.prompt)?;
+        // Chroma: real CFG with the negative prompt ("" when none), as `ChromaPipeline`.
+        let negative = match &self.denoiser {
+            Denoiser::Chroma(_) if params.guidance_scale > 1.0 => {
+                Some(self.encode_t5(params.negative_prompt.as_deref().unwrap_or(""))?)
+            }
+            _ => None,
+        };
+
+        let (h, w) = (params.height / 8, params.width / 8);
+        let mut x = pack(self.initial_latents(params));
+        let tokens = (h / 2) * (w / 2);
+        let text_len = txt.dims()[1];
+        let ids = position_ids(text_len, h / 2, w / 2);
+        let sigmas = self.sigmas(params)?;
+        let mask = |attend: &[f32]| {
+            let mut m = attend.to_vec();
+            m.extend(std::iter::repeat_n(1.0, tokens));
+            let len = m.len();
+            let m = Tensor::<B, 2>::from_data(TensorData::new(m, [1, len]), &self.device);
+            AttentionMask::from_tokens(m, false)
+        };
+        let (cond_mask, uncond) = (
+            mask(&txt_mask),
+            negative
+                .as_ref()
+                .map(|(states, attend)| (states, mask(attend))),
+        );
+
+        for i in 0..params.steps {
+            let t = [self.scheduler.model_time(sigmas[i])];
+            let velocity = match &self.denoiser {
+                Denoiser::Flux(model) => {
+                    let guidance = [params.guidance_scale];
+                    let cond = FluxConditioning {
+                        timesteps: &t,
+                        guidance: model.has_guidance().then_some(&guidance[..]),
+                        pooled: pooled.clone().expect("Flux has CLIP-L"),
+                    };
+                    model.forward(x.clone(), txt.clone(), &ids, &cond)
+                }
+                Denoiser::Chroma(model) => {
+                    let v = model.forward(x.clone(), txt.clone(), &ids, &t, &cond_mask);
+                    match &uncond {
+                        Some((states, m)) => {
+                            let v_neg = model.forward(x.clone(), (*states).clone(), &ids, &t, m);
+                            v_neg.clone() + (v - v_neg) * params.guidance_scale
+                        }
+                        None => v,
+                    }
+                }
+            };
+            let (next, denoised) = euler_step(x, velocity, sigmas[i], sigmas[i + 1]);
+            x = next;
+            let (latents, denoised) = (unpack(x.clone(), h, w), unpack(denoised, h, w));
+            let progress = StepProgress {
+                step: i + 1,
+                total_steps: params.steps,
+                latents: &latents,
+                denoised: &denoised,
+            };
+            if on_step(progress) == Flow::Cancel {
+                return Err(Error::Cancelled);
+            }
+        }
+        let latents = unpack(x, h, w);
+        Ok(to_rgb(self.vae.forward(self.vae.unscale(latents))))
+    }
+}
+
+/// [B, C, h, w] → [B, (h/2)(w/2), 4C]: 2×2 patches, channel-major features
+/// (diffusers `_pack_latents`).
+pub fn pack<B: Backend>(latents: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, c, h, w] = latents.dims();
+    latents
+        .reshape([b, c, h / 2, 2, w / 2, 2])
+        .permute([0, 2, 4, 1, 3, 5])
+        .reshape([b, (h / 2) * (w / 2), c * 4])
+}
+
+/// The inverse of [`pack`] for an h×w latent (diffusers `_unpack_latents`).
+pub fn unpack<B: Backend>(packed: Tensor<B, 3>, h: usize, w: usize) -> Tensor<B, 4> {
+    let [b, _, features] = packed.dims();
+    let c = features / 4;
+    packed
+        .reshape([b, h / 2, w / 2, c, 2, 2])
+        .permute([0, 3, 1, 4, 2, 5])
+        .reshape([b, c, h, w])
+}
