@@ -11,7 +11,7 @@ use base64::Engine;
 use burn::prelude::Backend;
 
 use crate::Error;
-use crate::output::preview::{SDXL_LATENT_RGB, jpeg, latent_preview};
+use crate::output::preview::{jpeg, latent_preview};
 use crate::pipelines::{Flow, Pipeline};
 use crate::queue::{Events, Job, JobEvent, JobStatus, Queue, now_ms};
 use crate::registry::{LoraLibrary, Registry};
@@ -195,7 +195,7 @@ fn generate_images<B: Backend>(
                 || step == total
             {
                 last_preview = Some(Instant::now());
-                let jpeg = jpeg(&latent_preview(p.denoised, &SDXL_LATENT_RGB), 80);
+                let jpeg = jpeg(&latent_preview(p.denoised, pipeline.latent_rgb()), 80);
                 Some(format!(
                     "data:image/jpeg;base64,{}",
                     base64::engine::general_purpose::STANDARD.encode(jpeg)

@@ -750,3 +750,120 @@ fn lora_directories_rescan_and_manifest_paths() {
     let listed = request(port, "POST", "/api/loras/rescan", None, &[]).json();
     assert_eq!(ids(&listed), ["civitai_1963644", "loha"], "{listed}");
 }
+
+#[test]
+fn flux_dev_schnell_and_chroma_jobs_reproduce_their_references_with_previews() {
+    let dir = temp_dir("flux");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flux");
+    let server = Server::start(
+        &dir,
+        &[
+            "--manifests",
+            fixtures.to_str().unwrap(),
+            "--preview-interval-ms",
+            "0",
+        ],
+    );
+    let port = server.port;
+
+    // Each family's schema shows its own parameters.
+    let info = get(port, "/api/info").json();
+    let schema = |id: &str| {
+        info["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {info}"))["parameters"]["properties"]
+            .clone()
+    };
+    let (dev, schnell, chroma) = (
+        schema("flux-dev-tiny"),
+        schema("flux-schnell-tiny"),
+        schema("chroma-tiny"),
+    );
+    assert_eq!(dev["guidance_scale"]["default"], 3.5);
+    assert_eq!(dev["sampler"]["enum"], json!(["euler"]));
+    assert!(dev.get("negative_prompt").is_none() && dev.get("loras").is_none());
+    assert!(schnell.get("guidance_scale").is_none(), "{schnell}");
+    assert_eq!(schnell["steps"]["default"], 4);
+    assert!(chroma.get("loras").is_none() && chroma.get("negative_prompt").is_some());
+    assert_eq!(chroma["guidance_scale"]["default"], 5.0);
+
+    for (body, case) in [
+        (
+            json!({"model": "flux-dev-tiny", "prompt": "a photo of a cat sitting on a red sofa",
+                   "width": 64, "height": 64, "steps": 4, "guidance_scale": 3.5, "seed": 0}),
+            "flux-dev/cases/flux-dev_64x64",
+        ),
+        (
+            json!({"model": "flux-schnell-tiny", "prompt": "a bowl of fruit: apples, oranges and 3 bananas!",
+                   "width": 64, "height": 64, "seed": 0}),
+            "flux-schnell/cases/flux-schnell_64x64",
+        ),
+        (
+            json!({"model": "chroma-tiny", "prompt": "a painting of a fox in the snow by a famous artist",
+                   "negative_prompt": "low quality, blurry", "width": 64, "height": 64, "steps": 4,
+                   "guidance_scale": 5.0, "seed": 0}),
+            "chroma/cases/chroma_64x64_neg",
+        ),
+    ] {
+        let job_id = submit(port, body);
+        let mut sse = Sse::connect(port, &format!("/api/sse/{job_id}"), None);
+        let events = sse.collect_until(|e| {
+            matches!(
+                e.event.as_deref(),
+                Some("completed" | "failed" | "cancelled")
+            )
+        });
+        let last = events.last().unwrap().json();
+        assert_eq!(last["status"], "completed", "{case}: {last}");
+        let previews = events
+            .iter()
+            .filter(|e| e.event.as_deref() == Some("processing"))
+            .filter(|e| {
+                e.json()["preview"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("data:image/jpeg;base64,"))
+            })
+            .count();
+        assert_eq!(previews, 4, "{case}: a preview per step");
+        let name = last["images"][0].as_str().unwrap();
+        let image = image::load_from_memory(&get(port, &format!("/api/images/{name}")).body)
+            .unwrap()
+            .to_rgb8();
+        let expected = image::open(fixtures.join(case).join("image.png"))
+            .unwrap()
+            .to_rgb8();
+        let diff = common::max_pixel_diff(&image, &expected);
+        assert!(diff <= 2, "{case}: {diff}/255");
+    }
+
+    for (body, field) in [
+        (
+            json!({"model": "flux-schnell-tiny", "prompt": "x", "guidance_scale": 2.0}),
+            "guidance_scale",
+        ),
+        (
+            json!({"model": "flux-dev-tiny", "prompt": "x", "sampler": "dpmpp_2m"}),
+            "sampler",
+        ),
+        (
+            json!({"model": "flux-dev-tiny", "prompt": "x", "negative_prompt": "y"}),
+            "negative_prompt",
+        ),
+        (
+            json!({"model": "chroma-tiny", "prompt": "x", "loras": [{"id": "any"}]}),
+            "loras",
+        ),
+        (
+            json!({"model": "chroma-tiny", "prompt": "x", "width": 72}),
+            "width",
+        ),
+    ] {
+        let r = post_json(port, "/api/generate", &body);
+        assert_eq!(r.status, 422, "{body}: {}", r.text());
+        let detail = r.json()["detail"].clone();
+        assert_eq!(detail[0]["loc"], json!(["body", field]), "{detail}");
+    }
+}

@@ -24,7 +24,7 @@ use crate::models::flux::{
 use crate::models::t5::{T5Config, T5Encoder};
 use crate::models::vae::{Decoder, VaeConfig};
 use crate::registry::{Family, Manifest};
-use crate::sampling::{FlowMatchConfig, SamplerKind, ScheduleKind, TorchGenerator, euler_step};
+use crate::sampling::{FlowMatchConfig, TorchGenerator, euler_step};
 use crate::text::{ClipTokenizer, T5Tokenizer};
 use crate::weights::{SafetensorsFile, TensorStore, bfl_prefix, flux_store, vae_store};
 
@@ -334,18 +334,6 @@ impl<B: Backend> FluxPipeline<B> {
         })
     }
 
-    /// The samplers this family runs (flow-matching Euler on the model's own schedule).
-    pub fn check_sampling(sampler: SamplerKind, scheduler: ScheduleKind) -> Result<(), Error> {
-        if sampler != SamplerKind::Euler || scheduler != ScheduleKind::Normal {
-            return Err(Error::request(format!(
-                "this model samples with `euler` on the `normal` schedule (got `{}` / `{}`)",
-                sampler.name(),
-                scheduler.name()
-            )));
-        }
-        Ok(())
-    }
-
     /// T5 states [1, L, D] and, for Chroma, the token mask: real tokens plus the first padding
     /// token (`ChromaPipeline._get_t5_prompt_embeds`).
     fn encode_t5(&self, prompt: &str) -> Result<(Tensor<B, 3>, Vec<f32>), Error> {
@@ -399,7 +387,6 @@ impl<B: Backend> FluxPipeline<B> {
         params: &GenerationParams,
         on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
     ) -> Result<image::RgbImage, Error> {
-        Self::check_sampling(params.sampler, params.scheduler)?;
         if params.width % TOKEN_PIXELS != 0
             || params.height % TOKEN_PIXELS != 0
             || params.width == 0

@@ -9,6 +9,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::output::preview::{FLUX_LATENT_RGB, LatentRgb, SDXL_LATENT_RGB};
 use crate::registry::{Family, Manifest};
 use crate::sampling::{SamplerKind, ScheduleKind};
 use crate::text::LongPrompt;
@@ -17,6 +18,53 @@ use crate::weights::{LoraFile, LoraPatch};
 pub use flux::FluxPipeline;
 pub use request::GenerationRequest;
 pub use sdxl::SdxlPipeline;
+
+/// The request fields a family's pipeline honours, and the values it accepts.
+pub struct FamilyOptions {
+    pub samplers: &'static [SamplerKind],
+    pub schedulers: &'static [ScheduleKind],
+    /// `guidance_scale`: CFG (SDXL, Chroma) or distilled guidance (Flux dev).
+    pub guidance: bool,
+    pub negative_prompt: bool,
+    /// `long_prompt`: CLIP's 77-token chunking (T5 families take 256 or 512 tokens).
+    pub long_prompt: bool,
+    pub loras: bool,
+}
+
+impl FamilyOptions {
+    pub fn of(family: Family) -> Self {
+        const FLOW: FamilyOptions = FamilyOptions {
+            samplers: &[SamplerKind::Euler],
+            schedulers: &[ScheduleKind::Normal],
+            guidance: true,
+            negative_prompt: false,
+            long_prompt: false,
+            loras: false,
+        };
+        match family {
+            Family::Sdxl => Self {
+                samplers: &SamplerKind::ALL,
+                schedulers: &ScheduleKind::ALL,
+                guidance: true,
+                negative_prompt: true,
+                long_prompt: true,
+                loras: true,
+            },
+            // Guidance-distilled dev: one forward per step, the scale is an input.
+            Family::FluxDev | Family::ZImageTurbo => FLOW,
+            // schnell ignores guidance (BFL: "this is ignored for schnell").
+            Family::FluxSchnell => Self {
+                guidance: false,
+                ..FLOW
+            },
+            // Real CFG with a negative prompt (`ChromaPipeline`).
+            Family::Chroma => Self {
+                negative_prompt: true,
+                ..FLOW
+            },
+        }
+    }
+}
 
 /// LoRA deltas merged into a pipeline's networks (one patch per network, in the pipeline's
 /// order), to be handed back to [`Pipeline::unmerge_loras`].
@@ -117,6 +165,14 @@ impl<B: Backend> Pipeline<B> {
         match self {
             Pipeline::Sdxl(p) => p.unmerge_loras(merged),
             Pipeline::Flux(_) => debug_assert!(merged.0.is_empty()),
+        }
+    }
+
+    /// The latent → RGB projection for this model's step previews.
+    pub fn latent_rgb(&self) -> &'static LatentRgb {
+        match self {
+            Pipeline::Sdxl(_) => &SDXL_LATENT_RGB,
+            Pipeline::Flux(_) => &FLUX_LATENT_RGB,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::GenerationParams;
+use super::{FamilyOptions, GenerationParams};
 use crate::Error;
 use crate::registry::{Family, Manifest};
 use crate::sampling::{SamplerKind, ScheduleKind, random_seed};
@@ -40,10 +40,17 @@ fn family_defaults(family: Family) -> FamilyDefaults {
             steps: 30,
             guidance_scale: 5.0,
         },
-        Family::FluxDev | Family::Chroma => FamilyDefaults {
+        // diffusers FluxPipeline: 28 steps, guidance 3.5.
+        Family::FluxDev => FamilyDefaults {
             size: 1024,
             steps: 28,
             guidance_scale: 3.5,
+        },
+        // diffusers ChromaPipeline: 35 steps, CFG 5.0.
+        Family::Chroma => FamilyDefaults {
+            size: 1024,
+            steps: 35,
+            guidance_scale: 5.0,
         },
         Family::FluxSchnell => FamilyDefaults {
             size: 1024,
@@ -72,6 +79,19 @@ impl GenerationRequest {
             .as_deref()
             .or(d.scheduler.as_deref())
             .unwrap_or("normal");
+        let options = FamilyOptions::of(manifest.family);
+        let sampler = sampler.parse::<SamplerKind>().map_err(Error::request)?;
+        let scheduler = scheduler.parse::<ScheduleKind>().map_err(Error::request)?;
+        if !options.samplers.contains(&sampler) || !options.schedulers.contains(&scheduler) {
+            return Err(Error::request(format!(
+                "{} models sample with {} on the {} schedule, not `{}` / `{}`",
+                manifest.family.name(),
+                names(options.samplers.iter().map(|s| s.name())),
+                names(options.schedulers.iter().map(|s| s.name())),
+                sampler.name(),
+                scheduler.name()
+            )));
+        }
         Ok(GenerationParams {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative_prompt.clone(),
@@ -82,10 +102,15 @@ impl GenerationRequest {
                 .guidance_scale
                 .or(d.guidance_scale)
                 .unwrap_or(f.guidance_scale),
-            sampler: sampler.parse::<SamplerKind>().map_err(Error::request)?,
-            scheduler: scheduler.parse::<ScheduleKind>().map_err(Error::request)?,
+            sampler,
+            scheduler,
             seed: self.seed.unwrap_or_else(random_seed),
             long_prompt: self.long_prompt.unwrap_or_default(),
         })
     }
+}
+
+/// `a`, `b` or `c` → "`a`, `b`, `c`".
+fn names<'a>(all: impl Iterator<Item = &'a str>) -> String {
+    all.map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }

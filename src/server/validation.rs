@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::pipelines::{GenerationParams, GenerationRequest};
+use crate::pipelines::{FamilyOptions, GenerationParams, GenerationRequest};
 use crate::queue::JobLora;
 use crate::registry::{Family, LoraLibrary, Manifest, Registry};
 use crate::sampling::{SamplerKind, ScheduleKind};
@@ -299,6 +299,8 @@ pub fn validate(
                 "Input should be a valid list",
                 Some(list),
             ),
+            // A family without LoRAs gets one error for the field (check_family_fields).
+            Some(_) if manifest.is_some_and(|m| !FamilyOptions::of(m.family).loras) => {}
             Some(list) => {
                 for (i, lora) in list.iter().enumerate() {
                     match check_lora(lora, library, manifest.map(|m| m.family)) {
@@ -322,6 +324,10 @@ pub fn validate(
                 }
             }
         }
+    }
+
+    if let Some(manifest) = manifest {
+        check_family_fields(&mut f, manifest.family, sampler, scheduler);
     }
 
     let (Some(manifest), Some(prompt), true) = (manifest, prompt, f.errors.is_empty()) else {
@@ -359,6 +365,74 @@ pub fn validate(
         priority,
         loras,
     })
+}
+
+/// Fields the model's family does not take, and samplers it cannot run, are errors (the
+/// family's schema in /api/info does not list them).
+fn check_family_fields(
+    f: &mut Fields,
+    family: Family,
+    sampler: Option<SamplerKind>,
+    scheduler: Option<ScheduleKind>,
+) {
+    let options = FamilyOptions::of(family);
+    let given = |f: &Fields, field: &str| f.value(field).is_some_and(|v| !v.is_null());
+    for (field, taken) in [
+        ("guidance_scale", options.guidance),
+        ("negative_prompt", options.negative_prompt),
+        ("long_prompt", options.long_prompt),
+    ] {
+        if !taken && given(f, field) {
+            let input = f.value(field);
+            let msg = format!("{} models take no `{field}`", family.name());
+            f.error(field, "extra_forbidden", msg, input);
+        }
+    }
+    if !options.loras
+        && f.value("loras")
+            .and_then(Value::as_array)
+            .is_some_and(|l| !l.is_empty())
+    {
+        let input = f.value("loras");
+        let msg = format!(
+            "this build applies LoRAs to SDXL models only, not {}",
+            family.name()
+        );
+        f.error("loras", "extra_forbidden", msg, input);
+    }
+    let names = |all: &[&str]| all.join(", ");
+    if let Some(s) = sampler.filter(|s| !options.samplers.contains(s)) {
+        let input = f.value("sampler");
+        let msg = format!(
+            "sampler `{}` is not available for {} models; expected one of: {}",
+            s.name(),
+            family.name(),
+            names(
+                &options
+                    .samplers
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+            )
+        );
+        f.error("sampler", "enum", msg, input);
+    }
+    if let Some(s) = scheduler.filter(|s| !options.schedulers.contains(s)) {
+        let input = f.value("scheduler");
+        let msg = format!(
+            "scheduler `{}` is not available for {} models; expected one of: {}",
+            s.name(),
+            family.name(),
+            names(
+                &options
+                    .schedulers
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+            )
+        );
+        f.error("scheduler", "enum", msg, input);
+    }
 }
 
 /// One `loras` entry: a known, readable LoRA for the model's family, with its trigger words.
@@ -422,28 +496,53 @@ pub fn parameter_schema(manifest: &Manifest) -> Value {
     let d = |f: fn(&GenerationParams) -> Value| defaults.as_ref().map(f).unwrap_or(Value::Null);
     let multiple = size_multiple(manifest.family);
     let names = |all: &[&str]| all.iter().map(|s| Value::from(*s)).collect::<Vec<_>>();
+    let options = FamilyOptions::of(manifest.family);
+    let mut properties = json!({
+        "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+        "model": {"type": "string", "const": manifest.id},
+        "width": {"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": multiple, "default": d(|p| p.width.into())},
+        "height": {"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": multiple, "default": d(|p| p.height.into())},
+        "steps": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS, "default": d(|p| p.steps.into())},
+        "sampler": {"enum": names(&options.samplers.iter().map(|s| s.name()).collect::<Vec<_>>()), "default": d(|p| p.sampler.name().into())},
+        "scheduler": {"enum": names(&options.schedulers.iter().map(|s| s.name()).collect::<Vec<_>>()), "default": d(|p| p.scheduler.name().into())},
+        "seed": {"type": ["integer", "null"], "minimum": 0, "description": "null or absent: random; image i uses seed + i"},
+        "num_images": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGES, "default": 1},
+        "priority": {"type": "integer", "minimum": -1000, "maximum": 1000, "default": 0,
+            "description": "higher runs first; equal priorities run in submission order"},
+    });
+    let optional = [
+        (
+            options.negative_prompt,
+            "negative_prompt",
+            json!({"type": ["string", "null"], "default": null,
+            "description": "absent or null: no negative prompt; \"\" is encoded like any prompt"}),
+        ),
+        (
+            options.guidance,
+            "guidance_scale",
+            json!({"type": "number", "minimum": 0, "maximum": MAX_GUIDANCE, "default": d(|p| p.guidance_scale.into())}),
+        ),
+        (
+            options.long_prompt,
+            "long_prompt",
+            json!({"enum": ["chunk", "truncate"], "default": "chunk"}),
+        ),
+        (
+            options.loras,
+            "loras",
+            json!({"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
+            "id": {"type": "string"}, "weight": {"type": "number"}, "trigger_weight": {"type": "number"}}}}),
+        ),
+    ];
+    for (offered, name, schema) in optional {
+        if offered {
+            properties[name] = schema;
+        }
+    }
     json!({
         "type": "object",
         "required": ["prompt"],
         "additionalProperties": false,
-        "properties": {
-            "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
-            "negative_prompt": {"type": ["string", "null"], "default": null,
-                "description": "absent or null: no negative prompt; \"\" is encoded like any prompt"},
-            "model": {"type": "string", "const": manifest.id},
-            "width": {"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": multiple, "default": d(|p| p.width.into())},
-            "height": {"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": multiple, "default": d(|p| p.height.into())},
-            "steps": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS, "default": d(|p| p.steps.into())},
-            "guidance_scale": {"type": "number", "minimum": 0, "maximum": MAX_GUIDANCE, "default": d(|p| p.guidance_scale.into())},
-            "sampler": {"enum": names(&SamplerKind::ALL.map(|s| s.name())), "default": d(|p| p.sampler.name().into())},
-            "scheduler": {"enum": names(&ScheduleKind::ALL.map(|s| s.name())), "default": d(|p| p.scheduler.name().into())},
-            "seed": {"type": ["integer", "null"], "minimum": 0, "description": "null or absent: random; image i uses seed + i"},
-            "long_prompt": {"enum": ["chunk", "truncate"], "default": "chunk"},
-            "num_images": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGES, "default": 1},
-            "loras": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
-                "id": {"type": "string"}, "weight": {"type": "number"}, "trigger_weight": {"type": "number"}}}},
-            "priority": {"type": "integer", "minimum": -1000, "maximum": 1000, "default": 0,
-                "description": "higher runs first; equal priorities run in submission order"},
-        }
+        "properties": properties,
     })
 }
