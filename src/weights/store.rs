@@ -387,4 +387,39 @@ mod tests {
         // Subnormal: 2^-9 is the smallest.
         assert_eq!(f8_e4m3_to_f32(0x01), 2f32.powi(-9));
     }
+
+    /// A "scaled fp8" file (ComfyUI): `w.weight` in F8_E4M3 times `w.scale_weight`; and row
+    /// blocks in a chosen order (how BFL's swapped adaLN halves are read).
+    #[test]
+    fn scaled_fp8_weights_and_row_blocks_read_as_meant() {
+        use safetensors::{Dtype as D, tensor::TensorView};
+        let path =
+            std::env::temp_dir().join(format!("hanga-fp8-{}.safetensors", std::process::id()));
+        let (weight, scale) = ([0x38u8, 0xc0, 0x40, 0x08], 0.5f32.to_le_bytes());
+        let rows: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let tensors = [
+            (
+                "w.weight",
+                TensorView::new(D::F8_E4M3, vec![2, 2], &weight).unwrap(),
+            ),
+            (
+                "w.scale_weight",
+                TensorView::new(D::F32, vec![], &scale).unwrap(),
+            ),
+            ("r", TensorView::new(D::F32, vec![4, 1], &rows).unwrap()),
+        ];
+        safetensors::serialize_to_file(tensors, None, &path).unwrap();
+        let file = SafetensorsFile::open(&path).unwrap();
+        let store = TensorStore::from_file_prefix(&file, "");
+        std::fs::remove_file(&path).unwrap();
+        assert!(!store.contains("w.scale_weight"));
+        let w = store.get("w.weight").unwrap();
+        assert_eq!(w.to_f32().unwrap(), [0.5, -1.0, 1.0, 0.0078125]);
+        let swapped = store.get("r").unwrap().clone().row_blocks(vec![2..4, 0..2]);
+        assert_eq!(swapped.shape(), [4, 1]);
+        assert_eq!(swapped.to_f32().unwrap(), [3.0, 4.0, 1.0, 2.0]);
+    }
 }
