@@ -76,10 +76,12 @@ fn kohya_lora_follows_sd_scripts_alpha_convention() {
 }
 
 #[test]
-fn lycoris_loha_and_lokr_reproduce_lycoris_deltas() {
-    // Linear, 3×3 and 1×1 conv modules; LoHa with and without Tucker cores; LoKr with a
-    // low-rank and a whole second factor, and with both factors whole (scale 1).
+fn lycoris_locon_loha_and_lokr_reproduce_lycoris_deltas() {
+    // Linear, 3×3 and 1×1 conv modules; LoCon (plain LoRA factors, also on convs); LoHa with
+    // and without Tucker cores; LoKr with a low-rank and a whole second factor, and with both
+    // factors whole (scale 1).
     for name in [
+        "sdxl_locon",
         "sdxl_loha",
         "sdxl_loha_tucker",
         "sdxl_lokr",
