@@ -10,6 +10,7 @@ use common::{B, assert_close, fixtures, load, values};
 use hanga::models::chroma::ChromaTransformer;
 use hanga::models::clip::{Activation, ClipConfig, ClipTextModel};
 use hanga::models::flux::{AttentionMask, FluxConditioning, FluxConfig, FluxTransformer};
+use hanga::models::qwen3::{Qwen3Config, Qwen3Encoder};
 use hanga::models::t5::{T5Config, T5Encoder};
 use hanga::models::unet_sdxl::{UNet, UNetConfig};
 use hanga::models::vae::{Decoder, Encoder, VaeConfig};
@@ -366,4 +367,31 @@ fn chroma_transformer_matches_diffusers_for_each_mask() {
         let err = assert_close(expected, &values(out), &io[expected].f32(), TOL);
         println!("chroma {expected}: {err:e}");
     }
+}
+
+#[test]
+fn qwen3_encoder_matches_transformers() {
+    let dir = "qwen3_text_encoder";
+    let weights = store(dir, "model.safetensors");
+    let cfg = Qwen3Config::detect(&weights, &config(dir)).unwrap();
+    let model = Qwen3Encoder::<B>::load(&weights, &cfg, &Default::default()).unwrap();
+    let io = load(
+        &fixtures()
+            .join("components")
+            .join(dir)
+            .join("io.safetensors"),
+    );
+    let (ids, mask) = (&io["in.input_ids"], &io["in.attention_mask"]);
+    let [batch, len] = [ids.shape[0], ids.shape[1]];
+    let ids: Vec<i64> = ids.values.iter().map(|&v| v as i64).collect();
+    let input =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, len]), &Default::default());
+    let out = model.forward(input, mask.tensor());
+    let err = assert_close(
+        "qwen3 hidden_states[-2]",
+        &values(out),
+        &io["out.penultimate_hidden_state"].f32(),
+        TOL,
+    );
+    println!("qwen3: {err:e}");
 }

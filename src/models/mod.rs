@@ -4,6 +4,7 @@ pub mod blocks;
 pub mod chroma;
 pub mod clip;
 pub mod flux;
+pub mod qwen3;
 pub mod t5;
 pub mod unet_sdxl;
 pub mod vae;
