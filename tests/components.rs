@@ -14,6 +14,7 @@ use hanga::models::qwen3::{Qwen3Config, Qwen3Encoder};
 use hanga::models::t5::{T5Config, T5Encoder};
 use hanga::models::unet_sdxl::{UNet, UNetConfig};
 use hanga::models::vae::{Decoder, Encoder, VaeConfig};
+use hanga::models::zimage::{ZImageConfig, ZImageTransformer};
 use hanga::sampling::{
     NoiseSource, Prediction, Sampler, SamplerKind, ScheduleKind, SchedulerConfig,
 };
@@ -394,4 +395,33 @@ fn qwen3_encoder_matches_transformers() {
         TOL,
     );
     println!("qwen3: {err:e}");
+}
+
+/// Per-item lists as `ZImagePipeline` passes them; captions of 10, 37 and 7 tokens exercise the
+/// padding to 32, case b a non-square latent.
+#[test]
+fn zimage_transformer_matches_diffusers() {
+    let dir = "zimage_transformer";
+    let weights = store(dir, "diffusion_pytorch_model.safetensors");
+    let cfg = ZImageConfig::detect(&weights, &config(dir)).unwrap();
+    let model = ZImageTransformer::<B>::load(&weights, &cfg, &Default::default()).unwrap();
+    let io = load(
+        &fixtures()
+            .join("components")
+            .join(dir)
+            .join("io.safetensors"),
+    );
+    for (case, items) in [("a", 2), ("b", 1)] {
+        let t = io[&format!("in.{case}.t")].f32();
+        for i in 0..items {
+            let x = &io[&format!("in.{case}.x.{i}")];
+            let [c, _, h, w] = [x.shape[0], x.shape[1], x.shape[2], x.shape[3]];
+            let latent = x.tensor::<4>().reshape([c, h, w]);
+            let caption = io[&format!("in.{case}.cap_feats.{i}")].tensor::<2>();
+            let out = model.forward(latent, t[i], caption);
+            let key = format!("out.{case}.sample.{i}");
+            let err = assert_close(&key, &values(out), &io[&key].f32(), TOL);
+            println!("zimage {key}: {err:e}");
+        }
+    }
 }

@@ -124,8 +124,35 @@ pub struct Rope<B: Backend> {
 }
 
 impl<B: Backend> Rope<B> {
-    /// `ids`: one `[axis0, axis1, axis2]` position per token (text tokens first).
+    /// `ids`: one `[axis0, axis1, axis2]` position per token (text tokens first); cos and sin
+    /// computed in f64 and rounded, as diffusers' `get_1d_rotary_pos_embed`.
     pub fn new(ids: &[[f32; 3]], axes_dims: &[usize], theta: f64, device: &B::Device) -> Self {
+        Self::build(ids, axes_dims, theta, device, |angle| {
+            (angle.cos() as f32, angle.sin() as f32)
+        })
+    }
+
+    /// As [`Self::new`], but the angle is rounded to f32 before cos and sin (Z-Image's
+    /// `torch.polar` on f32 angles).
+    pub fn with_f32_angles(
+        ids: &[[f32; 3]],
+        axes_dims: &[usize],
+        theta: f64,
+        device: &B::Device,
+    ) -> Self {
+        Self::build(ids, axes_dims, theta, device, |angle| {
+            let angle = angle as f32;
+            (angle.cos(), angle.sin())
+        })
+    }
+
+    fn build(
+        ids: &[[f32; 3]],
+        axes_dims: &[usize],
+        theta: f64,
+        device: &B::Device,
+        trig: impl Fn(f64) -> (f32, f32),
+    ) -> Self {
         let head_dim: usize = axes_dims.iter().sum();
         let (mut cos, mut sin) = (
             Vec::with_capacity(ids.len() * head_dim),
@@ -135,11 +162,9 @@ impl<B: Backend> Rope<B> {
             for (axis, &dim) in axes_dims.iter().enumerate() {
                 for i in (0..dim).step_by(2) {
                     let freq = 1.0 / theta.powf(i as f64 / dim as f64);
-                    let angle = id[axis] as f64 * freq;
-                    for _ in 0..2 {
-                        cos.push(angle.cos() as f32);
-                        sin.push(angle.sin() as f32);
-                    }
+                    let (c, s) = trig(id[axis] as f64 * freq);
+                    cos.extend([c, c]);
+                    sin.extend([s, s]);
                 }
             }
         }

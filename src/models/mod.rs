@@ -8,3 +8,4 @@ pub mod qwen3;
 pub mod t5;
 pub mod unet_sdxl;
 pub mod vae;
+pub mod zimage;
