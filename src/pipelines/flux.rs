@@ -24,13 +24,13 @@ use crate::models::flux::{
 use crate::models::t5::{T5Config, T5Encoder};
 use crate::models::vae::{Decoder, VaeConfig};
 use crate::registry::{Family, Manifest};
-use crate::sampling::{FlowMatchConfig, TorchGenerator, euler_step};
+use crate::sampling::{FlowMatchConfig, Linspace, TorchGenerator, euler_step};
 use crate::text::{ClipTokenizer, T5Tokenizer};
 use crate::weights::{SafetensorsFile, TensorStore, bfl_prefix, flux_store, vae_store};
 
 /// The Flux VAE's latent scale and shift (BFL `AutoEncoderParams`).
-const FLUX_VAE_SCALING: f32 = 0.3611;
-const FLUX_VAE_SHIFT: f32 = 0.1159;
+pub(super) const FLUX_VAE_SCALING: f32 = 0.3611;
+pub(super) const FLUX_VAE_SHIFT: f32 = 0.1159;
 /// Image pixels per packed token side: 8× VAE, 2×2 patches.
 pub const TOKEN_PIXELS: usize = 16;
 
@@ -240,7 +240,7 @@ fn transformer_store(file: &std::sync::Arc<SafetensorsFile>) -> Result<TensorSto
 }
 
 /// `ae.safetensors` (LDM names, no prefix or `vae.`) or a diffusers VAE file.
-fn standalone_vae(file: &std::sync::Arc<SafetensorsFile>, prefix: &str) -> TensorStore {
+pub(super) fn standalone_vae(file: &std::sync::Arc<SafetensorsFile>, prefix: &str) -> TensorStore {
     let store = TensorStore::from_file_prefix(file, prefix);
     if store.has_prefix("decoder.up_blocks") {
         store
@@ -379,7 +379,7 @@ impl<B: Backend> FluxPipeline<B> {
     /// packed token count).
     pub fn sigmas(&self, params: &GenerationParams) -> Result<Vec<f32>, Error> {
         let tokens = (params.height / TOKEN_PIXELS) * (params.width / TOKEN_PIXELS);
-        self.scheduler.sigmas(params.steps, tokens)
+        self.scheduler.sigmas(params.steps, tokens, Linspace::Numpy)
     }
 
     pub fn generate(

@@ -4,6 +4,7 @@ mod components;
 pub mod flux;
 mod request;
 pub mod sdxl;
+pub mod zimage;
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use crate::weights::{LoraFile, LoraPatch};
 pub use flux::FluxPipeline;
 pub use request::GenerationRequest;
 pub use sdxl::SdxlPipeline;
+pub use zimage::ZImagePipeline;
 
 /// The request fields a family's pipeline honours, and the values it accepts.
 pub struct FamilyOptions {
@@ -51,14 +53,15 @@ impl FamilyOptions {
                 loras: true,
             },
             // Guidance-distilled dev: one forward per step, the scale is an input.
-            Family::FluxDev | Family::ZImageTurbo => FLOW,
+            Family::FluxDev => FLOW,
             // schnell ignores guidance (BFL: "this is ignored for schnell").
             Family::FluxSchnell => Self {
                 guidance: false,
                 ..FLOW
             },
-            // Real CFG with a negative prompt (`ChromaPipeline`).
-            Family::Chroma => Self {
+            // Real CFG with a negative prompt (`ChromaPipeline`; `ZImagePipeline` when the
+            // scale is above 0).
+            Family::Chroma | Family::ZImageTurbo => Self {
                 negative_prompt: true,
                 ..FLOW
             },
@@ -130,6 +133,7 @@ pub enum Pipeline<B: Backend> {
     Sdxl(SdxlPipeline<B>),
     /// FLUX.1 dev / schnell and Chroma.
     Flux(FluxPipeline<B>),
+    ZImage(ZImagePipeline<B>),
 }
 
 impl<B: Backend> Pipeline<B> {
@@ -139,11 +143,7 @@ impl<B: Backend> Pipeline<B> {
             Family::FluxDev | Family::FluxSchnell | Family::Chroma => {
                 Ok(Pipeline::Flux(FluxPipeline::load(manifest, device)?))
             }
-            other => Err(Error::config(format!(
-                "model `{}`: the {} family is not supported by this build yet",
-                manifest.id,
-                other.name()
-            ))),
+            Family::ZImageTurbo => Ok(Pipeline::ZImage(ZImagePipeline::load(manifest, device)?)),
         }
     }
 
@@ -153,8 +153,10 @@ impl<B: Backend> Pipeline<B> {
     pub fn merge_loras(&mut self, loras: &[(&LoraFile, f32)]) -> Result<MergedLoras<B>, Error> {
         match self {
             Pipeline::Sdxl(p) => p.merge_loras(loras),
-            Pipeline::Flux(_) if loras.is_empty() => Ok(MergedLoras(Vec::new())),
-            Pipeline::Flux(_) => Err(Error::request(
+            Pipeline::Flux(_) | Pipeline::ZImage(_) if loras.is_empty() => {
+                Ok(MergedLoras(Vec::new()))
+            }
+            Pipeline::Flux(_) | Pipeline::ZImage(_) => Err(Error::request(
                 "this build applies LoRAs to SDXL models only",
             )),
         }
@@ -164,7 +166,7 @@ impl<B: Backend> Pipeline<B> {
     pub fn unmerge_loras(&mut self, merged: MergedLoras<B>) {
         match self {
             Pipeline::Sdxl(p) => p.unmerge_loras(merged),
-            Pipeline::Flux(_) => debug_assert!(merged.0.is_empty()),
+            Pipeline::Flux(_) | Pipeline::ZImage(_) => debug_assert!(merged.0.is_empty()),
         }
     }
 
@@ -172,7 +174,8 @@ impl<B: Backend> Pipeline<B> {
     pub fn latent_rgb(&self) -> &'static LatentRgb {
         match self {
             Pipeline::Sdxl(_) => &SDXL_LATENT_RGB,
-            Pipeline::Flux(_) => &FLUX_LATENT_RGB,
+            // Z-Image uses the Flux VAE.
+            Pipeline::Flux(_) | Pipeline::ZImage(_) => &FLUX_LATENT_RGB,
         }
     }
 
@@ -186,6 +189,7 @@ impl<B: Backend> Pipeline<B> {
         match self {
             Pipeline::Sdxl(p) => p.generate(params, on_step),
             Pipeline::Flux(p) => p.generate(params, on_step),
+            Pipeline::ZImage(p) => p.generate(params, on_step),
         }
     }
 }

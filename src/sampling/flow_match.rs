@@ -63,17 +63,19 @@ impl FlowMatchConfig {
     }
 
     /// σ of each of the `steps` steps, then the final 0 (N+1 values).
-    pub fn sigmas(&self, steps: usize, image_seq_len: usize) -> Result<Vec<f32>, Error> {
+    pub fn sigmas(
+        &self,
+        steps: usize,
+        image_seq_len: usize,
+        linspace: Linspace,
+    ) -> Result<Vec<f32>, Error> {
         if self.time_shift_type != "exponential" {
             return Err(Error::config(format!(
                 "scheduler time_shift_type `{}` is not supported",
                 self.time_shift_type
             )));
         }
-        let mut sigmas: Vec<f32> = linspace(1.0, 1.0 / steps as f64, steps)
-            .into_iter()
-            .map(|s| s as f32)
-            .collect();
+        let mut sigmas = linspace.values(steps);
         if self.use_dynamic_shifting {
             // e^μ / (e^μ + (1/σ − 1))
             let e = self.mu(image_seq_len).exp() as f32;
@@ -98,21 +100,45 @@ impl FlowMatchConfig {
     }
 }
 
-/// numpy `linspace(start, stop, n)` in f64.
-fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
-    if n == 1 {
-        return vec![start];
-    }
-    let step = (stop - start) / (n - 1) as f64;
-    (0..n)
-        .map(|i| {
-            if i == n - 1 {
-                stop
-            } else {
-                start + i as f64 * step
+/// How a pipeline computes the unshifted σ, `linspace(1, 1/N, N)`, before the scheduler shifts
+/// them (the last bits differ).
+#[derive(Clone, Copy, Debug)]
+pub enum Linspace {
+    /// `np.linspace` in f64, then f32 (`FluxPipeline`, `ChromaPipeline`).
+    Numpy,
+    /// `torch.linspace` in f32, which fills the second half backwards from the end
+    /// (`ZImagePipeline`, ATen `linspace` kernel).
+    Torch,
+}
+
+impl Linspace {
+    fn values(self, n: usize) -> Vec<f32> {
+        if n == 1 {
+            return vec![1.0];
+        }
+        match self {
+            Linspace::Numpy => {
+                let (start, stop) = (1.0f64, 1.0 / n as f64);
+                let step = (stop - start) / (n - 1) as f64;
+                (0..n)
+                    .map(|i| if i == n - 1 { stop } else { start + i as f64 * step } as f32)
+                    .collect()
             }
-        })
-        .collect()
+            Linspace::Torch => {
+                let (start, end) = (1.0f32, (1.0 / n as f64) as f32);
+                let step = (end - start) / (n - 1) as f32;
+                (0..n)
+                    .map(|i| {
+                        if i < n / 2 {
+                            start + step * i as f32
+                        } else {
+                            end - step * (n - i - 1) as f32
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 /// One Euler step `x + (σ_next − σ)·v`, and the clean-latent estimate `x − σ·v` (previews).

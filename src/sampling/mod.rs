@@ -8,7 +8,7 @@ mod torch_rng;
 use std::fmt;
 use std::str::FromStr;
 
-pub use flow_match::{FlowMatchConfig, euler_step};
+pub use flow_match::{FlowMatchConfig, Linspace, euler_step};
 pub use samplers::{Prediction, Sampler, StepOutput};
 pub use schedule::{Schedule, SchedulerConfig};
 pub use torch_rng::TorchGenerator;

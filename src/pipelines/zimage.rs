@@ -1,0 +1,283 @@
+//! Z-Image Turbo text-to-image: Qwen3 (chat template, second-to-last hidden state of the real
+//! tokens) → the Z-Image transformer → flow-matching Euler with static shift 3 → the Flux VAE.
+//!
+//! Reference: diffusers `pipelines/z_image/pipeline_z_image.py` (`_encode_prompt`,
+//! `prepare_latents`, `get_default_z_image_sigmas`, the denoising loop): the model runs at time
+//! `1 − σ` and its output is negated before the Euler step; with `guidance_scale > 0` it also
+//! runs on the negative prompt and `pred = pos + g·(pos − neg)`.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use super::components::{folder_config, folder_store, merged, read_json};
+use super::flux::{FLUX_VAE_SCALING, FLUX_VAE_SHIFT, TOKEN_PIXELS, standalone_vae};
+use super::sdxl::to_rgb;
+use super::{Flow, GenerationParams, StepProgress};
+use crate::Error;
+use crate::models::qwen3::{Qwen3Config, Qwen3Encoder};
+use crate::models::vae::{Decoder, VaeConfig};
+use crate::models::zimage::{ZImageConfig, ZImageTransformer};
+use crate::registry::Manifest;
+use crate::sampling::{FlowMatchConfig, Linspace, TorchGenerator, euler_step};
+use crate::text::Qwen3Tokenizer;
+use crate::weights::{SafetensorsFile, TensorStore, zimage_prefix, zimage_store};
+
+/// diffusers `ZImagePipeline(max_sequence_length=512)`.
+const MAX_SEQUENCE_LENGTH: usize = 512;
+
+pub struct ZImagePipeline<B: Backend> {
+    tokenizer: Qwen3Tokenizer,
+    text_encoder: Qwen3Encoder<B>,
+    transformer: ZImageTransformer<B>,
+    vae: Decoder<B>,
+    scheduler: FlowMatchConfig,
+    latent_channels: usize,
+    device: B::Device,
+}
+
+/// The tensors and settings of a Z-Image model, from whichever layout it came in.
+struct ZImageParts {
+    transformer: TensorStore,
+    vae: TensorStore,
+    text_encoder: TensorStore,
+    transformer_config: serde_json::Value,
+    vae_config: serde_json::Value,
+    text_encoder_config: serde_json::Value,
+    scheduler: Option<FlowMatchConfig>,
+    tokenizer: Option<PathBuf>,
+}
+
+impl ZImageParts {
+    fn from_manifest(manifest: &Manifest) -> Result<Self, Error> {
+        let files = &manifest.files;
+        let mut parts = match &files.diffusers {
+            Some(dir) => Self::diffusers_folder(&manifest.resolve(dir))?,
+            None => Self::files(manifest)?,
+        };
+        if let Some(t) = &files.tokenizer_qwen3 {
+            parts.tokenizer = Some(manifest.resolve(t));
+        }
+        parts.transformer_config = merged(
+            parts.transformer_config,
+            &manifest.architecture("transformer"),
+        );
+        parts.vae_config = merged(parts.vae_config, &manifest.architecture("vae"));
+        parts.text_encoder_config = merged(
+            parts.text_encoder_config,
+            &manifest.architecture("text_encoder"),
+        );
+        if let Some(overrides) = manifest.architecture.get("scheduler") {
+            let base =
+                serde_json::to_value(parts.scheduler.clone().unwrap_or_else(default_scheduler))
+                    .expect("serializable");
+            parts.scheduler = Some(
+                serde_json::from_value(merged(base, overrides)).map_err(|e| {
+                    Error::config(format!("model `{}`: scheduler: {e}", manifest.id))
+                })?,
+            );
+        }
+        Ok(parts)
+    }
+
+    fn diffusers_folder(dir: &Path) -> Result<Self, Error> {
+        read_json(&dir.join("model_index.json"))?;
+        let scheduler_path = dir.join("scheduler/scheduler_config.json");
+        let scheduler = if scheduler_path.is_file() {
+            Some(
+                serde_json::from_value(read_json(&scheduler_path)?)
+                    .map_err(|e| Error::config(format!("{}: {e}", scheduler_path.display())))?,
+            )
+        } else {
+            None
+        };
+        let tokenizer = dir.join("tokenizer/tokenizer.json");
+        Ok(Self {
+            transformer: folder_store(&dir.join("transformer"))?,
+            vae: folder_store(&dir.join("vae"))?,
+            text_encoder: qwen3_store(folder_store(&dir.join("text_encoder"))?),
+            transformer_config: folder_config(&dir.join("transformer"))?,
+            vae_config: folder_config(&dir.join("vae"))?,
+            text_encoder_config: folder_config(&dir.join("text_encoder"))?,
+            scheduler,
+            tokenizer: tokenizer.is_file().then_some(tokenizer),
+        })
+    }
+
+    /// Separate files, as ComfyUI users have them: `transformer` (original or diffusers
+    /// names), `vae` (`ae.safetensors`), `qwen3` (the text encoder).
+    fn files(manifest: &Manifest) -> Result<Self, Error> {
+        let files = &manifest.files;
+        let open = |path: &Option<PathBuf>, what: &str| match path {
+            Some(p) => SafetensorsFile::open(&manifest.resolve(p)),
+            None => Err(Error::config(format!(
+                "model `{}`: [files] needs `{what}` (or a `diffusers` folder)",
+                manifest.id
+            ))),
+        };
+        let transformer = open(&files.transformer, "transformer")?;
+        let prefix = zimage_prefix(&transformer).ok_or_else(|| {
+            Error::weights(format!(
+                "{} is not a Z-Image transformer: found {}",
+                transformer.path().display(),
+                crate::weights::describe(&transformer)
+            ))
+        })?;
+        let empty = serde_json::json!({});
+        Ok(Self {
+            transformer: zimage_store(&transformer, &prefix),
+            vae: standalone_vae(&open(&files.vae, "vae")?, ""),
+            text_encoder: qwen3_store(TensorStore::from_file_prefix(
+                &open(&files.qwen3, "qwen3")?,
+                "",
+            )),
+            transformer_config: empty.clone(),
+            vae_config: empty.clone(),
+            text_encoder_config: empty,
+            scheduler: None,
+            tokenizer: None,
+        })
+    }
+}
+
+/// Qwen3ForCausalLM files keep the network under `model.`; `Qwen3Model` files do not.
+fn qwen3_store(store: TensorStore) -> TensorStore {
+    if store.has_prefix("model") {
+        store.sub("model")
+    } else {
+        store
+    }
+}
+
+/// Z-Image Turbo's `scheduler/scheduler_config.json`: static shift 3.
+fn default_scheduler() -> FlowMatchConfig {
+    FlowMatchConfig {
+        shift: 3.0,
+        use_dynamic_shifting: false,
+        ..FlowMatchConfig::default()
+    }
+}
+
+impl<B: Backend> ZImagePipeline<B> {
+    pub fn load(manifest: &Manifest, device: &B::Device) -> Result<Self, Error> {
+        let parts = ZImageParts::from_manifest(manifest)?;
+        let transformer_cfg = ZImageConfig::detect(&parts.transformer, &parts.transformer_config)?;
+        let text_cfg = Qwen3Config::detect(&parts.text_encoder, &parts.text_encoder_config)?;
+        if text_cfg.hidden_size != transformer_cfg.cap_feat_dim {
+            return Err(Error::weights(format!(
+                "the transformer takes {}-wide caption states but the text encoder gives {}",
+                transformer_cfg.cap_feat_dim, text_cfg.hidden_size
+            )));
+        }
+        let tokenizer = match &parts.tokenizer {
+            Some(p) => Qwen3Tokenizer::from_file(p)?,
+            None => {
+                return Err(Error::config(format!(
+                    "model `{}`: no Qwen3 tokenizer; name its tokenizer.json as \
+                     `tokenizer_qwen3` in [files] (diffusers folders have one in tokenizer/)",
+                    manifest.id
+                )));
+            }
+        };
+        let vae_cfg = VaeConfig::detect(
+            &parts.vae,
+            &parts.vae_config,
+            FLUX_VAE_SCALING,
+            FLUX_VAE_SHIFT,
+        )?;
+        Ok(Self {
+            tokenizer,
+            text_encoder: Qwen3Encoder::load(&parts.text_encoder, &text_cfg, device)?,
+            transformer: ZImageTransformer::load(&parts.transformer, &transformer_cfg, device)?,
+            latent_channels: vae_cfg.latent_channels,
+            vae: Decoder::load(&parts.vae, &vae_cfg, device)?,
+            scheduler: parts.scheduler.unwrap_or_else(default_scheduler),
+            device: device.clone(),
+        })
+    }
+
+    /// The Qwen3 states of the prompt's real tokens [L, D]: causal attention makes the right
+    /// padding the reference adds irrelevant to them, so none is added.
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Tensor<B, 2>, Error> {
+        let ids = self.tokenizer.encode_chat(prompt, MAX_SEQUENCE_LENGTH)?;
+        let len = ids.len();
+        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &self.device);
+        let mask = Tensor::<B, 2>::ones([1, len], &self.device);
+        let states = self.text_encoder.forward(ids, mask);
+        let d = states.dims()[2];
+        Ok(states.reshape([len, d]))
+    }
+
+    /// `randn([1, 16, H/8, W/8])` from the run's CPU generator (σ_max = 1).
+    pub fn initial_latents(&self, params: &GenerationParams) -> Tensor<B, 4> {
+        let shape = [1, self.latent_channels, params.height / 8, params.width / 8];
+        let noise = TorchGenerator::new(params.seed).randn(shape.iter().product());
+        Tensor::from_data(TensorData::new(noise, shape), &self.device)
+    }
+
+    /// σ of each step and the final 0: `torch.linspace(1, 1/N, N)` shifted by 3.
+    pub fn sigmas(&self, params: &GenerationParams) -> Result<Vec<f32>, Error> {
+        let tokens = (params.height / TOKEN_PIXELS) * (params.width / TOKEN_PIXELS);
+        self.scheduler.sigmas(params.steps, tokens, Linspace::Torch)
+    }
+
+    pub fn generate(
+        &self,
+        params: &GenerationParams,
+        on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
+    ) -> Result<image::RgbImage, Error> {
+        if params.width % TOKEN_PIXELS != 0
+            || params.height % TOKEN_PIXELS != 0
+            || params.width == 0
+            || params.height == 0
+        {
+            return Err(Error::request(format!(
+                "width and height must be positive multiples of {TOKEN_PIXELS}, got {}x{}",
+                params.width, params.height
+            )));
+        }
+        let caption = self.encode_prompt(&params.prompt)?;
+        // CFG when the scale is positive, with "" when there is no negative prompt.
+        let negative = if params.guidance_scale > 0.0 {
+            Some(self.encode_prompt(params.negative_prompt.as_deref().unwrap_or(""))?)
+        } else {
+            None
+        };
+        let mut latents = self.initial_latents(params);
+        let [_, c, h, w] = latents.dims();
+        let sigmas = self.sigmas(params)?;
+        let steps = params.steps;
+        for i in 0..steps {
+            // diffusers: t = σ·1000, then the model time (1000 − t)/1000, in f32.
+            let t = sigmas[i] * self.scheduler.num_train_timesteps as f32;
+            let model_time = (1000.0 - t) / 1000.0;
+            let x = latents.clone().reshape([c, h, w]);
+            let pos = self
+                .transformer
+                .forward(x.clone(), model_time, caption.clone());
+            let pred = match &negative {
+                Some(neg) => {
+                    let neg = self.transformer.forward(x, model_time, neg.clone());
+                    pos.clone() + (pos - neg) * params.guidance_scale
+                }
+                None => pos,
+            };
+            // The model predicts x0 − noise: negated, it is the velocity the step expects.
+            let velocity = pred.neg().reshape([1, c, h, w]);
+            let (next, denoised) = euler_step(latents, velocity, sigmas[i], sigmas[i + 1]);
+            latents = next;
+            let progress = StepProgress {
+                step: i + 1,
+                total_steps: steps,
+                latents: &latents,
+                denoised: &denoised,
+            };
+            if on_step(progress) == Flow::Cancel {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(to_rgb(self.vae.forward(self.vae.unscale(latents))))
+    }
+}
