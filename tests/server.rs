@@ -752,17 +752,14 @@ fn lora_directories_rescan_and_manifest_paths() {
 }
 
 #[test]
-fn flux_dev_schnell_and_chroma_jobs_reproduce_their_references_with_previews() {
+fn flux_chroma_and_z_image_jobs_reproduce_their_references_with_previews() {
     let dir = temp_dir("flux");
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flux");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let fixtures = root.join("flux");
+    let manifests = format!("{},{}", fixtures.display(), root.join("zimage").display());
     let server = Server::start(
         &dir,
-        &[
-            "--manifests",
-            fixtures.to_str().unwrap(),
-            "--preview-interval-ms",
-            "0",
-        ],
+        &["--manifests", &manifests, "--preview-interval-ms", "0"],
     );
     let port = server.port;
 
@@ -789,6 +786,9 @@ fn flux_dev_schnell_and_chroma_jobs_reproduce_their_references_with_previews() {
     assert_eq!(schnell["steps"]["default"], 4);
     assert!(chroma.get("loras").is_none() && chroma.get("negative_prompt").is_some());
     assert_eq!(chroma["guidance_scale"]["default"], 5.0);
+    let z_image = schema("z-image-turbo-tiny");
+    assert_eq!(z_image["steps"]["default"], 8);
+    assert_eq!(z_image["guidance_scale"]["default"], 0.0);
 
     for (body, case) in [
         (
@@ -806,6 +806,11 @@ fn flux_dev_schnell_and_chroma_jobs_reproduce_their_references_with_previews() {
                    "negative_prompt": "low quality, blurry", "width": 64, "height": 64, "steps": 4,
                    "guidance_scale": 5.0, "seed": 0}),
             "chroma/cases/chroma_64x64_neg",
+        ),
+        (
+            json!({"model": "z-image-turbo-tiny", "prompt": "a photo of a cat sitting on a red sofa",
+                   "width": 64, "height": 64, "steps": 4, "seed": 0}),
+            "../zimage/cases/z-image-turbo_64x64",
         ),
     ] {
         let job_id = submit(port, body);
