@@ -280,14 +280,6 @@ fn ids(io: &std::collections::HashMap<String, common::Recorded>) -> Vec<[f32; 3]
         .collect()
 }
 
-fn tensor3(r: &common::Recorded) -> Tensor<B, 3> {
-    let s = &r.shape;
-    Tensor::from_data(
-        TensorData::new(r.f32(), [s[0], s[1], s[2]]),
-        &Default::default(),
-    )
-}
-
 fn check_flux(dir: &str) {
     let weights = store(dir, "diffusion_pytorch_model.safetensors");
     let cfg = FluxConfig::detect(&weights, &config(dir)).unwrap();

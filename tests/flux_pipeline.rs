@@ -5,40 +5,10 @@
 
 mod common;
 
-use common::{B, Recorded, assert_close, fixtures, load, max_abs_diff, max_pixel_diff, values};
-use hanga::pipelines::{Flow, FluxPipeline, GenerationParams};
+use common::{B, PipelineCase, assert_close, fixtures, max_abs_diff, values};
+use hanga::pipelines::FluxPipeline;
 use hanga::registry::Manifest;
 use hanga::sampling::{SamplerKind, ScheduleKind};
-use hanga::text::LongPrompt;
-
-struct Case {
-    params: GenerationParams,
-    tensors: std::collections::HashMap<String, Recorded>,
-    png: image::RgbImage,
-}
-
-fn case(family: &str, id: &str) -> Case {
-    let dir = fixtures().join("flux").join(family).join("cases").join(id);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
-    let params = GenerationParams {
-        prompt: json["prompt"].as_str().unwrap().into(),
-        negative_prompt: json["negative_prompt"].as_str().map(Into::into),
-        width: json["width"].as_u64().unwrap() as usize,
-        height: json["height"].as_u64().unwrap() as usize,
-        steps: json["num_inference_steps"].as_u64().unwrap() as usize,
-        guidance_scale: json["guidance_scale"].as_f64().unwrap() as f32,
-        sampler: SamplerKind::Euler,
-        scheduler: ScheduleKind::Normal,
-        seed: json["seed"].as_u64().unwrap(),
-        long_prompt: LongPrompt::Truncate,
-    };
-    Case {
-        params,
-        tensors: load(&dir.join("case.safetensors")),
-        png: image::open(dir.join("image.png")).unwrap().to_rgb8(),
-    }
-}
 
 fn run_family(family: &str, cases: &[&str]) {
     for manifest in [format!("{family}.toml"), format!("{family}-diffusers.toml")] {
@@ -46,7 +16,8 @@ fn run_family(family: &str, cases: &[&str]) {
         let pipeline = FluxPipeline::<B>::load(&manifest, &Default::default()).unwrap();
         for id in cases {
             let label = format!("{}/{id}", manifest.id);
-            let case = case(family, id);
+            let dir = fixtures().join("flux").join(family).join("cases").join(id);
+            let case = PipelineCase::load(&dir, SamplerKind::Euler, ScheduleKind::Normal);
             let (t, p) = (&case.tensors, &case.params);
 
             let noise = values(pipeline.initial_latents(p));
@@ -59,18 +30,8 @@ fn run_family(family: &str, cases: &[&str]) {
                 1e-6,
             );
 
-            let mut worst_step = 0.0f32;
-            let image = pipeline
-                .generate(p, &mut |progress| {
-                    let key = format!("latents.step{}", progress.step - 1);
-                    let err = max_abs_diff(&values(progress.latents.clone()), &t[&key].f32());
-                    assert!(err <= 1e-3, "{label} {key}: {err:e}");
-                    worst_step = worst_step.max(err);
-                    Flow::Continue
-                })
-                .unwrap();
-            let pixels = max_pixel_diff(&image, &case.png);
-            assert!(pixels <= 2, "{label}: image differs by {pixels}/255");
+            let (worst_step, pixels) =
+                case.check_run(&label, |on_step| pipeline.generate(p, on_step).unwrap());
             println!("{label}: noise {noise_err:e}, worst step {worst_step:e}, image {pixels}/255");
         }
     }

@@ -6,10 +6,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{
-    B, Recorded, assert_close, fixtures, load, max_abs_diff, max_pixel_diff, repo, values,
-};
-use hanga::pipelines::{Flow, GenerationParams, SdxlPipeline};
+use common::{B, PipelineCase, assert_close, fixtures, max_abs_diff, max_pixel_diff, repo, values};
+use hanga::pipelines::{Flow, SdxlPipeline};
 use hanga::registry::Manifest;
 use hanga::sampling::{SamplerKind, ScheduleKind, TorchGenerator};
 use hanga::text::LongPrompt;
@@ -22,44 +20,21 @@ const CASES: [&str; 5] = [
     "sdxl_euler_96x64_neg",
 ];
 
-struct Case {
-    params: GenerationParams,
-    tensors: std::collections::HashMap<String, Recorded>,
-    png: image::RgbImage,
-}
-
-fn case(id: &str) -> Case {
+fn case(id: &str) -> PipelineCase {
     let dir = fixtures().join("sdxl/cases").join(id);
-    // Python's json writes -Infinity (lambda_min_clipped), which is not JSON.
-    let text = std::fs::read_to_string(dir.join("case.json"))
-        .unwrap()
-        .replace("-Infinity", "null");
-    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("case.json"))
+            .unwrap()
+            .replace("-Infinity", "null"),
+    )
+    .unwrap();
     let (sampler, scheduler) = match json["scheduler_name"].as_str().unwrap() {
         "euler" => (SamplerKind::Euler, ScheduleKind::Normal),
         "euler_a" => (SamplerKind::EulerAncestral, ScheduleKind::Normal),
         "dpmpp_2m_karras" => (SamplerKind::DpmPp2m, ScheduleKind::Karras),
         other => panic!("unexpected scheduler {other}"),
     };
-    let params = GenerationParams {
-        prompt: json["prompt"].as_str().unwrap().into(),
-        negative_prompt: json["negative_prompt"].as_str().map(Into::into),
-        width: json["width"].as_u64().unwrap() as usize,
-        height: json["height"].as_u64().unwrap() as usize,
-        steps: json["num_inference_steps"].as_u64().unwrap() as usize,
-        guidance_scale: json["guidance_scale"].as_f64().unwrap() as f32,
-        sampler,
-        scheduler,
-        seed: json["seed"].as_u64().unwrap(),
-        // diffusers cuts prompts at 77 tokens.
-        long_prompt: LongPrompt::Truncate,
-    };
-    let png = image::open(dir.join("image.png")).unwrap().to_rgb8();
-    Case {
-        params,
-        tensors: load(&dir.join("case.safetensors")),
-        png,
-    }
+    PipelineCase::load(&dir, sampler, scheduler)
 }
 
 fn single_file_manifest() -> Manifest {
@@ -113,18 +88,9 @@ fn run_case(pipeline: &SdxlPipeline<B>, layout: &str, id: &str) {
     );
 
     // Every step's latents, then the image.
-    let mut worst_step = 0.0f32;
-    let image = pipeline
-        .generate(p, &mut |progress| {
-            let key = format!("latents.step{}", progress.step - 1);
-            let err = max_abs_diff(&values(progress.latents.clone()), &t[&key].f32());
-            assert!(err <= 1e-3, "{layout}/{id} {key}: max abs error {err:e}");
-            worst_step = worst_step.max(err);
-            Flow::Continue
-        })
-        .unwrap();
-    let pixel = max_pixel_diff(&image, &case.png);
-    assert!(pixel <= 2, "{layout}/{id}: image differs by {pixel}/255");
+    let (worst_step, pixel) = case.check_run(&format!("{layout}/{id}"), |on_step| {
+        pipeline.generate(p, on_step).unwrap()
+    });
     println!("{layout}/{id}: noise {noise_err:e}, latents {worst_step:e}, image {pixel}/255");
 }
 

@@ -4,7 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use crate::Error;
+use crate::registry::Manifest;
 use crate::weights::{SafetensorsFile, TensorStore, describe};
 
 /// The tensors of one diffusers component folder (`unet/`, `vae/`, `text_encoder/`): the
@@ -65,6 +69,30 @@ fn component_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
             dir.display()
         ))),
     }
+}
+
+/// A diffusers folder's `scheduler/scheduler_config.json`, if it has one.
+pub fn folder_scheduler<T: DeserializeOwned>(dir: &Path) -> Result<Option<T>, Error> {
+    let path = dir.join("scheduler/scheduler_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    serde_json::from_value(read_json(&path)?)
+        .map(Some)
+        .map_err(|e| Error::config(format!("{}: {e}", path.display())))
+}
+
+/// `scheduler` with the manifest's `[architecture.scheduler]` keys set over it.
+pub fn manifest_scheduler<T: Serialize + DeserializeOwned>(
+    scheduler: T,
+    manifest: &Manifest,
+) -> Result<T, Error> {
+    let Some(overrides) = manifest.architecture.get("scheduler") else {
+        return Ok(scheduler);
+    };
+    let base = serde_json::to_value(&scheduler).expect("serializable");
+    serde_json::from_value(merged(base, overrides))
+        .map_err(|e| Error::config(format!("model `{}`: scheduler: {e}", manifest.id)))
 }
 
 pub fn read_json(path: &Path) -> Result<serde_json::Value, Error> {

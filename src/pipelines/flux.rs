@@ -11,10 +11,11 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use super::components::{
-    folder_config, folder_store, merged, open_checkpoint, read_json, with_text_model_prefix,
+    folder_config, folder_scheduler, folder_store, manifest_scheduler, merged, open_checkpoint,
+    read_json, with_text_model_prefix,
 };
 use super::sdxl::to_rgb;
-use super::{Flow, GenerationParams, StepProgress};
+use super::{Flow, GenerationParams, StepProgress, check_size, report_step};
 use crate::Error;
 use crate::models::chroma::ChromaTransformer;
 use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
@@ -64,6 +65,7 @@ struct FluxParts {
     vae_config: serde_json::Value,
     clip_l_config: serde_json::Value,
     t5_config: serde_json::Value,
+    /// The folder's scheduler config (else the family's).
     scheduler: Option<FlowMatchConfig>,
     tokenizer_clip_l: Option<PathBuf>,
     tokenizer_t5: Option<PathBuf>,
@@ -95,15 +97,6 @@ impl FluxParts {
         };
         parts.clip_l_config = merged(parts.clip_l_config, &manifest.architecture(clip_name));
         parts.t5_config = merged(parts.t5_config, &manifest.architecture(t5_name));
-        if let Some(overrides) = manifest.architecture.get("scheduler") {
-            let base = serde_json::to_value(parts.scheduler.clone().unwrap_or_default())
-                .expect("serializable");
-            parts.scheduler = Some(
-                serde_json::from_value(merged(base, overrides)).map_err(|e| {
-                    Error::config(format!("model `{}`: scheduler: {e}", manifest.id))
-                })?,
-            );
-        }
         Ok(parts)
     }
 
@@ -116,15 +109,7 @@ impl FluxParts {
         } else {
             ("text_encoder", "tokenizer")
         };
-        let scheduler_path = dir.join("scheduler/scheduler_config.json");
-        let scheduler = if scheduler_path.is_file() {
-            Some(
-                serde_json::from_value(read_json(&scheduler_path)?)
-                    .map_err(|e| Error::config(format!("{}: {e}", scheduler_path.display())))?,
-            )
-        } else {
-            None
-        };
+        let scheduler = folder_scheduler(dir)?;
         let tokenizer = |sub: &str| {
             let p = dir.join(sub).join("tokenizer.json");
             p.is_file().then_some(p)
@@ -329,7 +314,7 @@ impl<B: Backend> FluxPipeline<B> {
             denoiser,
             latent_channels: vae_cfg.latent_channels,
             vae: Decoder::load(&parts.vae, &vae_cfg, device)?,
-            scheduler,
+            scheduler: manifest_scheduler(scheduler, manifest)?,
             device: device.clone(),
         })
     }
@@ -387,16 +372,7 @@ impl<B: Backend> FluxPipeline<B> {
         params: &GenerationParams,
         on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
     ) -> Result<image::RgbImage, Error> {
-        if params.width % TOKEN_PIXELS != 0
-            || params.height % TOKEN_PIXELS != 0
-            || params.width == 0
-            || params.height == 0
-        {
-            return Err(Error::request(format!(
-                "width and height must be positive multiples of {TOKEN_PIXELS}, got {}x{}",
-                params.width, params.height
-            )));
-        }
+        check_size(params, TOKEN_PIXELS)?;
         let (txt, txt_mask) = self.encode_t5(&params.prompt)?;
         let pooled = self.encode_clip(&params.prompt)?;
         // Chroma: real CFG with the negative prompt ("" when none), as `ChromaPipeline`.
@@ -453,15 +429,15 @@ impl<B: Backend> FluxPipeline<B> {
             let (next, denoised) = euler_step(x, velocity, sigmas[i], sigmas[i + 1]);
             x = next;
             let (latents, denoised) = (unpack(x.clone(), h, w), unpack(denoised, h, w));
-            let progress = StepProgress {
-                step: i + 1,
-                total_steps: params.steps,
-                latents: &latents,
-                denoised: &denoised,
-            };
-            if on_step(progress) == Flow::Cancel {
-                return Err(Error::Cancelled);
-            }
+            report_step(
+                on_step,
+                StepProgress {
+                    step: i + 1,
+                    total_steps: params.steps,
+                    latents: &latents,
+                    denoised: &denoised,
+                },
+            )?;
         }
         let latents = unpack(x, h, w);
         Ok(to_rgb(self.vae.forward(self.vae.unscale(latents))))

@@ -69,6 +69,33 @@ impl FamilyOptions {
     }
 }
 
+/// Width and height must be positive multiples of `multiple` (8 where the UNet sees the
+/// 8×-downsampled latent; 16 where transformers take 2×2 latent patches).
+fn check_size(params: &GenerationParams, multiple: usize) -> Result<(), Error> {
+    if params.width % multiple != 0
+        || params.height % multiple != 0
+        || params.width == 0
+        || params.height == 0
+    {
+        return Err(Error::request(format!(
+            "width and height must be positive multiples of {multiple}, got {}x{}",
+            params.width, params.height
+        )));
+    }
+    Ok(())
+}
+
+/// Hands the caller a step's progress; `Error::Cancelled` when it asks to stop.
+fn report_step<B: Backend>(
+    on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
+    progress: StepProgress<B>,
+) -> Result<(), Error> {
+    match on_step(progress) {
+        Flow::Continue => Ok(()),
+        Flow::Cancel => Err(Error::Cancelled),
+    }
+}
+
 /// LoRA deltas merged into a pipeline's networks (one patch per network, in the pipeline's
 /// order), to be handed back to [`Pipeline::unmerge_loras`].
 pub struct MergedLoras<B: Backend>(Vec<LoraPatch<B>>);

@@ -11,9 +11,10 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use super::components::{
-    folder_config, folder_store, merged, open_checkpoint, read_json, with_text_model_prefix,
+    folder_config, folder_scheduler, folder_store, manifest_scheduler, merged, open_checkpoint,
+    read_json, with_text_model_prefix,
 };
-use super::{Flow, GenerationParams, MergedLoras, StepProgress};
+use super::{Flow, GenerationParams, MergedLoras, StepProgress, check_size, report_step};
 use crate::Error;
 use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
 use crate::models::unet_sdxl::{UNet, UNetConfig};
@@ -95,11 +96,7 @@ impl SdxlParts {
             parts.clip_g_config,
             &manifest.architecture("text_encoder_2"),
         );
-        if let Some(overrides) = manifest.architecture.get("scheduler") {
-            let base = serde_json::to_value(&parts.scheduler).expect("serializable");
-            parts.scheduler = serde_json::from_value(merged(base, overrides))
-                .map_err(|e| Error::config(format!("model `{}`: scheduler: {e}", manifest.id)))?;
-        }
+        parts.scheduler = manifest_scheduler(parts.scheduler, manifest)?;
         Ok(parts)
     }
 
@@ -135,13 +132,7 @@ impl SdxlParts {
 
     fn diffusers_folder(dir: &Path) -> Result<Self, Error> {
         let index = read_json(&dir.join("model_index.json"))?;
-        let scheduler_path = dir.join("scheduler/scheduler_config.json");
-        let scheduler = if scheduler_path.is_file() {
-            serde_json::from_value(read_json(&scheduler_path)?)
-                .map_err(|e| Error::config(format!("{}: {e}", scheduler_path.display())))?
-        } else {
-            SchedulerConfig::default()
-        };
+        let scheduler = folder_scheduler(dir)?.unwrap_or_default();
         let tokenizer = |sub: &str| {
             let p = dir.join(sub).join("tokenizer.json");
             p.is_file().then_some(p)
@@ -305,16 +296,7 @@ impl<B: Backend> SdxlPipeline<B> {
         params: &GenerationParams,
         on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
     ) -> Result<image::RgbImage, Error> {
-        if params.width % VAE_SCALE != 0
-            || params.height % VAE_SCALE != 0
-            || params.width == 0
-            || params.height == 0
-        {
-            return Err(Error::request(format!(
-                "width and height must be positive multiples of {VAE_SCALE}, got {}x{}",
-                params.width, params.height
-            )));
-        }
+        check_size(params, VAE_SCALE)?;
         let cfg = params.guidance_scale > 1.0;
 
         let (cond, cond_pooled) = self.encode_prompt(&params.prompt, params.long_prompt)?;
@@ -355,15 +337,15 @@ impl<B: Backend> SdxlPipeline<B> {
             };
             let step = sampler.step(latents, noise_pred, i, &mut rng);
             latents = step.next;
-            let progress = StepProgress {
-                step: i + 1,
-                total_steps: total,
-                latents: &latents,
-                denoised: &step.denoised,
-            };
-            if on_step(progress) == Flow::Cancel {
-                return Err(Error::Cancelled);
-            }
+            report_step(
+                on_step,
+                StepProgress {
+                    step: i + 1,
+                    total_steps: total,
+                    latents: &latents,
+                    denoised: &step.denoised,
+                },
+            )?;
         }
         Ok(to_rgb(self.decode(latents)))
     }

@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use super::components::{folder_config, folder_store, merged, read_json};
+use super::components::{
+    folder_config, folder_scheduler, folder_store, manifest_scheduler, merged, read_json,
+};
 use super::flux::{FLUX_VAE_SCALING, FLUX_VAE_SHIFT, TOKEN_PIXELS, standalone_vae};
 use super::sdxl::to_rgb;
-use super::{Flow, GenerationParams, StepProgress};
+use super::{Flow, GenerationParams, StepProgress, check_size, report_step};
 use crate::Error;
 use crate::models::qwen3::{Qwen3Config, Qwen3Encoder};
 use crate::models::vae::{Decoder, VaeConfig};
@@ -45,6 +47,7 @@ struct ZImageParts {
     transformer_config: serde_json::Value,
     vae_config: serde_json::Value,
     text_encoder_config: serde_json::Value,
+    /// The folder's scheduler config (else Z-Image Turbo's).
     scheduler: Option<FlowMatchConfig>,
     tokenizer: Option<PathBuf>,
 }
@@ -68,30 +71,12 @@ impl ZImageParts {
             parts.text_encoder_config,
             &manifest.architecture("text_encoder"),
         );
-        if let Some(overrides) = manifest.architecture.get("scheduler") {
-            let base =
-                serde_json::to_value(parts.scheduler.clone().unwrap_or_else(default_scheduler))
-                    .expect("serializable");
-            parts.scheduler = Some(
-                serde_json::from_value(merged(base, overrides)).map_err(|e| {
-                    Error::config(format!("model `{}`: scheduler: {e}", manifest.id))
-                })?,
-            );
-        }
         Ok(parts)
     }
 
     fn diffusers_folder(dir: &Path) -> Result<Self, Error> {
         read_json(&dir.join("model_index.json"))?;
-        let scheduler_path = dir.join("scheduler/scheduler_config.json");
-        let scheduler = if scheduler_path.is_file() {
-            Some(
-                serde_json::from_value(read_json(&scheduler_path)?)
-                    .map_err(|e| Error::config(format!("{}: {e}", scheduler_path.display())))?,
-            )
-        } else {
-            None
-        };
+        let scheduler = folder_scheduler(dir)?;
         let tokenizer = dir.join("tokenizer/tokenizer.json");
         Ok(Self {
             transformer: folder_store(&dir.join("transformer"))?,
@@ -192,7 +177,10 @@ impl<B: Backend> ZImagePipeline<B> {
             transformer: ZImageTransformer::load(&parts.transformer, &transformer_cfg, device)?,
             latent_channels: vae_cfg.latent_channels,
             vae: Decoder::load(&parts.vae, &vae_cfg, device)?,
-            scheduler: parts.scheduler.unwrap_or_else(default_scheduler),
+            scheduler: manifest_scheduler(
+                parts.scheduler.unwrap_or_else(default_scheduler),
+                manifest,
+            )?,
             device: device.clone(),
         })
     }
@@ -228,16 +216,7 @@ impl<B: Backend> ZImagePipeline<B> {
         params: &GenerationParams,
         on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
     ) -> Result<image::RgbImage, Error> {
-        if params.width % TOKEN_PIXELS != 0
-            || params.height % TOKEN_PIXELS != 0
-            || params.width == 0
-            || params.height == 0
-        {
-            return Err(Error::request(format!(
-                "width and height must be positive multiples of {TOKEN_PIXELS}, got {}x{}",
-                params.width, params.height
-            )));
-        }
+        check_size(params, TOKEN_PIXELS)?;
         let caption = self.encode_prompt(&params.prompt)?;
         // CFG when the scale is positive, with "" when there is no negative prompt.
         let negative = if params.guidance_scale > 0.0 {
@@ -268,15 +247,15 @@ impl<B: Backend> ZImagePipeline<B> {
             let velocity = pred.neg().reshape([1, c, h, w]);
             let (next, denoised) = euler_step(latents, velocity, sigmas[i], sigmas[i + 1]);
             latents = next;
-            let progress = StepProgress {
-                step: i + 1,
-                total_steps: steps,
-                latents: &latents,
-                denoised: &denoised,
-            };
-            if on_step(progress) == Flow::Cancel {
-                return Err(Error::Cancelled);
-            }
+            report_step(
+                on_step,
+                StepProgress {
+                    step: i + 1,
+                    total_steps: steps,
+                    latents: &latents,
+                    denoised: &denoised,
+                },
+            )?;
         }
         Ok(to_rgb(self.vae.forward(self.vae.unscale(latents))))
     }

@@ -112,3 +112,65 @@ pub fn assert_close(what: &str, got: &[f32], expected: &[f32], tol: f32) -> f32 
     );
     err
 }
+
+/// A recorded pipeline case: `case.json`'s parameters (prompts cut at 77 CLIP tokens, as
+/// diffusers does), its tensors and its image.
+pub struct PipelineCase {
+    pub params: hanga::pipelines::GenerationParams,
+    pub tensors: HashMap<String, Recorded>,
+    pub png: image::RgbImage,
+}
+
+impl PipelineCase {
+    pub fn load(
+        dir: &Path,
+        sampler: hanga::sampling::SamplerKind,
+        scheduler: hanga::sampling::ScheduleKind,
+    ) -> Self {
+        // Python's json writes -Infinity (lambda_min_clipped), which is not JSON.
+        let text = std::fs::read_to_string(dir.join("case.json"))
+            .unwrap()
+            .replace("-Infinity", "null");
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let params = hanga::pipelines::GenerationParams {
+            prompt: json["prompt"].as_str().unwrap().into(),
+            negative_prompt: json["negative_prompt"].as_str().map(Into::into),
+            width: json["width"].as_u64().unwrap() as usize,
+            height: json["height"].as_u64().unwrap() as usize,
+            steps: json["num_inference_steps"].as_u64().unwrap() as usize,
+            guidance_scale: json["guidance_scale"].as_f64().unwrap() as f32,
+            sampler,
+            scheduler,
+            seed: json["seed"].as_u64().unwrap(),
+            long_prompt: hanga::text::LongPrompt::Truncate,
+        };
+        Self {
+            params,
+            tensors: load(&dir.join("case.safetensors")),
+            png: image::open(dir.join("image.png")).unwrap().to_rgb8(),
+        }
+    }
+
+    /// Runs `generate` with a step callback that checks each step's latents against
+    /// `latents.step{i}` (≤ 1e-3), then the image against the case's (≤ 2/255): the issues'
+    /// pipeline tolerances. Returns the worst step error and the image difference.
+    pub fn check_run(
+        &self,
+        label: &str,
+        generate: impl FnOnce(
+            &mut dyn FnMut(hanga::pipelines::StepProgress<B>) -> hanga::pipelines::Flow,
+        ) -> image::RgbImage,
+    ) -> (f32, u8) {
+        let mut worst_step = 0.0f32;
+        let image = generate(&mut |progress| {
+            let key = format!("latents.step{}", progress.step - 1);
+            let err = max_abs_diff(&values(progress.latents.clone()), &self.tensors[&key].f32());
+            assert!(err <= 1e-3, "{label} {key}: max abs error {err:e}");
+            worst_step = worst_step.max(err);
+            hanga::pipelines::Flow::Continue
+        });
+        let pixels = max_pixel_diff(&image, &self.png);
+        assert!(pixels <= 2, "{label}: image differs by {pixels}/255");
+        (worst_step, pixels)
+    }
+}
