@@ -15,7 +15,7 @@ use super::components::{
     read_json, with_text_model_prefix,
 };
 use super::sdxl::to_rgb;
-use super::{Flow, GenerationParams, StepProgress, check_size, report_step};
+use super::{Flow, GenerationParams, StepProgress, check_size, initial_noise, report_step};
 use crate::Error;
 use crate::models::chroma::ChromaTransformer;
 use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
@@ -355,9 +355,8 @@ impl<B: Backend> FluxPipeline<B> {
     /// `randn([1, 16, H/8, W/8])` from the run's CPU generator, unscaled (σ_max = 1;
     /// diffusers `FluxPipeline.prepare_latents` draws before packing).
     pub fn initial_latents(&self, params: &GenerationParams) -> Tensor<B, 4> {
-        let shape = [1, self.latent_channels, params.height / 8, params.width / 8];
-        let noise = TorchGenerator::new(params.seed).randn(shape.iter().product());
-        Tensor::from_data(TensorData::new(noise, shape), &self.device)
+        let mut rng = TorchGenerator::new(params.seed);
+        initial_noise(params, self.latent_channels, &mut rng, &self.device)
     }
 
     /// σ of each step and the final 0, for this image size (Flux dev and Chroma shift by the

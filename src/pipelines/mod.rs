@@ -7,12 +7,13 @@ pub mod sdxl;
 pub mod zimage;
 
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::output::preview::{FLUX_LATENT_RGB, LatentRgb, SDXL_LATENT_RGB};
 use crate::registry::{Family, Manifest};
-use crate::sampling::{SamplerKind, ScheduleKind};
+use crate::sampling::{SamplerKind, ScheduleKind, TorchGenerator};
 use crate::text::LongPrompt;
 use crate::weights::{LoraFile, LoraPatch};
 
@@ -83,6 +84,19 @@ fn check_size(params: &GenerationParams, multiple: usize) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// `randn([1, channels, H/8, W/8])` from the run's CPU generator, as every diffusers pipeline
+/// draws its initial latents with `torch.Generator("cpu").manual_seed(seed)`.
+fn initial_noise<B: Backend>(
+    params: &GenerationParams,
+    channels: usize,
+    rng: &mut TorchGenerator,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let shape = [1, channels, params.height / 8, params.width / 8];
+    let noise = rng.randn(shape.iter().product());
+    Tensor::from_data(TensorData::new(noise, shape), device)
 }
 
 /// Hands the caller a step's progress; `Error::Cancelled` when it asks to stop.

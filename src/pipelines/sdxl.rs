@@ -14,7 +14,9 @@ use super::components::{
     folder_config, folder_scheduler, folder_store, manifest_scheduler, merged, open_checkpoint,
     read_json, with_text_model_prefix,
 };
-use super::{Flow, GenerationParams, MergedLoras, StepProgress, check_size, report_step};
+use super::{
+    Flow, GenerationParams, MergedLoras, StepProgress, check_size, initial_noise, report_step,
+};
 use crate::Error;
 use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
 use crate::models::unet_sdxl::{UNet, UNetConfig};
@@ -360,14 +362,7 @@ impl<B: Backend> SdxlPipeline<B> {
         let schedule = self
             .scheduler
             .schedule(params.sampler, params.scheduler, params.steps)?;
-        let shape = [
-            1,
-            self.latent_channels,
-            params.height / VAE_SCALE,
-            params.width / VAE_SCALE,
-        ];
-        let noise = rng.randn(shape.iter().product());
-        let latents = Tensor::<B, 4>::from_data(TensorData::new(noise, shape), &self.device)
+        let latents = initial_noise(params, self.latent_channels, rng, &self.device)
             * schedule.init_noise_sigma;
         Ok((latents, schedule))
     }

@@ -16,7 +16,7 @@ use super::components::{
 };
 use super::flux::{FLUX_VAE_SCALING, FLUX_VAE_SHIFT, TOKEN_PIXELS, standalone_vae};
 use super::sdxl::to_rgb;
-use super::{Flow, GenerationParams, StepProgress, check_size, report_step};
+use super::{Flow, GenerationParams, StepProgress, check_size, initial_noise, report_step};
 use crate::Error;
 use crate::models::qwen3::{Qwen3Config, Qwen3Encoder};
 use crate::models::vae::{Decoder, VaeConfig};
@@ -200,9 +200,8 @@ impl<B: Backend> ZImagePipeline<B> {
 
     /// `randn([1, 16, H/8, W/8])` from the run's CPU generator (σ_max = 1).
     pub fn initial_latents(&self, params: &GenerationParams) -> Tensor<B, 4> {
-        let shape = [1, self.latent_channels, params.height / 8, params.width / 8];
-        let noise = TorchGenerator::new(params.seed).randn(shape.iter().product());
-        Tensor::from_data(TensorData::new(noise, shape), &self.device)
+        let mut rng = TorchGenerator::new(params.seed);
+        initial_noise(params, self.latent_channels, &mut rng, &self.device)
     }
 
     /// σ of each step and the final 0: `torch.linspace(1, 1/N, N)` shifted by 3.
