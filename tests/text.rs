@@ -74,7 +74,7 @@ fn long_prompts_chunk_or_truncate() {
     let with_comma = format!(
         "{}, {}",
         vec!["apple"; 70].join(" "),
-        vec!["pear"; 10].join(" ")
+        ["pear"; 10].join(" ")
     );
     let chunked = tokenizer.chunks(&with_comma, LongPrompt::Chunk).unwrap();
     assert_eq!(chunked[0].eos_position, 1 + 71, "70 apples and the comma");

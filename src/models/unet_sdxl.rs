@@ -108,7 +108,7 @@ impl UNetConfig {
         let adm_in = shape("add_embedding.linear_1.weight")?[1];
         let addition_time_embed_dim = match o.addition_time_embed_dim {
             Some(d) => d,
-            None if adm_in > pooled_dim && (adm_in - pooled_dim) % 6 == 0 => {
+            None if adm_in > pooled_dim && (adm_in - pooled_dim).is_multiple_of(6) => {
                 (adm_in - pooled_dim) / 6
             }
             None => {

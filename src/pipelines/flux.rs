@@ -35,6 +35,8 @@ pub(super) const FLUX_VAE_SHIFT: f32 = 0.1159;
 /// Image pixels per packed token side: 8× VAE, 2×2 patches.
 pub const TOKEN_PIXELS: usize = 16;
 
+// One denoiser per loaded pipeline: boxing the smaller variant would save nothing.
+#[allow(clippy::large_enum_variant)]
 enum Denoiser<B: Backend> {
     Flux(FluxTransformer<B>),
     Chroma(ChromaTransformer<B>),

@@ -73,8 +73,8 @@ impl FamilyOptions {
 /// Width and height must be positive multiples of `multiple` (8 where the UNet sees the
 /// 8×-downsampled latent; 16 where transformers take 2×2 latent patches).
 fn check_size(params: &GenerationParams, multiple: usize) -> Result<(), Error> {
-    if params.width % multiple != 0
-        || params.height % multiple != 0
+    if !params.width.is_multiple_of(multiple)
+        || !params.height.is_multiple_of(multiple)
         || params.width == 0
         || params.height == 0
     {
@@ -169,7 +169,9 @@ pub enum Flow {
     Cancel,
 }
 
-/// A loaded model of any family.
+/// A loaded model of any family (the runner holds one at a time, so variant sizes do not
+/// matter).
+#[allow(clippy::large_enum_variant)]
 pub enum Pipeline<B: Backend> {
     Sdxl(SdxlPipeline<B>),
     /// FLUX.1 dev / schnell and Chroma.

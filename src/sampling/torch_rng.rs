@@ -97,7 +97,7 @@ impl TorchGenerator {
         for chunk in data.chunks_exact_mut(16) {
             normal_fill_16(chunk);
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             let tail = &mut data[n - 16..];
             for v in tail.iter_mut() {
                 *v = self.uniform_f32();

@@ -154,7 +154,7 @@ impl<'a, B: Backend> Weights<'a, B> {
         channels: usize,
         eps: f64,
     ) -> Result<GroupNorm<B>, Error> {
-        if channels % groups != 0 {
+        if !channels.is_multiple_of(groups) {
             return Err(Error::weights(format!(
                 "`{}`: {channels} channels do not split into {groups} groups (set norm_num_groups)",
                 self.path(name)
