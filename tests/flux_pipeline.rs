@@ -68,3 +68,63 @@ fn chroma_matches_diffusers() {
         ],
     );
 }
+
+/// ComfyUI's all-in-one files: every part in one checkpoint, under `model.diffusion_model.`,
+/// `vae.`, `text_encoders.clip_l.transformer.` and `text_encoders.t5xxl.transformer.`.
+#[test]
+fn all_in_one_checkpoint_matches_diffusers() {
+    let dir = fixtures().join("flux");
+    let parts = [
+        ("flux1-dev-tiny.safetensors", "model.diffusion_model."),
+        ("common/ae.safetensors", "vae."),
+        (
+            "common/clip_l.safetensors",
+            "text_encoders.clip_l.transformer.",
+        ),
+        (
+            "common/t5xxl-tiny.safetensors",
+            "text_encoders.t5xxl.transformer.",
+        ),
+    ];
+    let bytes: Vec<Vec<u8>> = parts
+        .iter()
+        .map(|(file, _)| std::fs::read(dir.join(file)).unwrap())
+        .collect();
+    let mut tensors = Vec::new();
+    for ((_, prefix), bytes) in parts.iter().zip(&bytes) {
+        let file = safetensors::SafeTensors::deserialize(bytes).unwrap();
+        for (name, view) in file.tensors() {
+            tensors.push((format!("{prefix}{name}"), view));
+        }
+    }
+    let out = std::env::temp_dir().join(format!("hanga-flux-aio-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let checkpoint = out.join("flux1-dev-all-in-one.safetensors");
+    safetensors::serialize_to_file(tensors, None, &checkpoint).unwrap();
+    let manifest = std::fs::read_to_string(dir.join("flux-dev.toml"))
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            !["transformer", "vae ", "t5 ", "clip_l "]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .map(|l| l.replace("\"common/", &format!("\"{}/common/", dir.display())))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(
+            "[files]",
+            &format!("[files]\ncheckpoint = \"{}\"", checkpoint.display()),
+        );
+    std::fs::write(out.join("aio.toml"), manifest).unwrap();
+    let manifest = Manifest::from_file(&out.join("aio.toml")).unwrap();
+    let pipeline = FluxPipeline::<B>::load(&manifest, &Default::default());
+    std::fs::remove_dir_all(&out).unwrap();
+    let pipeline = pipeline.unwrap();
+    let case_dir = dir.join("flux-dev/cases/flux-dev_64x64");
+    let case = PipelineCase::load(&case_dir, SamplerKind::Euler, ScheduleKind::Normal);
+    let (worst, pixels) = case.check_run("all-in-one", |on_step| {
+        pipeline.generate(&case.params, on_step).unwrap()
+    });
+    println!("all-in-one: worst step {worst:e}, image {pixels}/255");
+}
