@@ -70,6 +70,43 @@ impl FamilyOptions {
     }
 }
 
+impl FamilyOptions {
+    /// Why `family` cannot sample with `sampler`, if it cannot.
+    pub fn refuse_sampler(&self, family: Family, sampler: SamplerKind) -> Option<String> {
+        refusal("sampler", family, sampler, self.samplers, SamplerKind::name)
+    }
+
+    /// Why `family` cannot sample on `scheduler`, if it cannot.
+    pub fn refuse_scheduler(&self, family: Family, scheduler: ScheduleKind) -> Option<String> {
+        refusal(
+            "scheduler",
+            family,
+            scheduler,
+            self.schedulers,
+            ScheduleKind::name,
+        )
+    }
+}
+
+fn refusal<T: Copy + PartialEq>(
+    what: &str,
+    family: Family,
+    value: T,
+    allowed: &[T],
+    name: fn(T) -> &'static str,
+) -> Option<String> {
+    if allowed.contains(&value) {
+        return None;
+    }
+    let names: Vec<&str> = allowed.iter().map(|v| name(*v)).collect();
+    Some(format!(
+        "{what} `{}` is not available for {} models; expected one of: {}",
+        name(value),
+        family.name(),
+        names.join(", ")
+    ))
+}
+
 /// Width and height must be positive multiples of `multiple` (8 where the UNet sees the
 /// 8×-downsampled latent; 16 where transformers take 2×2 latent patches).
 fn check_size(params: &GenerationParams, multiple: usize) -> Result<(), Error> {

@@ -82,15 +82,11 @@ impl GenerationRequest {
         let options = FamilyOptions::of(manifest.family);
         let sampler = sampler.parse::<SamplerKind>().map_err(Error::request)?;
         let scheduler = scheduler.parse::<ScheduleKind>().map_err(Error::request)?;
-        if !options.samplers.contains(&sampler) || !options.schedulers.contains(&scheduler) {
-            return Err(Error::request(format!(
-                "{} models sample with {} on the {} schedule, not `{}` / `{}`",
-                manifest.family.name(),
-                names(options.samplers.iter().map(|s| s.name())),
-                names(options.schedulers.iter().map(|s| s.name())),
-                sampler.name(),
-                scheduler.name()
-            )));
+        if let Some(why) = options
+            .refuse_sampler(manifest.family, sampler)
+            .or_else(|| options.refuse_scheduler(manifest.family, scheduler))
+        {
+            return Err(Error::request(why));
         }
         Ok(GenerationParams {
             prompt: self.prompt.clone(),
@@ -108,9 +104,4 @@ impl GenerationRequest {
             long_prompt: self.long_prompt.unwrap_or_default(),
         })
     }
-}
-
-/// `a`, `b` or `c` → "`a`, `b`, `c`".
-fn names<'a>(all: impl Iterator<Item = &'a str>) -> String {
-    all.map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
 }

@@ -400,38 +400,13 @@ fn check_family_fields(
         );
         f.error("loras", "extra_forbidden", msg, input);
     }
-    let names = |all: &[&str]| all.join(", ");
-    if let Some(s) = sampler.filter(|s| !options.samplers.contains(s)) {
+    if let Some(why) = sampler.and_then(|s| options.refuse_sampler(family, s)) {
         let input = f.value("sampler");
-        let msg = format!(
-            "sampler `{}` is not available for {} models; expected one of: {}",
-            s.name(),
-            family.name(),
-            names(
-                &options
-                    .samplers
-                    .iter()
-                    .map(|s| s.name())
-                    .collect::<Vec<_>>()
-            )
-        );
-        f.error("sampler", "enum", msg, input);
+        f.error("sampler", "enum", why, input);
     }
-    if let Some(s) = scheduler.filter(|s| !options.schedulers.contains(s)) {
+    if let Some(why) = scheduler.and_then(|s| options.refuse_scheduler(family, s)) {
         let input = f.value("scheduler");
-        let msg = format!(
-            "scheduler `{}` is not available for {} models; expected one of: {}",
-            s.name(),
-            family.name(),
-            names(
-                &options
-                    .schedulers
-                    .iter()
-                    .map(|s| s.name())
-                    .collect::<Vec<_>>()
-            )
-        );
-        f.error("scheduler", "enum", msg, input);
+        f.error("scheduler", "enum", why, input);
     }
 }
 
