@@ -9,7 +9,9 @@ use burn::tensor::TensorData;
 use common::{B, assert_close, fixtures, load, values};
 use hanga::models::chroma::ChromaTransformer;
 use hanga::models::clip::{Activation, ClipConfig, ClipTextModel};
-use hanga::models::flux::{AttentionMask, FluxConditioning, FluxConfig, FluxTransformer};
+use hanga::models::flux::{
+    AttentionMask, FluxConditioning, FluxConfig, FluxTransformer, ROPE_THETA, Rope,
+};
 use hanga::models::qwen3::{Qwen3Config, Qwen3Encoder};
 use hanga::models::t5::{T5Config, T5Encoder};
 use hanga::models::unet_sdxl::{UNet, UNetConfig};
@@ -303,7 +305,12 @@ fn check_flux(dir: &str) {
     let out = model.forward(
         io["in.hidden_states"].tensor(),
         io["in.encoder_hidden_states"].tensor(),
-        &ids(&io),
+        &Rope::new(
+            &ids(&io),
+            &cfg.axes_dims_rope,
+            ROPE_THETA,
+            &Default::default(),
+        ),
         &cond,
     );
     let err = assert_close(dir, &values(out), &io["out.sample"].f32(), TOL);
@@ -339,6 +346,12 @@ fn chroma_transformer_matches_diffusers_for_each_mask() {
             &Default::default(),
         )
     };
+    let rope = Rope::new(
+        &ids(&io),
+        &cfg.axes_dims_rope,
+        ROPE_THETA,
+        &Default::default(),
+    );
     for (mask, expected) in [
         (AttentionMask::None, "out.sample_no_mask"),
         (
@@ -353,7 +366,7 @@ fn chroma_transformer_matches_diffusers_for_each_mask() {
         let out = model.forward(
             io["in.hidden_states"].tensor(),
             io["in.encoder_hidden_states"].tensor(),
-            &ids(&io),
+            &rope,
             &io["in.timestep"].f32(),
             &mask,
         );

@@ -35,8 +35,6 @@ pub struct ChromaTransformer<B: Backend> {
     double_blocks: Vec<DoubleBlock<B>>,
     single_blocks: Vec<SingleBlock<B>>,
     proj_out: Linear<B>,
-    #[module(skip)]
-    axes_dims_rope: Vec<usize>,
     /// Width of the approximator input: timestep, guidance and index embeddings (¼, ¼, ½).
     #[module(skip)]
     approximator_channels: usize,
@@ -79,7 +77,6 @@ impl<B: Backend> ChromaTransformer<B> {
                 .map(|i| SingleBlock::load(&w.pp("single_transformer_blocks").pp(i), cfg))
                 .collect::<Result<Vec<_>, Error>>()?,
             proj_out: w.linear("proj_out", d, cfg.in_channels, true)?,
-            axes_dims_rope: cfg.axes_dims_rope.clone(),
             approximator_channels,
         })
     }
@@ -111,13 +108,13 @@ impl<B: Backend> ChromaTransformer<B> {
         a.out_proj.forward(x)
     }
 
-    /// img: packed latents [B, N, C]; txt: T5 states [B, T, Dt]; `ids`: position ids of the T + N
-    /// tokens; `timesteps`: σ per row; `mask`: over [text ‖ image] → velocity [B, N, C].
+    /// img: packed latents [B, N, C]; txt: T5 states [B, T, Dt]; `rope`: of the position ids of
+    /// the T + N tokens; `timesteps`: σ per row; `mask`: over [text ‖ image] → velocity [B, N, C].
     pub fn forward(
         &self,
         img: Tensor<B, 3>,
         txt: Tensor<B, 3>,
-        ids: &[[f32; 3]],
+        rope: &Rope<B>,
         timesteps: &[f32],
         mask: &AttentionMask<B>,
     ) -> Tensor<B, 3> {
@@ -125,7 +122,6 @@ impl<B: Backend> ChromaTransformer<B> {
         let mods = self.modulations(timesteps, &device);
         let [b, _, d] = mods.dims();
         let rows = |start: usize, n: usize| mods.clone().slice([0..b, start..start + n]);
-        let rope = Rope::new(ids, &self.axes_dims_rope, 10000.0, &device);
         let (singles, doubles) = (self.single_blocks.len(), self.double_blocks.len());
 
         let mut img = self.x_embedder.forward(img);
@@ -134,13 +130,13 @@ impl<B: Backend> ChromaTransformer<B> {
         for (i, block) in self.double_blocks.iter().enumerate() {
             let img_mod = Modulation::chunks(rows(3 * singles + 6 * i, 6), 2);
             let txt_mod = Modulation::chunks(rows(3 * singles + 6 * doubles + 6 * i, 6), 2);
-            (img, txt) = block.forward(img, txt, &img_mod, &txt_mod, &rope, mask);
+            (img, txt) = block.forward(img, txt, &img_mod, &txt_mod, rope, mask);
         }
         let text_len = txt.dims()[1];
         let mut x = Tensor::cat(vec![txt, img], 1);
         for (i, block) in self.single_blocks.iter().enumerate() {
             let modulation = &Modulation::chunks(rows(3 * i, 3), 1)[0];
-            x = block.forward(x, modulation, &rope, mask);
+            x = block.forward(x, modulation, rope, mask);
         }
         let l = x.dims()[1];
         let img = x.slice([0..b, text_len..l, 0..d]);

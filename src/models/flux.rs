@@ -21,6 +21,8 @@ use crate::weights::{TensorStore, Weights};
 
 /// LayerNorm eps of every Flux norm (BFL `eps=1e-6`).
 const EPS: f64 = 1e-6;
+/// θ of Flux's and Chroma's RoPE (BFL `theta=10_000`).
+pub const ROPE_THETA: f64 = 10000.0;
 
 /// Hyper-parameters, named as in diffusers' `FluxTransformer2DModel` config. Everything but the
 /// RoPE axes is read from the weights.
@@ -154,18 +156,25 @@ impl<B: Backend> Rope<B> {
         trig: impl Fn(f64) -> (f32, f32),
     ) -> Self {
         let head_dim: usize = axes_dims.iter().sum();
+        // θ^(-2i/d) for each (axis, channel pair), the same for every token.
+        let freqs: Vec<(usize, f64)> = axes_dims
+            .iter()
+            .enumerate()
+            .flat_map(|(axis, &dim)| {
+                (0..dim)
+                    .step_by(2)
+                    .map(move |i| (axis, 1.0 / theta.powf(i as f64 / dim as f64)))
+            })
+            .collect();
         let (mut cos, mut sin) = (
             Vec::with_capacity(ids.len() * head_dim),
             Vec::with_capacity(ids.len() * head_dim),
         );
         for id in ids {
-            for (axis, &dim) in axes_dims.iter().enumerate() {
-                for i in (0..dim).step_by(2) {
-                    let freq = 1.0 / theta.powf(i as f64 / dim as f64);
-                    let (c, s) = trig(id[axis] as f64 * freq);
-                    cos.extend([c, c]);
-                    sin.extend([s, s]);
-                }
+            for &(axis, freq) in &freqs {
+                let (c, s) = trig(id[axis] as f64 * freq);
+                cos.extend([c, c]);
+                sin.extend([s, s]);
             }
         }
         let shape = [1, 1, ids.len(), head_dim];
@@ -447,8 +456,6 @@ pub struct FluxTransformer<B: Backend> {
     single_blocks: Vec<SingleBlock<B>>,
     norm_out: Linear<B>,
     proj_out: Linear<B>,
-    #[module(skip)]
-    axes_dims_rope: Vec<usize>,
 }
 
 /// Flux's time, guidance and pooled-text inputs for one forward.
@@ -505,7 +512,6 @@ impl<B: Backend> FluxTransformer<B> {
             single_blocks,
             norm_out: w.linear("norm_out.linear", d, 2 * d, true)?,
             proj_out: w.linear("proj_out", d, cfg.in_channels, true)?,
-            axes_dims_rope: cfg.axes_dims_rope.clone(),
         })
     }
 
@@ -513,13 +519,13 @@ impl<B: Backend> FluxTransformer<B> {
         self.guidance_embedder.is_some()
     }
 
-    /// img: packed latents [B, N, C]; txt: T5 states [B, T, Dt]; `ids`: [`position_ids`] of
-    /// the T + N tokens → velocity [B, N, C].
+    /// img: packed latents [B, N, C]; txt: T5 states [B, T, Dt]; `rope`: of the
+    /// [`position_ids`] of the T + N tokens (the same at every step) → velocity [B, N, C].
     pub fn forward(
         &self,
         img: Tensor<B, 3>,
         txt: Tensor<B, 3>,
-        ids: &[[f32; 3]],
+        rope: &Rope<B>,
         cond: &FluxConditioning<B>,
     ) -> Tensor<B, 3> {
         let device = img.device();
@@ -534,20 +540,18 @@ impl<B: Backend> FluxTransformer<B> {
             temb = temb + embedder.forward(embed(guidance));
         }
         let vec: Tensor<B, 3> = silu(temb).unsqueeze_dim(1);
-        let rope = Rope::new(ids, &self.axes_dims_rope, 10000.0, &device);
-
         let mut img = self.x_embedder.forward(img);
         let mut txt = self.context_embedder.forward(txt);
         for (m, block) in self.double_modulation.iter().zip(&self.double_blocks) {
             let img_mod = Modulation::chunks(m.img.forward(vec.clone()), 2);
             let txt_mod = Modulation::chunks(m.txt.forward(vec.clone()), 2);
-            (img, txt) = block.forward(img, txt, &img_mod, &txt_mod, &rope, &AttentionMask::None);
+            (img, txt) = block.forward(img, txt, &img_mod, &txt_mod, rope, &AttentionMask::None);
         }
         let text_len = txt.dims()[1];
         let mut x = Tensor::cat(vec![txt, img], 1);
         for (m, block) in self.single_modulation.iter().zip(&self.single_blocks) {
             let modulation = &Modulation::chunks(m.forward(vec.clone()), 1)[0];
-            x = block.forward(x, modulation, &rope, &AttentionMask::None);
+            x = block.forward(x, modulation, rope, &AttentionMask::None);
         }
         let [b, l, d] = x.dims();
         let img = x.slice([0..b, text_len..l, 0..d]);

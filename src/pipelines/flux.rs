@@ -20,7 +20,7 @@ use crate::Error;
 use crate::models::chroma::ChromaTransformer;
 use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
 use crate::models::flux::{
-    AttentionMask, FluxConditioning, FluxConfig, FluxTransformer, position_ids,
+    AttentionMask, FluxConditioning, FluxConfig, FluxTransformer, ROPE_THETA, Rope, position_ids,
 };
 use crate::models::t5::{T5Config, T5Encoder};
 use crate::models::vae::{Decoder, VaeConfig};
@@ -51,6 +51,8 @@ pub struct FluxPipeline<B: Backend> {
     /// T5 sequence length: 512 for dev and Chroma, 256 for schnell.
     max_sequence_length: usize,
     denoiser: Denoiser<B>,
+    /// The transformer's RoPE axes (`axes_dims_rope`).
+    rope_axes: Vec<usize>,
     vae: Decoder<B>,
     scheduler: FlowMatchConfig,
     latent_channels: usize,
@@ -314,6 +316,7 @@ impl<B: Backend> FluxPipeline<B> {
                 512
             },
             denoiser,
+            rope_axes: transformer_cfg.axes_dims_rope.clone(),
             latent_channels: vae_cfg.latent_channels,
             vae: Decoder::load(&parts.vae, &vae_cfg, device)?,
             scheduler: manifest_scheduler(scheduler, manifest)?,
@@ -389,6 +392,7 @@ impl<B: Backend> FluxPipeline<B> {
         let tokens = (h / 2) * (w / 2);
         let text_len = txt.dims()[1];
         let ids = position_ids(text_len, h / 2, w / 2);
+        let rope = Rope::new(&ids, &self.rope_axes, ROPE_THETA, &self.device);
         let sigmas = self.sigmas(params)?;
         let mask = |attend: &[f32]| {
             let mut m = attend.to_vec();
@@ -414,13 +418,13 @@ impl<B: Backend> FluxPipeline<B> {
                         guidance: model.has_guidance().then_some(&guidance[..]),
                         pooled: pooled.clone().expect("Flux has CLIP-L"),
                     };
-                    model.forward(x.clone(), txt.clone(), &ids, &cond)
+                    model.forward(x.clone(), txt.clone(), &rope, &cond)
                 }
                 Denoiser::Chroma(model) => {
-                    let v = model.forward(x.clone(), txt.clone(), &ids, &t, &cond_mask);
+                    let v = model.forward(x.clone(), txt.clone(), &rope, &t, &cond_mask);
                     match &uncond {
                         Some((states, m)) => {
-                            let v_neg = model.forward(x.clone(), (*states).clone(), &ids, &t, m);
+                            let v_neg = model.forward(x.clone(), (*states).clone(), &rope, &t, m);
                             v_neg.clone() + (v - v_neg) * params.guidance_scale
                         }
                         None => v,
