@@ -96,3 +96,75 @@ macro_rules! with_backend {
         }
     };
 }
+
+/// The float type the networks compute and keep their weights in (`--dtype`). No f16: the
+/// SDXL VAE and T5 overflow in it unless parts are upcast (diffusers' `force_upcast`,
+/// transformers' fp16 clamp), which this build does not do; bf16 has f32's range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 2] = [Precision::F32, Precision::Bf16];
+
+    /// bf16 on a GPU, where it halves memory and runs on tensor cores; f32 on the CPU, where
+    /// it is the faithful default and half precision saves memory but not time.
+    pub fn default_for(device: DeviceKind) -> Precision {
+        match device {
+            DeviceKind::Cpu => Precision::F32,
+            DeviceKind::Cuda | DeviceKind::Wgpu => Precision::Bf16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    pub fn float_dtype(self) -> burn::tensor::FloatDType {
+        match self {
+            Precision::F32 => burn::tensor::FloatDType::F32,
+            Precision::Bf16 => burn::tensor::FloatDType::BF16,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("dtype `{s}` is not one of f32, bf16"))
+    }
+}
+
+/// Makes `precision` the float type of every tensor created on `device` from now on: weights
+/// as they load, and everything the networks build while they run. burn fixes a device's
+/// types at its first tensor, so this must come before any; asking again for the type already
+/// set is fine.
+pub fn set_precision<B: burn::prelude::Backend>(
+    device: &B::Device,
+    precision: Precision,
+) -> Result<(), crate::Error> {
+    use burn::tensor::Element;
+    let float = precision.float_dtype();
+    let int: burn::tensor::IntDType = <B::IntElem as Element>::dtype().into();
+    match burn::tensor::set_default_dtypes::<B>(device, float, int) {
+        Ok(()) => Ok(()),
+        Err(_) if burn::tensor::get_device_settings::<B>(device).float_dtype == float => Ok(()),
+        Err(e) => Err(crate::Error::config(format!(
+            "cannot compute in {precision}: {e}"
+        ))),
+    }
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
-use hanga::backend::DeviceKind;
+use hanga::backend::{DeviceKind, Precision};
 use hanga::output::png::{a1111_parameters, encode_png};
 use hanga::pipelines::{Flow, GenerationRequest, Pipeline};
 use hanga::registry::Registry;
@@ -56,6 +56,10 @@ struct ServeArgs {
     /// cpu, or a GPU backend this binary was built with (cuda, wgpu).
     #[arg(long, env = "HANGA_DEVICE")]
     device: Option<DeviceKind>,
+    /// f32 | bf16: the float type of weights and computation (default: bf16 on a GPU, f32 on
+    /// the CPU).
+    #[arg(long = "dtype", env = "HANGA_DTYPE")]
+    precision: Option<Precision>,
     /// The model used when a request names none (default: the first manifest by id).
     #[arg(long, env = "HANGA_DEFAULT_MODEL")]
     default_model: Option<String>,
@@ -108,6 +112,10 @@ struct GenerateArgs {
     /// cpu, or a GPU backend this binary was built with (cuda, wgpu).
     #[arg(long, env = "HANGA_DEVICE")]
     device: Option<DeviceKind>,
+    /// f32 | bf16: the float type of weights and computation (default: bf16 on a GPU, f32 on
+    /// the CPU).
+    #[arg(long = "dtype", env = "HANGA_DTYPE")]
+    precision: Option<Precision>,
     /// Output PNG.
     #[arg(short, long, default_value = "out.png")]
     output: PathBuf,
@@ -162,6 +170,7 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
         }
     };
     init_logs(json);
+    let device = args.device.unwrap_or_else(DeviceKind::preferred);
     let options = ServeOptions {
         host: args.host,
         port: args.port,
@@ -169,7 +178,10 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
         data_dir: args.data_dir,
         thumbnails_dir: args.thumbnails_dir,
         registry: Registry::scan(&manifest_dirs(&args.manifests))?,
-        device: args.device.unwrap_or_else(DeviceKind::preferred),
+        device,
+        precision: args
+            .precision
+            .unwrap_or_else(|| Precision::default_for(device)),
         default_model: args.default_model,
         queue_capacity: args.queue_capacity,
         preview_interval: Duration::from_millis(args.preview_interval_ms),
@@ -196,9 +208,13 @@ fn generate(args: GenerateArgs) -> Result<(), Error> {
     };
     let params = request.resolve(manifest)?;
     let device_kind = args.device.unwrap_or_else(DeviceKind::preferred);
-    eprintln!("loading {} on {device_kind}…", manifest.id);
+    let precision = args
+        .precision
+        .unwrap_or_else(|| Precision::default_for(device_kind));
+    eprintln!("loading {} on {device_kind} in {precision}…", manifest.id);
     let started = Instant::now();
     let image = with_backend!(device_kind, |B, device| {
+        hanga::backend::set_precision::<B>(&device, precision)?;
         let pipeline = Pipeline::<B>::load(manifest, &device)?;
         eprintln!("loaded in {:.1}s", started.elapsed().as_secs_f32());
         let sampling = Instant::now();

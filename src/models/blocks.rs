@@ -5,10 +5,10 @@ use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear};
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, interpolate};
 use burn::tensor::ops::{AttentionModuleOptions, InterpolateMode, InterpolateOptions};
+use burn::tensor::{DType, FloatDType, TensorData};
 
 use crate::Error;
 use crate::weights::Weights;
@@ -89,21 +89,37 @@ impl<B: Backend> RmsNorm<B> {
         })
     }
 
-    /// x: [..., D] → same shape.
+    /// x: [..., D] → same shape. In half precision the statistics are taken in f32 and the
+    /// result cast back before the weight, as diffusers `RMSNorm` and transformers
+    /// `T5LayerNorm` do.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32);
         let variance = x.clone().powi_scalar(2).mean_dim(D - 1);
-        let x = x * (variance + self.eps).sqrt().recip();
+        let x = (x * (variance + self.eps).sqrt().recip()).cast(dtype);
         x * self.weight.val().unsqueeze()
     }
 }
 
+/// The most negative finite value of a float type (`torch.finfo(dtype).min`), for additive
+/// masks.
+pub fn finite_min(dtype: DType) -> f32 {
+    match dtype {
+        DType::BF16 => half::bf16::MIN.to_f32(),
+        DType::F16 => half::f16::MIN.to_f32(),
+        _ => f32::MIN,
+    }
+}
+
 /// LayerNorm over the last dimension without affine parameters (`elementwise_affine=False`),
-/// biased variance as PyTorch.
+/// biased variance as PyTorch, which also computes it in f32 for half-precision inputs.
 pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
+    let dtype = x.dtype();
+    let x = x.cast(FloatDType::F32);
     let mean = x.clone().mean_dim(D - 1);
     let centered = x - mean;
     let variance = centered.clone().powi_scalar(2).mean_dim(D - 1);
-    centered * (variance + eps).sqrt().recip()
+    (centered * (variance + eps).sqrt().recip()).cast(dtype)
 }
 
 /// Nearest-neighbour ×2 then conv3×3 (diffusers `Upsample2D`).

@@ -15,7 +15,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use serde::Deserialize;
 
-use super::blocks::RmsNorm;
+use super::blocks::{RmsNorm, finite_min};
 use crate::Error;
 use crate::weights::{TensorStore, Weights};
 
@@ -143,10 +143,12 @@ impl<B: Backend> T5Encoder<B> {
         let device = input_ids.device();
         let heads = self.config.num_heads;
         // [1, H, L, L] position bias, plus finfo.min on masked keys (transformers adds
-        // `(1 - mask) · finfo(f32).min` to the bias).
+        // `(1 - mask) · finfo(dtype).min` to the bias; f32's min is -inf in bf16, and
+        // 0 · -inf would make every kept key NaN).
         let mut bias = self.position_bias(len, &device);
         if let Some(mask) = attention_mask {
-            let masked: Tensor<B, 4> = ((mask.neg() + 1.0) * f32::MIN).unsqueeze_dims(&[1, 2]);
+            let min = finite_min(mask.dtype());
+            let masked: Tensor<B, 4> = ((mask.neg() + 1.0) * min).unsqueeze_dims(&[1, 2]);
             bias = bias + masked;
         }
         let bias = bias.expand([batch, heads, len, len]);

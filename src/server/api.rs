@@ -506,6 +506,7 @@ impl Api {
         Json(Info {
             version: env!("CARGO_PKG_VERSION").into(),
             device: state.device.clone(),
+            dtype: state.precision.to_string(),
             default_model: state.default_model.clone(),
             models,
             loras: lora_infos(&state.shared.loras.read().expect("loras lock")),

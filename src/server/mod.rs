@@ -17,7 +17,7 @@ use poem::middleware::Cors;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
 use poem_openapi::OpenApiService;
 
-use crate::backend::DeviceKind;
+use crate::backend::{DeviceKind, Precision};
 use crate::queue::{Events, Queue};
 use crate::registry::{LoraLibrary, Registry};
 use crate::runner::{self, RunnerConfig, Shared};
@@ -33,6 +33,7 @@ pub struct ServeOptions {
     /// LoRA files (`*.safetensors`), scanned at start.
     pub loras_dir: PathBuf,
     pub device: DeviceKind,
+    pub precision: Precision,
     pub default_model: Option<String>,
     pub queue_capacity: usize,
     pub preview_interval: Duration,
@@ -44,6 +45,7 @@ pub struct AppState {
     shared: Arc<Shared>,
     default_model: Option<String>,
     device: String,
+    precision: Precision,
     keep_alive: Duration,
     runner: std::thread::JoinHandle<()>,
 }
@@ -85,15 +87,15 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
     let config = RunnerConfig {
         preview_interval: options.preview_interval,
     };
-    let runner = with_backend!(options.device, |B, device| runner::spawn::<B>(
-        shared.clone(),
-        device,
-        config
-    ));
+    let runner = with_backend!(options.device, |B, device| {
+        crate::backend::set_precision::<B>(&device, options.precision)?;
+        runner::spawn::<B>(shared.clone(), device, config)
+    });
     let state = Arc::new(AppState {
         shared,
         default_model,
         device: options.device.to_string(),
+        precision: options.precision,
         keep_alive: api::KEEP_ALIVE,
         runner,
     });

@@ -251,6 +251,8 @@ pub struct LoraInfo {
 pub struct Info {
     pub version: String,
     pub device: String,
+    /// The float type weights are kept in and the networks compute in (`--dtype`).
+    pub dtype: String,
     pub default_model: Option<String>,
     pub models: Vec<ModelInfo>,
     pub loras: Vec<LoraInfo>,
