@@ -215,7 +215,7 @@ fn generate(args: GenerateArgs) -> Result<(), Error> {
     let started = Instant::now();
     let image = with_backend!(device_kind, |B, device| {
         hanga::backend::set_precision::<B>(&device, precision)?;
-        let pipeline = Pipeline::<B>::load(manifest, &device)?;
+        let mut pipeline = Pipeline::<B>::load(manifest, &device)?;
         eprintln!("loaded in {:.1}s", started.elapsed().as_secs_f32());
         let sampling = Instant::now();
         pipeline.generate(&params, &mut |p| {

@@ -6,14 +6,15 @@
 mod common;
 
 use common::{B, PipelineCase, assert_close, fixtures, max_abs_diff, values};
-use hanga::pipelines::FluxPipeline;
+use hanga::pipelines::{Flow, FluxPipeline, GenerationParams};
 use hanga::registry::Manifest;
 use hanga::sampling::{SamplerKind, ScheduleKind};
+use image::RgbImage;
 
 fn run_family(family: &str, cases: &[&str]) {
     for manifest in [format!("{family}.toml"), format!("{family}-diffusers.toml")] {
         let manifest = Manifest::from_file(&fixtures().join("flux").join(&manifest)).unwrap();
-        let pipeline = FluxPipeline::<B>::load(&manifest, &Default::default()).unwrap();
+        let mut pipeline = FluxPipeline::<B>::load(&manifest, &Default::default()).unwrap();
         for id in cases {
             let label = format!("{}/{id}", manifest.id);
             let dir = fixtures().join("flux").join(family).join("cases").join(id);
@@ -120,11 +121,106 @@ fn all_in_one_checkpoint_matches_diffusers() {
     let manifest = Manifest::from_file(&out.join("aio.toml")).unwrap();
     let pipeline = FluxPipeline::<B>::load(&manifest, &Default::default());
     std::fs::remove_dir_all(&out).unwrap();
-    let pipeline = pipeline.unwrap();
+    let mut pipeline = pipeline.unwrap();
     let case_dir = dir.join("flux-dev/cases/flux-dev_64x64");
     let case = PipelineCase::load(&case_dir, SamplerKind::Euler, ScheduleKind::Normal);
     let (worst, pixels) = case.check_run("all-in-one", |on_step| {
         pipeline.generate(&case.params, on_step).unwrap()
     });
     println!("all-in-one: worst step {worst:e}, image {pixels}/255");
+}
+
+fn load_pipeline(manifest: &str, keep_text_encoder: bool) -> FluxPipeline<B> {
+    let mut manifest = Manifest::from_file(&fixtures().join("flux").join(manifest)).unwrap();
+    manifest.keep_text_encoder = keep_text_encoder;
+    FluxPipeline::<B>::load(&manifest, &Default::default()).unwrap()
+}
+
+fn dev_case() -> PipelineCase {
+    PipelineCase::load(
+        &fixtures().join("flux/flux-dev/cases/flux-dev_64x64"),
+        SamplerKind::Euler,
+        ScheduleKind::Normal,
+    )
+}
+
+/// Each step's latents and the image.
+fn run(pipeline: &mut FluxPipeline<B>, params: &GenerationParams) -> (Vec<Vec<f32>>, RgbImage) {
+    let mut steps = Vec::new();
+    let image = pipeline
+        .generate(params, &mut |progress| {
+            steps.push(values(progress.latents.clone()));
+            Flow::Continue
+        })
+        .unwrap();
+    (steps, image)
+}
+
+fn held(pipeline: &FluxPipeline<B>, network: &str) -> u64 {
+    let parts = pipeline.weight_bytes();
+    parts.iter().find(|(name, _)| *name == network).unwrap().1
+}
+
+/// fp8 files as users download them — a ComfyUI "scaled fp8" transformer and a plain e4m3fn
+/// T5, made from the tiny checkpoints by fp8/make_fp8.py — keep their linear weights in fp8 on
+/// the device (one byte each) and run exactly as the same weights widened to f32 by torch.
+#[test]
+fn fp8_files_stay_fp8_and_run_as_their_widened_weights() {
+    let case = dev_case();
+    let mut fp8 = load_pipeline("flux-dev-fp8.toml", true);
+    let mut widened = load_pipeline("flux-dev-fp8-widened.toml", true);
+    let (fp8_steps, fp8_image) = run(&mut fp8, &case.params);
+    let (widened_steps, widened_image) = run(&mut widened, &case.params);
+    let worst = fp8_steps
+        .iter()
+        .zip(&widened_steps)
+        .map(|(a, b)| max_abs_diff(a, b))
+        .fold(0.0, f32::max);
+    assert!(
+        worst <= 1e-6,
+        "fp8 vs widened: step latents differ by {worst:e}"
+    );
+    assert_eq!(common::max_pixel_diff(&fp8_image, &widened_image), 0);
+
+    // The widened files hold every value in f32; the fp8 ones their linear weights in one
+    // byte (T5's embedding table is widened on load: half of the tiny T5, 3% of T5-XXL).
+    for (network, at_most) in [("transformer", 0.3), ("t5", 0.6)] {
+        let (kept, wide) = (held(&fp8, network), held(&widened, network));
+        println!("{network}: fp8 {kept} bytes, widened {wide} bytes");
+        assert!(
+            kept as f64 <= at_most * wide as f64,
+            "{network}: {kept} bytes held for fp8, {wide} widened"
+        );
+    }
+    println!("fp8 vs widened: worst step {worst:e}");
+}
+
+/// T5 loads when a prompt needs encoding and is released before the first step (a run
+/// cancelled at its first step finds it gone); encodings are kept per prompt, so another
+/// image of the same prompt does not load it again and gives the reference image, and a new
+/// prompt does. `keep_text_encoder = true` keeps it loaded.
+#[test]
+fn t5_is_released_before_sampling_and_loaded_again_only_for_new_prompts() {
+    let case = dev_case();
+    let mut pipeline = load_pipeline("flux-dev.toml", false);
+    assert_eq!((pipeline.t5_loads(), held(&pipeline, "t5")), (0, 0));
+    let cancelled = pipeline.generate(&case.params, &mut |_| Flow::Cancel);
+    assert!(matches!(cancelled, Err(hanga::Error::Cancelled)));
+    assert_eq!((pipeline.t5_loads(), held(&pipeline, "t5")), (1, 0));
+
+    let (_, image) = run(&mut pipeline, &case.params);
+    assert!(common::max_pixel_diff(&image, &case.png) <= 2);
+    assert_eq!((pipeline.t5_loads(), held(&pipeline, "t5")), (1, 0));
+    let other_prompt = GenerationParams {
+        prompt: "a lighthouse at dusk".into(),
+        ..case.params.clone()
+    };
+    run(&mut pipeline, &other_prompt);
+    assert_eq!(pipeline.t5_loads(), 2);
+
+    let mut kept = load_pipeline("flux-dev.toml", true);
+    run(&mut kept, &case.params);
+    run(&mut kept, &other_prompt);
+    assert_eq!(kept.t5_loads(), 1);
+    assert!(held(&kept, "t5") > 0);
 }

@@ -30,7 +30,7 @@ fn run_in_bf16(manifest: &Path, case: &Path, sampler: SamplerKind) {
     let device = Default::default();
     set_precision::<B>(&device, Precision::Bf16).unwrap();
     let manifest = Manifest::from_file(manifest).unwrap();
-    let pipeline = Pipeline::<B>::load(&manifest, &device).unwrap();
+    let mut pipeline = Pipeline::<B>::load(&manifest, &device).unwrap();
     let case = PipelineCase::load(case, sampler, ScheduleKind::Normal);
     let mut dtypes = Vec::new();
     let image = pipeline

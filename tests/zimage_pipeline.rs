@@ -20,7 +20,7 @@ const CASES: [&str; 3] = [
 fn z_image_turbo_matches_diffusers() {
     for manifest in ["z-image-turbo.toml", "z-image-turbo-diffusers.toml"] {
         let manifest = Manifest::from_file(&fixtures().join("zimage").join(manifest)).unwrap();
-        let pipeline = ZImagePipeline::<B>::load(&manifest, &Default::default()).unwrap();
+        let mut pipeline = ZImagePipeline::<B>::load(&manifest, &Default::default()).unwrap();
         for id in CASES {
             let label = format!("{}/{id}", manifest.id);
             let dir = fixtures().join("zimage/cases").join(id);

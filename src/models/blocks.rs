@@ -1,9 +1,10 @@
 //! Building blocks that several networks share, as diffusers defines them
 //! (`models/resnet.py`, `models/attention_processor.py`, `models/embeddings.py`).
 
+use super::linear::Linear;
 use burn::module::{Module, Param};
+use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, interpolate};

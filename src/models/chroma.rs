@@ -7,8 +7,8 @@
 //! `src/models/chroma/model.py`. Weights use diffusers names; Chroma's own files are renamed on
 //! load (`weights::flux_store`).
 
+use super::linear::Linear;
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::prelude::*;
 
 use super::blocks::{RmsNorm, layer_norm, timestep_embedding};

@@ -5,8 +5,9 @@
 //! (`weights::open_clip_store`); the towers are otherwise the same network, differing in width,
 //! depth, activation (quick_gelu for L, gelu for bigG) and the projection.
 
+use super::linear::Linear;
 use burn::module::Module;
-use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::nn::{Embedding, LayerNorm};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, sigmoid};
 use serde::Deserialize;

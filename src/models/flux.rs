@@ -6,8 +6,8 @@
 //! names; BFL files are renamed on load (`weights::flux_store`). Shapes: B batch, T text tokens,
 //! N image tokens (packed 2×2 latent patches), D = heads · head_dim.
 
+use super::linear::Linear;
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{gelu_approximate, silu};

@@ -5,8 +5,9 @@
 //! attention with per-head q/k RMS norms before a half-split ("rotate_half") RoPE, causal mask
 //! plus padding mask, SwiGLU MLP. candle `z_image/text_encoder.rs` is the same network.
 
+use super::linear::Linear;
 use burn::module::Module;
-use burn::nn::{Embedding, Linear};
+use burn::nn::Embedding;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::silu;

@@ -6,8 +6,9 @@
 //! (`wo(gelu_tanh(wi_0 x) ⊙ wi_1 x)`). Runs in f32, so the reference's fp16 overflow clamp
 //! (`clamp_value = finfo(fp16).max - 1000`) never triggers here.
 
+use super::linear::Linear;
 use burn::module::Module;
-use burn::nn::{Embedding, Linear};
+use burn::nn::Embedding;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::gelu_approximate;

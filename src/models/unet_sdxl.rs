@@ -5,9 +5,10 @@
 //! `transformers/transformer_2d.py`, `attention.py` (`BasicTransformerBlock`, GEGLU).
 //! Single-file checkpoints are renamed to these names on load (`weights::unet_store`).
 
+use super::linear::Linear;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, LayerNorm, Linear};
+use burn::nn::{GroupNorm, LayerNorm};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, silu};
 use serde::Deserialize;

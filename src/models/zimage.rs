@@ -8,8 +8,8 @@
 //! pad token; 2×2 patches are channel-last (`(ph, pw, c)`), unlike Flux. Weights use diffusers
 //! names; the original layout is renamed on load (`weights::zimage_store`).
 
+use super::linear::Linear;
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::{silu, tanh};
 use burn::tensor::module::attention;

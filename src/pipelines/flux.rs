@@ -15,6 +15,7 @@ use super::components::{
     read_json, with_text_model_prefix,
 };
 use super::sdxl::to_rgb;
+use super::text_encoder::OnDemand;
 use super::{Flow, GenerationParams, StepProgress, check_size, initial_noise, report_step};
 use crate::Error;
 use crate::models::chroma::ChromaTransformer;
@@ -24,6 +25,7 @@ use crate::models::flux::{
 };
 use crate::models::t5::{T5Config, T5Encoder};
 use crate::models::vae::{Decoder, VaeConfig};
+use crate::models::weight_bytes;
 use crate::registry::{Family, Manifest};
 use crate::sampling::{FlowMatchConfig, Linspace, TorchGenerator, euler_step};
 use crate::text::{ClipTokenizer, T5Tokenizer};
@@ -47,7 +49,8 @@ pub struct FluxPipeline<B: Backend> {
     /// CLIP-L for the pooled vector (Flux; Chroma has none).
     clip: Option<(ClipTokenizer, ClipTextModel<B>)>,
     t5_tokenizer: T5Tokenizer,
-    t5: T5Encoder<B>,
+    /// T5 states [1, L, D] and the transformer's text mask of each prompt.
+    t5: OnDemand<B, T5Encoder<B>, (Tensor<B, 3>, Vec<f32>)>,
     /// T5 sequence length: 512 for dev and Chroma, 256 for schnell.
     max_sequence_length: usize,
     denoiser: Denoiser<B>,
@@ -304,11 +307,17 @@ impl<B: Backend> FluxPipeline<B> {
             Family::FluxSchnell => FlowMatchConfig::schnell(),
             _ => FlowMatchConfig::default(),
         });
+        let (t5_store, t5_device) = (parts.t5, device.clone());
+        let t5 = OnDemand::new(
+            move || T5Encoder::load(&t5_store, &t5_cfg, &t5_device),
+            manifest.keep_text_encoder,
+            device,
+        );
         Ok(Self {
             family,
             clip,
             t5_tokenizer,
-            t5: T5Encoder::load(&parts.t5, &t5_cfg, device)?,
+            t5,
             // diffusers: schnell "cannot be more than 256"; dev and Chroma use 512.
             max_sequence_length: if family == Family::FluxSchnell {
                 256
@@ -326,23 +335,50 @@ impl<B: Backend> FluxPipeline<B> {
 
     /// T5 states [1, L, D] and, for Chroma, the token mask: real tokens plus the first padding
     /// token (`ChromaPipeline._get_t5_prompt_embeds`).
-    fn encode_t5(&self, prompt: &str) -> Result<(Tensor<B, 3>, Vec<f32>), Error> {
+    fn encode_t5(&mut self, prompt: &str) -> Result<(Tensor<B, 3>, Vec<f32>), Error> {
         let tokens = self.t5_tokenizer.encode(prompt, self.max_sequence_length)?;
-        let len = tokens.ids.len();
-        let ids: Vec<i64> = tokens.ids.iter().map(|&i| i as i64).collect();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &self.device);
-        if self.family != Family::Chroma {
-            // Flux runs T5 without a mask (diffusers `_get_t5_prompt_embeds`).
-            return Ok((self.t5.forward(ids, None), vec![1.0; len]));
+        let (family, device) = (self.family, &self.device);
+        self.t5.encode(prompt, |t5| {
+            let len = tokens.ids.len();
+            let ids: Vec<i64> = tokens.ids.iter().map(|&i| i as i64).collect();
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), device);
+            if family != Family::Chroma {
+                // Flux runs T5 without a mask (diffusers `_get_t5_prompt_embeds`).
+                return Ok((t5.forward(ids, None), vec![1.0; len]));
+            }
+            let mask: Vec<f32> = tokens.mask.iter().map(|&m| m as f32).collect();
+            let valid = tokens.mask.iter().sum::<u32>() as usize;
+            let mask_tensor = Tensor::<B, 2>::from_data(TensorData::new(mask, [1, len]), device);
+            let states = t5.forward(ids, Some(mask_tensor));
+            let attend = (0..len)
+                .map(|i| if i <= valid { 1.0 } else { 0.0 })
+                .collect();
+            Ok((states, attend))
+        })
+    }
+
+    /// Bytes of weights on the device now, per network (T5: 0 while released).
+    pub fn weight_bytes(&self) -> Vec<(&'static str, u64)> {
+        let mut parts = vec![
+            (
+                "transformer",
+                match &self.denoiser {
+                    Denoiser::Flux(model) => weight_bytes(model),
+                    Denoiser::Chroma(model) => weight_bytes(model),
+                },
+            ),
+            ("t5", self.t5.weight_bytes()),
+            ("vae", weight_bytes(&self.vae)),
+        ];
+        if let Some((_, clip)) = &self.clip {
+            parts.push(("clip_l", weight_bytes(clip)));
         }
-        let mask: Vec<f32> = tokens.mask.iter().map(|&m| m as f32).collect();
-        let valid = tokens.mask.iter().sum::<u32>() as usize;
-        let mask_tensor = Tensor::<B, 2>::from_data(TensorData::new(mask, [1, len]), &self.device);
-        let states = self.t5.forward(ids, Some(mask_tensor));
-        let attend = (0..len)
-            .map(|i| if i <= valid { 1.0 } else { 0.0 })
-            .collect();
-        Ok((states, attend))
+        parts
+    }
+
+    /// How many times T5's weights were loaded (once per prompt not seen lately, unless kept).
+    pub fn t5_loads(&self) -> usize {
+        self.t5.loads()
     }
 
     /// CLIP-L's pooled output [1, 768] (Flux), from the prompt as written, cut at 77 tokens.
@@ -372,7 +408,7 @@ impl<B: Backend> FluxPipeline<B> {
     }
 
     pub fn generate(
-        &self,
+        &mut self,
         params: &GenerationParams,
         on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
     ) -> Result<image::RgbImage, Error> {
@@ -386,6 +422,7 @@ impl<B: Backend> FluxPipeline<B> {
             }
             _ => None,
         };
+        self.t5.release();
 
         let (h, w) = (params.height / 8, params.width / 8);
         let mut x = pack(self.initial_latents(params));

@@ -4,6 +4,7 @@ mod components;
 pub mod flux;
 mod request;
 pub mod sdxl;
+mod text_encoder;
 pub mod zimage;
 
 use burn::prelude::*;
@@ -250,6 +251,15 @@ impl<B: Backend> Pipeline<B> {
         }
     }
 
+    /// Bytes of weights on the device now, per network (a released text encoder counts 0).
+    pub fn weight_bytes(&self) -> Vec<(&'static str, u64)> {
+        match self {
+            Pipeline::Sdxl(p) => p.weight_bytes(),
+            Pipeline::Flux(p) => p.weight_bytes(),
+            Pipeline::ZImage(p) => p.weight_bytes(),
+        }
+    }
+
     /// The latent → RGB projection for this model's step previews.
     pub fn latent_rgb(&self) -> &'static LatentRgb {
         match self {
@@ -262,7 +272,7 @@ impl<B: Backend> Pipeline<B> {
     /// Runs the pipeline; `on_step` may cancel between steps (the run then returns
     /// `Error::Cancelled`).
     pub fn generate(
-        &self,
+        &mut self,
         params: &GenerationParams,
         on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
     ) -> Result<image::RgbImage, Error> {

@@ -21,6 +21,7 @@ use crate::Error;
 use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
 use crate::models::unet_sdxl::{UNet, UNetConfig};
 use crate::models::vae::{Decoder, VaeConfig};
+use crate::models::weight_bytes;
 use crate::registry::Manifest;
 use crate::sampling::{Prediction, Sampler, SchedulerConfig, TorchGenerator};
 use crate::text::{ClipTokenizer, LongPrompt, TokenChunk};
@@ -179,6 +180,16 @@ fn standalone_vae(path: &Path) -> Result<TensorStore, Error> {
 }
 
 impl<B: Backend> SdxlPipeline<B> {
+    /// Bytes of weights on the device, per network.
+    pub fn weight_bytes(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("unet", weight_bytes(&self.unet)),
+            ("clip_l", weight_bytes(&self.clip_l)),
+            ("clip_g", weight_bytes(&self.clip_g)),
+            ("vae", weight_bytes(&self.vae)),
+        ]
+    }
+
     pub fn load(manifest: &Manifest, device: &B::Device) -> Result<Self, Error> {
         let parts = SdxlParts::from_manifest(manifest)?;
         let clip_l_cfg =

@@ -16,10 +16,12 @@ use super::components::{
 };
 use super::flux::{FLUX_VAE_SCALING, FLUX_VAE_SHIFT, TOKEN_PIXELS, standalone_vae};
 use super::sdxl::to_rgb;
+use super::text_encoder::OnDemand;
 use super::{Flow, GenerationParams, StepProgress, check_size, initial_noise, report_step};
 use crate::Error;
 use crate::models::qwen3::{Qwen3Config, Qwen3Encoder};
 use crate::models::vae::{Decoder, VaeConfig};
+use crate::models::weight_bytes;
 use crate::models::zimage::{ZImageConfig, ZImageTransformer};
 use crate::registry::Manifest;
 use crate::sampling::{FlowMatchConfig, Linspace, TorchGenerator, euler_step};
@@ -31,7 +33,8 @@ const MAX_SEQUENCE_LENGTH: usize = 512;
 
 pub struct ZImagePipeline<B: Backend> {
     tokenizer: Qwen3Tokenizer,
-    text_encoder: Qwen3Encoder<B>,
+    /// Caption states [L, D] of each prompt.
+    text_encoder: OnDemand<B, Qwen3Encoder<B>, Tensor<B, 2>>,
     transformer: ZImageTransformer<B>,
     vae: Decoder<B>,
     scheduler: FlowMatchConfig,
@@ -171,9 +174,15 @@ impl<B: Backend> ZImagePipeline<B> {
             FLUX_VAE_SCALING,
             FLUX_VAE_SHIFT,
         )?;
+        let (text_store, text_device) = (parts.text_encoder, device.clone());
+        let text_encoder = OnDemand::new(
+            move || Qwen3Encoder::load(&text_store, &text_cfg, &text_device),
+            manifest.keep_text_encoder,
+            device,
+        );
         Ok(Self {
             tokenizer,
-            text_encoder: Qwen3Encoder::load(&parts.text_encoder, &text_cfg, device)?,
+            text_encoder,
             transformer: ZImageTransformer::load(&parts.transformer, &transformer_cfg, device)?,
             latent_channels: vae_cfg.latent_channels,
             vae: Decoder::load(&parts.vae, &vae_cfg, device)?,
@@ -187,15 +196,27 @@ impl<B: Backend> ZImagePipeline<B> {
 
     /// The Qwen3 states of the prompt's real tokens [L, D]: causal attention makes the right
     /// padding the reference adds irrelevant to them, so none is added.
-    pub fn encode_prompt(&self, prompt: &str) -> Result<Tensor<B, 2>, Error> {
+    pub fn encode_prompt(&mut self, prompt: &str) -> Result<Tensor<B, 2>, Error> {
         let ids = self.tokenizer.encode_chat(prompt, MAX_SEQUENCE_LENGTH)?;
-        let len = ids.len();
-        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &self.device);
-        let mask = Tensor::<B, 2>::ones([1, len], &self.device);
-        let states = self.text_encoder.forward(ids, mask);
-        let d = states.dims()[2];
-        Ok(states.reshape([len, d]))
+        let device = &self.device;
+        self.text_encoder.encode(prompt, |encoder| {
+            let len = ids.len();
+            let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), device);
+            let mask = Tensor::<B, 2>::ones([1, len], device);
+            let states = encoder.forward(ids, mask);
+            let d = states.dims()[2];
+            Ok(states.reshape([len, d]))
+        })
+    }
+
+    /// Bytes of weights on the device now, per network (Qwen3: 0 while released).
+    pub fn weight_bytes(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("transformer", weight_bytes(&self.transformer)),
+            ("qwen3", self.text_encoder.weight_bytes()),
+            ("vae", weight_bytes(&self.vae)),
+        ]
     }
 
     /// `randn([1, 16, H/8, W/8])` from the run's CPU generator (σ_max = 1).
@@ -211,7 +232,7 @@ impl<B: Backend> ZImagePipeline<B> {
     }
 
     pub fn generate(
-        &self,
+        &mut self,
         params: &GenerationParams,
         on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
     ) -> Result<image::RgbImage, Error> {
@@ -223,6 +244,7 @@ impl<B: Backend> ZImagePipeline<B> {
         } else {
             None
         };
+        self.text_encoder.release();
         let mut latents = self.initial_latents(params);
         let [_, c, h, w] = latents.dims();
         let sigmas = self.sigmas(params)?;

@@ -73,6 +73,10 @@ pub struct Manifest {
     /// A directory of LoRAs to list beside the server's `--loras` directory (relative to the
     /// manifest's directory unless absolute).
     pub loras: Option<PathBuf>,
+    /// Keep the text encoder (T5, Qwen3) loaded while sampling instead of releasing it after
+    /// each encoding: faster new prompts for more device memory.
+    #[serde(default)]
+    pub keep_text_encoder: bool,
     #[serde(default)]
     pub defaults: ManifestDefaults,
     /// `[architecture.<component>]`: hyper-parameters tensor shapes cannot tell, named as in

@@ -3,12 +3,13 @@
 
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
-use burn::nn::{Embedding, GroupNorm, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
+use burn::nn::{Embedding, GroupNorm, LayerNorm, LayerNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
-use super::TensorStore;
+use super::{TensorSlot, TensorStore};
 use crate::Error;
+use crate::models::linear::{Fp8Matrix, Linear, LinearWeight};
 
 #[derive(Clone)]
 pub struct Weights<'a, B: Backend> {
@@ -71,6 +72,12 @@ impl<'a, B: Backend> Weights<'a, B> {
         name: &str,
         shape: [usize; D],
     ) -> Result<Tensor<B, D>, Error> {
+        let data = TensorData::new(self.slot(name, &shape)?.to_f32()?, shape);
+        Ok(Tensor::from_data(data, &self.device))
+    }
+
+    /// The slot of `name`, checked to hold `shape`.
+    fn slot(&self, name: &str, shape: &[usize]) -> Result<&'a TensorSlot, Error> {
         let path = self.path(name);
         let slot = self
             .store
@@ -78,7 +85,7 @@ impl<'a, B: Backend> Weights<'a, B> {
             .ok_or_else(|| Error::weights(format!("missing tensor `{path}`")))?;
         let stored = slot.shape();
         let mut trimmed = stored.clone();
-        while trimmed.len() > D && trimmed.last() == Some(&1) {
+        while trimmed.len() > shape.len() && trimmed.last() == Some(&1) {
             trimmed.pop();
         }
         if trimmed != shape {
@@ -86,19 +93,18 @@ impl<'a, B: Backend> Weights<'a, B> {
                 "tensor `{path}` has shape {stored:?}, expected {shape:?}"
             )));
         }
-        let data = TensorData::new(slot.to_f32()?, shape);
-        Ok(Tensor::from_data(data, &self.device))
+        Ok(slot)
     }
 
     /// A parameter for weight `name`, remembered by the store so LoRAs can patch it.
     fn param<const D: usize>(&self, tensor: Tensor<B, D>, name: &str) -> Param<Tensor<B, D>> {
         let param = Param::from_tensor(tensor);
-        self.store.record_param(&self.path(name), param.id);
+        self.store.record_param(&self.path(name), param.id, false);
         param
     }
 
     /// PyTorch `nn.Linear` (`weight [out, in]`); burn keeps `[in, out]`, so it is transposed
-    /// here (a strided view, no copy).
+    /// here (a strided view, no copy). An fp8 weight stays fp8 (see `models::linear`).
     pub fn linear(
         &self,
         name: &str,
@@ -107,13 +113,23 @@ impl<'a, B: Backend> Weights<'a, B> {
         bias: bool,
     ) -> Result<Linear<B>, Error> {
         let w = self.pp(name);
-        let weight = w.param(w.tensor("weight", [d_out, d_in])?.transpose(), "weight");
+        let weight = match w.slot("weight", &[d_out, d_in])?.fp8_codes() {
+            Some((codes, values)) => {
+                let matrix = Fp8Matrix::new(codes, [d_out, d_in], values, &self.device);
+                self.store
+                    .record_param(&w.path("weight"), matrix.codes_id(), true);
+                LinearWeight::Fp8(matrix)
+            }
+            None => LinearWeight::Float(
+                w.param(w.tensor("weight", [d_out, d_in])?.transpose(), "weight"),
+            ),
+        };
         let bias = if bias {
             Some(Param::from_tensor(w.tensor("bias", [d_out])?))
         } else {
             None
         };
-        Ok(Linear { weight, bias })
+        Ok(Linear::new(weight, bias))
     }
 
     /// `nn.Linear` whose sizes are read from the stored weight, returning `(layer, d_in, d_out)`.

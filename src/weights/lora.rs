@@ -478,6 +478,13 @@ impl<B: Backend> LoraPatch<B> {
                         component.name()
                     ))
                 })?;
+                if target.fp8 {
+                    return Err(Error::request(format!(
+                        "`{}` `{name}` is stored in fp8 and kept so; LoRAs patch float \
+                         weights (use a bf16 or fp16 checkpoint with LoRAs)",
+                        component.name()
+                    )));
+                }
                 let (delta, shape) = module.delta(*weight)?;
                 if delta.len() != target.shape.iter().product::<usize>()
                     || shape[0] != target.shape[0]

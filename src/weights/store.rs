@@ -6,6 +6,7 @@
 //! stand for a row range of a fused tensor (OpenCLIP's `in_proj_weight` = [q; k; v]) or for a
 //! transposed matrix (OpenCLIP's `text_projection`, stored as `x @ P`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
@@ -153,31 +154,42 @@ impl TensorSlot {
         )
     }
 
+    /// The stored bytes of the rows this slot stands for, in its order.
+    fn stored_bytes(&self) -> Cow<'_, [u8]> {
+        let bytes = self.file.bytes(&self.info);
+        let Some(blocks) = &self.rows else {
+            return Cow::Borrowed(bytes);
+        };
+        let row_bytes =
+            self.info.shape.iter().skip(1).product::<usize>() * self.info.dtype.bitsize() / 8;
+        let mut out = Vec::new();
+        for rows in blocks {
+            out.extend_from_slice(&bytes[rows.start * row_bytes..rows.end * row_bytes]);
+        }
+        Cow::Owned(out)
+    }
+
+    /// An fp8 (e4m3fn) tensor as stored: its codes, row-major, and the value each of the 256
+    /// codes stands for (times `scale_weight` in "scaled fp8" files). `None` for other dtypes
+    /// and transposed slots.
+    pub fn fp8_codes(&self) -> Option<(Vec<u8>, Vec<f32>)> {
+        if self.info.dtype != Dtype::F8_E4M3 || self.transposed {
+            return None;
+        }
+        let factor = self.scale.unwrap_or(1.0);
+        let values = (0..=255u8).map(|c| f8_e4m3_to_f32(c) * factor).collect();
+        Some((self.stored_bytes().into_owned(), values))
+    }
+
     /// The values as f32, row-major, upcast from the stored dtype.
     pub fn to_f32(&self) -> Result<Vec<f32>, Error> {
-        let bytes = self.file.bytes(&self.info);
-        let row_len: usize = self.info.shape.iter().skip(1).product();
-        let elem = self.info.dtype.bitsize() / 8;
-        let decode = |bytes: &[u8]| {
-            decode_f32(self.info.dtype, bytes).ok_or_else(|| {
-                Error::weights(format!(
-                    "{}: tensor of dtype {:?} cannot be read as floats",
-                    self.file.path().display(),
-                    self.info.dtype
-                ))
-            })
-        };
-        let mut values = match &self.rows {
-            Some(blocks) => {
-                let mut values = Vec::new();
-                for rows in blocks {
-                    let range = rows.start * row_len * elem..rows.end * row_len * elem;
-                    values.extend(decode(&bytes[range])?);
-                }
-                values
-            }
-            None => decode(bytes)?,
-        };
+        let mut values = decode_f32(self.info.dtype, &self.stored_bytes()).ok_or_else(|| {
+            Error::weights(format!(
+                "{}: tensor of dtype {:?} cannot be read as floats",
+                self.file.path().display(),
+                self.info.dtype
+            ))
+        })?;
         if let Some(factor) = self.scale {
             values.iter_mut().for_each(|v| *v *= factor);
         }
@@ -241,6 +253,8 @@ fn f8_e4m3_to_f32(byte: u8) -> f32 {
 pub struct LoadedParam {
     pub id: ParamId,
     pub shape: Vec<usize>,
+    /// Kept in fp8 as stored (see `models::linear`): no float parameter to patch.
+    pub fp8: bool,
 }
 
 /// The tensors of one network, by name. It also remembers which burn parameter each weight
@@ -248,7 +262,7 @@ pub struct LoadedParam {
 #[derive(Clone, Default)]
 pub struct TensorStore {
     slots: HashMap<String, TensorSlot>,
-    loaded: Arc<Mutex<HashMap<String, ParamId>>>,
+    loaded: Arc<Mutex<HashMap<String, (ParamId, bool)>>>,
 }
 
 impl TensorStore {
@@ -332,12 +346,12 @@ impl TensorStore {
         }
     }
 
-    /// Notes that weight `name` was loaded as parameter `id`.
-    pub fn record_param(&self, name: &str, id: ParamId) {
+    /// Notes that weight `name` was loaded as parameter `id` (`fp8`: kept as stored).
+    pub fn record_param(&self, name: &str, id: ParamId, fp8: bool) {
         self.loaded
             .lock()
             .expect("param ids lock")
-            .insert(name.to_owned(), id);
+            .insert(name.to_owned(), (id, fp8));
     }
 
     /// The parameter each loaded weight became, with its stored shape, by weight name
@@ -346,9 +360,9 @@ impl TensorStore {
         let loaded = self.loaded.lock().expect("param ids lock");
         loaded
             .iter()
-            .filter_map(|(name, id)| {
+            .filter_map(|(name, &(id, fp8))| {
                 let shape = self.shape(name)?;
-                Some((name.clone(), LoadedParam { id: *id, shape }))
+                Some((name.clone(), LoadedParam { id, shape, fp8 }))
             })
             .collect()
     }
