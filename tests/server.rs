@@ -872,3 +872,60 @@ fn flux_chroma_and_z_image_jobs_reproduce_their_references_with_previews() {
         assert_eq!(detail[0]["loc"], json!(["body", field]), "{detail}");
     }
 }
+
+/// `--dtype bf16` with fp8 files — the configuration for a 24 GB card: /api/info says bf16,
+/// and a Flux job from the scaled-fp8 transformer and e4m3fn T5 completes near the same job
+/// run in f32 in this process (mean |Δ| ≤ 2/255, as tests/half_precision.rs).
+#[test]
+fn a_bf16_server_runs_fp8_flux_files() {
+    let dir = temp_dir("bf16");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flux");
+    let manifests = fixtures.display().to_string();
+    let server = Server::start(&dir, &["--manifests", &manifests, "--dtype", "bf16"]);
+    let port = server.port;
+    let info = get(port, "/api/info").json();
+    assert_eq!(
+        (&info["device"], &info["dtype"]),
+        (&json!("cpu"), &json!("bf16"))
+    );
+
+    let prompt = "a photo of a cat sitting on a red sofa";
+    let job_id = submit(
+        port,
+        json!({"model": "flux-dev-tiny-fp8", "prompt": prompt, "width": 64, "height": 64,
+               "steps": 4, "seed": 0}),
+    );
+    let job = wait_finished(port, &job_id, Duration::from_secs(60));
+    assert_eq!(job["status"], "completed", "{job}");
+    let name = job["images"][0].as_str().unwrap();
+    let served = image::load_from_memory(&get(port, &format!("/api/images/{name}")).body)
+        .unwrap()
+        .to_rgb8();
+
+    let manifest =
+        hanga::registry::Manifest::from_file(&fixtures.join("flux-dev-fp8.toml")).unwrap();
+    let mut pipeline =
+        hanga::pipelines::FluxPipeline::<common::B>::load(&manifest, &Default::default()).unwrap();
+    let params = hanga::pipelines::GenerationRequest {
+        prompt: prompt.into(),
+        width: Some(64),
+        height: Some(64),
+        steps: Some(4),
+        seed: Some(0),
+        ..Default::default()
+    }
+    .resolve(&manifest)
+    .unwrap();
+    let in_f32 = pipeline
+        .generate(&params, &mut |_| hanga::pipelines::Flow::Continue)
+        .unwrap();
+    let total: u64 = served
+        .as_raw()
+        .iter()
+        .zip(in_f32.as_raw())
+        .map(|(a, b)| a.abs_diff(*b) as u64)
+        .sum();
+    let mean = total as f64 / served.as_raw().len() as f64;
+    println!("bf16 server vs f32: mean {mean:.2}/255");
+    assert!(mean <= 2.0, "bf16 server vs f32: mean {mean}/255");
+}

@@ -109,7 +109,7 @@ enum GenerateResponse {
 #[derive(ApiResponse)]
 enum JobResponse {
     #[oai(status = 200)]
-    Ok(Json<JobView>),
+    Ok(Json<Box<JobView>>),
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     /// The job has already finished.
@@ -313,7 +313,7 @@ impl Api {
     #[oai(path = "/api/jobs/:job_id", method = "get", tag = "Tag::Jobs")]
     async fn job(&self, job_id: Path<String>) -> JobResponse {
         match self.0.shared.queue.get(&job_id) {
-            Some((job, position)) => JobResponse::Ok(Json(JobView::new(&job, position))),
+            Some((job, position)) => JobResponse::Ok(Json(Box::new(JobView::new(&job, position)))),
             None => JobResponse::NotFound(error(format!("no job `{}`", job_id.0))),
         }
     }
@@ -349,7 +349,7 @@ impl Api {
         match queue.cancel(&job_id) {
             Ok(_) => {
                 let (job, position) = queue.get(&job_id).expect("cancelled jobs stay known");
-                JobResponse::Ok(Json(JobView::new(&job, position)))
+                JobResponse::Ok(Json(Box::new(JobView::new(&job, position))))
             }
             Err(QueueError::NotFound) => {
                 JobResponse::NotFound(error(format!("no job `{}`", job_id.0)))
