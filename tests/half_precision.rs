@@ -9,22 +9,11 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::DType;
-use common::{B, PipelineCase, fixtures, repo};
+use common::{B, PipelineCase, fixtures, mean_pixel_diff, repo};
 use hanga::backend::{Precision, set_precision};
 use hanga::pipelines::{Flow, Pipeline};
 use hanga::registry::Manifest;
 use hanga::sampling::{SamplerKind, ScheduleKind};
-
-/// Mean |Δ| over all channels, in 1/255 steps.
-fn mean_pixel_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
-    let total: u64 = a
-        .as_raw()
-        .iter()
-        .zip(b.as_raw())
-        .map(|(x, y)| x.abs_diff(*y) as u64)
-        .sum();
-    total as f64 / a.as_raw().len() as f64
-}
 
 fn run_in_bf16(manifest: &Path, case: &Path, sampler: SamplerKind) {
     let device = Default::default();

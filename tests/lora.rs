@@ -273,3 +273,29 @@ mod pipeline {
         assert_eq!(zero, base, "weight 0 gives the base image exactly");
     }
 }
+
+/// A LoRA that patches a weight kept in fp8 (see `models::linear`) is refused with a reason,
+/// not merged into a float copy that the network never reads.
+#[test]
+fn loras_refuse_weights_kept_in_fp8() {
+    use hanga::weights::{LoadedParam, LoraPatch};
+    let file = LoraFile::open(&fixtures().join("sdxl/lora/sdxl_lora_peft.safetensors")).unwrap();
+    let module = &file.modules[0];
+    let params = |fp8: bool| {
+        let (_, shape) = module.delta(1.0).unwrap();
+        let param = LoadedParam {
+            id: burn::module::ParamId::new(),
+            shape,
+            fp8,
+        };
+        [(format!("{}.weight", module.module), param)].into()
+    };
+    let loras = [(&file, 1.0)];
+    let only_first = |p| LoraPatch::<common::B>::new(module.component, &loras[..], &p);
+    // The file's other modules are missing from a one-weight map either way; only the
+    // reason differs.
+    let float = only_first(params(false)).err().unwrap().to_string();
+    assert!(!float.contains("fp8"), "{float}");
+    let fp8 = only_first(params(true)).err().unwrap().to_string();
+    assert!(fp8.contains("fp8"), "{fp8}");
+}

@@ -919,13 +919,7 @@ fn a_bf16_server_runs_fp8_flux_files() {
     let in_f32 = pipeline
         .generate(&params, &mut |_| hanga::pipelines::Flow::Continue)
         .unwrap();
-    let total: u64 = served
-        .as_raw()
-        .iter()
-        .zip(in_f32.as_raw())
-        .map(|(a, b)| a.abs_diff(*b) as u64)
-        .sum();
-    let mean = total as f64 / served.as_raw().len() as f64;
+    let mean = common::mean_pixel_diff(&served, &in_f32);
     println!("bf16 server vs f32: mean {mean:.2}/255");
     assert!(mean <= 2.0, "bf16 server vs f32: mean {mean}/255");
 }

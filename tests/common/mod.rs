@@ -94,6 +94,18 @@ pub fn max_pixel_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
         .unwrap()
 }
 
+/// Mean per-channel difference between two 8-bit images of the same size, in 1/255 steps.
+pub fn mean_pixel_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let total: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y) as u64)
+        .sum();
+    total as f64 / a.as_raw().len() as f64
+}
+
 pub fn max_abs(a: &[f32]) -> f32 {
     a.iter().map(|x| x.abs()).fold(0.0, f32::max)
 }
