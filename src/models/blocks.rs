@@ -123,7 +123,7 @@ pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tens
     (centered * (variance + eps).sqrt().recip()).cast(dtype)
 }
 
-/// Nearest-neighbour ×2 then conv3×3 (diffusers `Upsample2D`).
+/// Nearest-neighbour ×2 (or to a given size) then conv3×3 (diffusers `Upsample2D`).
 #[derive(Module, Debug)]
 pub struct Upsample2D<B: Backend> {
     conv: Conv2d<B>,
@@ -138,11 +138,13 @@ impl<B: Backend> Upsample2D<B> {
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [_, _, h, w] = x.dims();
-        let up = interpolate(
-            x,
-            [h * 2, w * 2],
-            InterpolateOptions::new(InterpolateMode::Nearest),
-        );
+        self.forward_to(x, [h * 2, w * 2])
+    }
+
+    /// Upsamples to `size` (`F.interpolate(size=output_size, mode="nearest")`, as diffusers'
+    /// UNet does when a side is not a multiple of 2^upsamplers).
+    pub fn forward_to(&self, x: Tensor<B, 4>, size: [usize; 2]) -> Tensor<B, 4> {
+        let up = interpolate(x, size, InterpolateOptions::new(InterpolateMode::Nearest));
         self.conv.forward(up)
     }
 }

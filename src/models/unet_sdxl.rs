@@ -499,7 +499,11 @@ impl<B: Backend> UNet<B> {
                 x = layer.forward(Tensor::cat(vec![x, skip], 1), &emb, context);
             }
             if let Some(up) = &block.upsample {
-                x = up.forward(x);
+                // To the size of the skip it meets next: ×2, or what the downsampling rounded
+                // (diffusers `UNet2DConditionModel.forward`, `forward_upsample_size`), so any
+                // multiple of 8 works.
+                let [_, _, h, w] = skips.last().expect("a skip below each upsampler").dims();
+                x = up.forward_to(x, [h, w]);
             }
         }
         self.conv_out.forward(silu(self.norm_out.forward(x)))
