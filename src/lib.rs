@@ -7,11 +7,13 @@
 //! - `pipelines/`: tokenize → encode → sample → decode, per family.
 //! - `registry/`: model manifests.
 //! - `output/`: PNG with A1111 metadata, latent previews.
-//! - `server/`: HTTP (where HTTP ends); `queue/`: jobs, priorities, events; `runner.rs`: the
-//!   thread that owns the device; `store/`: images and the sled index.
+//! - `server/`: HTTP (where HTTP ends; the dashboard too); `queue/`: jobs, priorities, events;
+//!   `runner.rs`: the thread that owns the device; `store/`: images and the sled index;
+//!   `metrics.rs`: what /metrics reports.
 
 pub mod backend;
 mod error;
+pub mod metrics;
 pub mod models;
 pub mod output;
 pub mod pipelines;

@@ -11,6 +11,7 @@ use base64::Engine;
 use burn::prelude::Backend;
 
 use crate::Error;
+use crate::metrics::Metrics;
 use crate::output::preview::{jpeg, latent_preview};
 use crate::pipelines::{Flow, Pipeline};
 use crate::queue::{Events, Job, JobEvent, JobStatus, Queue, now_ms};
@@ -35,9 +36,7 @@ pub struct Shared {
     pub events: Arc<Events>,
     /// The id of the model whose pipeline is loaded now, if any.
     pub loaded: std::sync::Mutex<Option<String>>,
-    /// Total seconds and count of denoising steps run (for /metrics).
-    pub step_seconds: std::sync::Mutex<(f64, u64)>,
-    pub images_written: std::sync::atomic::AtomicU64,
+    pub metrics: Metrics,
 }
 
 impl Shared {
@@ -82,6 +81,11 @@ fn run_job<B: Backend>(
     cancel: &AtomicBool,
 ) -> (Job, JobEvent) {
     tracing::info!(job_id = %job.job_id, model = %job.model, "job started");
+    let started_at = job.started_at.unwrap_or_else(now_ms);
+    shared.metrics.job_started(
+        &job.model,
+        Duration::from_millis(started_at.saturating_sub(job.created_at)),
+    );
     let result = catch_unwind(AssertUnwindSafe(|| {
         generate(shared, device, config, pipeline, &mut job, cancel)
     }))
@@ -118,6 +122,11 @@ fn run_job<B: Backend>(
         }
     };
     tracing::info!(job_id = %job.job_id, status = job.status.name(), "job finished");
+    shared.metrics.job_finished(
+        &job.model,
+        job.status,
+        Duration::from_millis(now_ms().saturating_sub(started_at)),
+    );
     (job, event)
 }
 
@@ -197,7 +206,7 @@ fn generate_images<B: Backend>(
                 return Flow::Cancel;
             }
             let step = index * params.steps as u32 + p.step as u32;
-            record_step_time(shared, last_step.elapsed());
+            shared.metrics.step(&job.model, last_step.elapsed());
             last_step = Instant::now();
             let preview = if last_preview.is_none_or(|t| t.elapsed() >= config.preview_interval)
                 || step == total
@@ -223,7 +232,7 @@ fn generate_images<B: Backend>(
             Flow::Continue
         })?;
         let record = shared.store.save_image(job, index, &params, &image)?;
-        shared.images_written.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.image_written();
         shared.events.announce_image(&record);
         job.images.push(record.filename);
     }
@@ -248,10 +257,4 @@ fn describe_weight_bytes(parts: &[(&str, u64)]) -> String {
 
 fn millis(d: Duration) -> u64 {
     d.as_millis() as u64
-}
-
-fn record_step_time(shared: &Shared, elapsed: Duration) {
-    let mut s = shared.step_seconds.lock().expect("metrics lock");
-    s.0 += elapsed.as_secs_f64();
-    s.1 += 1;
 }

@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::http::{Server, Sse, get, post_json, request, wait_finished};
+use common::http::{Server, Sse, SseEvent, get, post_json, request, wait_finished};
 use serde_json::json;
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -44,27 +44,23 @@ fn generate_follow_download_and_gallery() {
         json!({"prompt": "a red fox", "negative_prompt": "blurry", "width": 64, "height": 96, "steps": 4, "seed": 42, "num_images": 2}),
     );
     let mut sse = Sse::connect(port, &format!("/api/sse/{job_id}"), None);
-    let events = sse.collect_until(|e| {
-        matches!(
-            e.event.as_deref(),
-            Some("completed" | "failed" | "cancelled")
-        )
-    });
+    let events = sse.collect_until(SseEvent::is_terminal);
     assert!(
         sse.next().is_none(),
         "the stream ends after the terminal event"
     );
-    let ids: Vec<u64> = events
-        .iter()
-        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
-        .collect();
+    assert!(
+        events.iter().all(|e| e.event == "message"),
+        "no event names, so EventSource.onmessage sees every event"
+    );
+    let ids: Vec<u64> = events.iter().map(|e| e.id.parse().unwrap()).collect();
     assert!(
         ids.windows(2).all(|w| w[0] < w[1]),
         "increasing ids: {ids:?}"
     );
     let processing: Vec<_> = events
         .iter()
-        .filter(|e| e.event.as_deref() == Some("processing"))
+        .filter(|e| e.status() == "processing")
         .map(|e| e.json())
         .collect();
     assert!(!processing.is_empty());
@@ -138,7 +134,11 @@ fn generate_follow_download_and_gallery() {
 
     let announced = gallery.collect_until(|e| e.data.contains(&images[1]));
     assert!(announced.iter().any(|e| e.data.contains(&images[0])));
-    assert!(announced.iter().all(|e| e.id.is_some()));
+    assert!(
+        announced
+            .iter()
+            .all(|e| !e.id.is_empty() && e.event == "message")
+    );
 
     // Gallery replay from an event id: the second image only.
     let first_id = announced
@@ -146,8 +146,7 @@ fn generate_follow_download_and_gallery() {
         .find(|e| e.data.contains(&images[0]))
         .unwrap()
         .id
-        .clone()
-        .unwrap();
+        .clone();
     let mut replay = Sse::connect(port, "/api/sse/gallery", Some(&first_id));
     assert!(replay.next().unwrap().data.contains(&images[1]));
 
@@ -163,6 +162,63 @@ fn generate_follow_download_and_gallery() {
         204
     );
     assert_eq!(get(port, &format!("/api/images/{}", images[0])).status, 404);
+
+    // /metrics parses as Prometheus text, with this job in its histograms.
+    let metrics = get(port, "/metrics").text();
+    let scrape =
+        prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let sample = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    for histogram in [
+        "hanga_step_seconds",
+        "hanga_queue_wait_seconds",
+        "hanga_job_duration_seconds",
+    ] {
+        let sample = sample(histogram);
+        assert_eq!(sample.labels.get("model"), Some("sdxl-tiny-demo"));
+        let prometheus_parse::Value::Histogram(buckets) = &sample.value else {
+            panic!("{histogram} is not a histogram: {:?}", sample.value);
+        };
+        assert!(buckets.len() > 5, "{histogram}: {buckets:?}");
+    }
+    let prometheus_parse::Value::Histogram(steps) = &sample("hanga_step_seconds").value else {
+        unreachable!()
+    };
+    assert_eq!(steps.last().unwrap().count, 8.0, "8 steps in the +Inf bucket");
+    assert_eq!(
+        sample("hanga_job_duration_seconds").labels.get("status"),
+        Some("completed")
+    );
+    assert!(matches!(
+        sample("hanga_images_written_total").value,
+        prometheus_parse::Value::Counter(n) | prometheus_parse::Value::Untyped(n) if n == 2.0
+    ));
+    let build = sample("hanga_build_info");
+    assert_eq!(build.labels.get("device"), Some("cpu"));
+    assert_eq!(build.labels.get("version"), Some(env!("CARGO_PKG_VERSION")));
+}
+
+/// Any multiple of 8 is a valid SDXL size (diffusers: `height % 8 == 0`); the UNet meets
+/// skips whose size its downsampling rounded up (72 px → latents 9 → 5 → 3 and back).
+#[test]
+fn sizes_that_are_multiples_of_8_but_not_32_complete() {
+    let dir = temp_dir("odd-size");
+    let server = Server::start(&dir, &[]);
+    let port = server.port;
+    let job_id = submit(
+        port,
+        json!({"prompt": "odd", "width": 72, "height": 88, "steps": 2, "seed": 5}),
+    );
+    let job = wait_finished(port, &job_id, Duration::from_secs(60));
+    assert_eq!(job["status"], "completed", "{job}");
+    let png = get(port, &format!("/api/images/{}", job["images"][0].as_str().unwrap()));
+    let image = image::load_from_memory(&png.body).unwrap();
+    assert_eq!((image.width(), image.height()), (72, 88));
 }
 
 #[test]
@@ -187,10 +243,10 @@ fn priorities_order_the_queue_and_positions_count_down() {
     );
 
     let mut sse = Sse::connect(port, &format!("/api/sse/{low}"), None);
-    let events = sse.collect_until(|e| e.event.as_deref() == Some("completed"));
+    let events = sse.collect_until(|e| e.status() == "completed");
     let positions: Vec<u64> = events
         .iter()
-        .filter(|e| e.event.as_deref() == Some("queued"))
+        .filter(|e| e.status() == "queued")
         .map(|e| e.json()["position"].as_u64().unwrap())
         .collect();
     assert_eq!(
@@ -263,10 +319,30 @@ fn a_killed_server_finishes_every_accepted_job_once() {
     for i in 0..3 {
         jobs.push(submit(port, json!({"prompt": format!("queued {i}"), "width": 64, "height": 64, "steps": 2, "num_images": 2})));
     }
+    let before_crash = Sse::connect(port, &format!("/api/sse/{}", jobs[3]), None)
+        .next()
+        .unwrap();
     server.kill();
 
     let server = Server::start(&dir, &[]);
     let port = server.port;
+    // Reconnecting with an id of the last server life: a snapshot or what came since, every
+    // id new and larger.
+    let after_crash = Sse::connect(
+        port,
+        &format!("/api/sse/{}", jobs[3]),
+        Some(&before_crash.id),
+    )
+    .collect_until(SseEvent::is_terminal);
+    let old: u64 = before_crash.id.parse().unwrap();
+    assert!(
+        after_crash
+            .iter()
+            .all(|e| e.id.parse::<u64>().unwrap() > old),
+        "ids after the restart: {:?}, before: {old}",
+        after_crash.iter().map(|e| &e.id).collect::<Vec<_>>()
+    );
+    assert_eq!(after_crash.last().unwrap().status(), "completed");
     let mut all_images = Vec::new();
     for id in &jobs {
         let job = wait_finished(port, id, Duration::from_secs(120));
@@ -314,16 +390,18 @@ fn sse_replays_missed_events_after_last_event_id() {
     let dir = temp_dir("replay");
     let server = Server::start(&dir, &["--preview-interval-ms", "0"]);
     let port = server.port;
+    // A job ahead keeps this one queued while its stream is opened.
+    let ahead = submit(port, slow_job(0));
     let id = submit(port, quick_job("replay", 0));
-    wait_finished(port, &id, Duration::from_secs(60));
-    let mut full = Sse::connect(port, &format!("/api/sse/{id}"), Some("0"));
-    let all = full.collect_until(|e| e.event.as_deref() == Some("completed"));
+    let mut full = Sse::connect(port, &format!("/api/sse/{id}"), None);
+    request(port, "DELETE", &format!("/api/jobs/{ahead}"), None, &[]);
+    let all = full.collect_until(|e| e.status() == "completed");
     assert!(all.len() >= 4, "queued, processing…, completed: {all:?}");
-    let resume_after = all[1].id.clone().unwrap();
+    let resume_after = all[1].id.clone();
     let mut resumed = Sse::connect(port, &format!("/api/sse/{id}"), Some(&resume_after));
-    let rest = resumed.collect_until(|e| e.event.as_deref() == Some("completed"));
-    let rest_ids: Vec<_> = rest.iter().map(|e| e.id.clone().unwrap()).collect();
-    let expected: Vec<_> = all[2..].iter().map(|e| e.id.clone().unwrap()).collect();
+    let rest = resumed.collect_until(|e| e.status() == "completed");
+    let rest_ids: Vec<_> = rest.iter().map(|e| e.id.clone()).collect();
+    let expected: Vec<_> = all[2..].iter().map(|e| e.id.clone()).collect();
     assert_eq!(rest_ids, expected);
 
     // Without an id: a snapshot of the finished job, then the end.
@@ -431,7 +509,43 @@ fn openapi_lists_every_route_and_info_describes_models() {
         body_schema.to_string().contains("GenerateBody"),
         "{body_schema}"
     );
+    // The generate body is the demo model's schema: unknown fields refused, its limits, null
+    // taken for optional fields.
+    let generate = &spec["components"]["schemas"]["GenerateBody"];
+    assert_eq!(generate["additionalProperties"], false, "{generate}");
+    assert_eq!(generate["properties"]["steps"]["maximum"], 150);
+    assert_eq!(generate["properties"]["width"]["nullable"], true);
+    assert_eq!(
+        spec["servers"],
+        json!([{"url": "/"}]),
+        "a relative server URL"
+    );
+    assert_eq!(
+        spec["components"]["schemas"]["JobView"]["properties"]["finished_at"]["nullable"],
+        true
+    );
+    assert_eq!(get(port, "/docs").status, 200);
     assert_eq!(get(port, "/docs/").status, 200);
+
+    let trace = request(port, "TRACE", "/api/jobs/abc", None, &[]);
+    assert_eq!(trace.status, 405);
+    assert_eq!(trace.header("allow"), Some("DELETE, GET, HEAD"));
+    let not_json = request(
+        port,
+        "POST",
+        "/api/generate",
+        Some(b"prompt=x"),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+    );
+    assert_eq!(not_json.status, 415, "{}", not_json.text());
+    assert!(not_json.json()["detail"].is_string());
+    let limit_0 = get(port, "/api/jobs?limit=0&cursor=");
+    assert_eq!(limit_0.status, 422, "{}", limit_0.text());
+    assert_eq!(
+        limit_0.json()["detail"][0]["loc"],
+        json!(["query", "limit"])
+    );
+    assert_eq!(get(port, "/api/images?cursor=").status, 200);
 
     let info = get(port, "/api/info").json();
     assert_eq!(info["default_model"], "sdxl-tiny-demo");
@@ -781,10 +895,12 @@ fn flux_chroma_and_z_image_jobs_reproduce_their_references_with_previews() {
     );
     assert_eq!(dev["guidance_scale"]["default"], 3.5);
     assert_eq!(dev["sampler"]["enum"], json!(["euler"]));
-    assert!(dev.get("negative_prompt").is_none() && dev.get("loras").is_none());
+    assert!(dev.get("negative_prompt").is_none());
+    // No LoRAs for Flux in this build: only an empty list is accepted.
+    assert_eq!(dev["loras"]["maxItems"], 0);
     assert!(schnell.get("guidance_scale").is_none(), "{schnell}");
     assert_eq!(schnell["steps"]["default"], 4);
-    assert!(chroma.get("loras").is_none() && chroma.get("negative_prompt").is_some());
+    assert!(chroma["loras"]["maxItems"] == 0 && chroma.get("negative_prompt").is_some());
     assert_eq!(chroma["guidance_scale"]["default"], 5.0);
     let z_image = schema("z-image-turbo-tiny");
     assert_eq!(z_image["steps"]["default"], 8);
@@ -815,17 +931,12 @@ fn flux_chroma_and_z_image_jobs_reproduce_their_references_with_previews() {
     ] {
         let job_id = submit(port, body);
         let mut sse = Sse::connect(port, &format!("/api/sse/{job_id}"), None);
-        let events = sse.collect_until(|e| {
-            matches!(
-                e.event.as_deref(),
-                Some("completed" | "failed" | "cancelled")
-            )
-        });
+        let events = sse.collect_until(SseEvent::is_terminal);
         let last = events.last().unwrap().json();
         assert_eq!(last["status"], "completed", "{case}: {last}");
         let previews = events
             .iter()
-            .filter(|e| e.event.as_deref() == Some("processing"))
+            .filter(|e| e.status() == "processing")
             .filter(|e| {
                 e.json()["preview"]
                     .as_str()

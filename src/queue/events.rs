@@ -42,7 +42,9 @@ impl JobEvent {
     }
 }
 
-/// An event and its id within its job's stream (1, 2, 3, …).
+/// An event and its id within its job's stream: `life << 32` plus 1, 2, 3, … where `life`
+/// counts the server's starts (persisted in the store), so an id is never issued twice, even
+/// across a restart, and ids keep increasing within every stream a client follows.
 pub type Numbered = (u64, JobEvent);
 
 const LOG_LEN: usize = 64;
@@ -57,9 +59,9 @@ struct JobLog {
 }
 
 impl JobLog {
-    fn new() -> Self {
+    fn new(first_id: u64) -> Self {
         Self {
-            next_id: 1,
+            next_id: first_id,
             log: VecDeque::new(),
             tx: broadcast::channel(LOG_LEN).0,
         }
@@ -75,17 +77,31 @@ pub struct Subscription {
     pub last_id: u64,
 }
 
-#[derive(Default)]
 pub struct Events {
+    /// The first id of this server life's streams (`life << 32`, plus one).
+    first_id: u64,
     jobs: Mutex<HashMap<String, JobLog>>,
     finished: Mutex<VecDeque<String>>,
     gallery: Mutex<Option<broadcast::Sender<ImageRecord>>>,
 }
 
 impl Events {
+    /// Events of the server's `life`-th start (see [`Numbered`]).
+    pub fn new(life: u32) -> Self {
+        Self {
+            first_id: (u64::from(life) << 32) + 1,
+            jobs: Default::default(),
+            finished: Default::default(),
+            gallery: Default::default(),
+        }
+    }
+
     pub fn publish(&self, job_id: &str, event: JobEvent) {
         let mut jobs = self.jobs.lock().expect("events lock");
-        let log = jobs.entry(job_id.to_owned()).or_insert_with(JobLog::new);
+        let first_id = self.first_id;
+        let log = jobs
+            .entry(job_id.to_owned())
+            .or_insert_with(|| JobLog::new(first_id));
         let numbered = (log.next_id, event);
         log.next_id += 1;
         if log.log.len() == LOG_LEN {
@@ -129,7 +145,10 @@ impl Events {
     pub fn subscribe(&self, job_id: &str, after: Option<u64>) -> Subscription {
         let mut jobs = self.jobs.lock().expect("events lock");
         let existed = jobs.contains_key(job_id);
-        let log = jobs.entry(job_id.to_owned()).or_insert_with(JobLog::new);
+        let first_id = self.first_id;
+        let log = jobs
+            .entry(job_id.to_owned())
+            .or_insert_with(|| JobLog::new(first_id));
         let live = log.tx.subscribe();
         // Replay only from a log that was there and still holds every event after `after`;
         // an id from before a restart or from a dropped log gets a snapshot instead.
@@ -179,7 +198,7 @@ mod tests {
 
     #[test]
     fn replays_what_was_missed_or_asks_for_a_snapshot() {
-        let events = Events::default();
+        let events = Events::new(0);
         events.publish("a", JobEvent::Queued { position: 0 });
         events.publish("a", processing(1));
         events.publish("a", processing(2));
@@ -189,14 +208,31 @@ mod tests {
             vec![2, 3]
         );
         assert_eq!(sub.last_id, 3);
-        // An id this log never issued (a previous server life): snapshot.
+        // An id this log never issued: snapshot.
         assert!(events.subscribe("a", Some(9)).missed.is_none());
         assert!(events.subscribe("a", None).missed.is_none());
     }
 
     #[test]
+    fn ids_of_a_later_life_are_new_and_larger() {
+        let before = Events::new(1);
+        before.publish("a", JobEvent::Queued { position: 0 });
+        before.publish("a", processing(1));
+        let old_last = before.subscribe("a", None).last_id;
+        let after = Events::new(2);
+        after.publish("a", JobEvent::Queued { position: 0 });
+        let sub = after.subscribe("a", Some(old_last));
+        assert!(
+            sub.missed.is_none(),
+            "an id of the last life gets a snapshot"
+        );
+        assert!(sub.last_id > old_last, "{} > {old_last}", sub.last_id);
+        assert_eq!(sub.last_id, (2 << 32) + 1);
+    }
+
+    #[test]
     fn finished_jobs_keep_no_previews_and_old_logs_go() {
-        let events = Events::default();
+        let events = Events::new(0);
         events.publish("a", processing(1));
         events.publish("a", JobEvent::Completed { images: vec![] });
         let missed = events.subscribe("a", Some(0)).missed.unwrap();
@@ -219,7 +255,7 @@ mod tests {
 
     #[test]
     fn positions_are_announced_once() {
-        let events = Events::default();
+        let events = Events::new(0);
         events.publish_position("a", 2);
         events.publish_position("a", 2);
         events.publish_position("a", 1);

@@ -9,15 +9,16 @@ use poem::web::sse::Event;
 use poem::{Request, RequestBody};
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{Binary, EventStream, Json, Payload, PlainText};
-use poem_openapi::registry::{MetaSchemaRef, Registry as SchemaRegistry};
-use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef, Registry as SchemaRegistry};
+use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, OpenApi, Tags};
 use tokio_stream::Stream;
 
 use super::AppState;
+use super::openapi::GENERATE_BODY;
 use super::schemas::*;
 use super::sse;
-use super::validation::{ValidationErrors, ValidationItem, parameter_schema, validate};
+use super::validation::{ValidationErrors, parameter_schema, validate};
 use crate::queue::{Job, JobStatus, QueueError, new_job_id, now_ms};
 use crate::registry::LoraLibrary;
 
@@ -36,8 +37,9 @@ enum Tag {
 pub type EventBox<T> = Pin<Box<dyn Stream<Item = T> + Send + 'static>>;
 
 /// The body of `POST /api/generate`: any JSON, validated field by field so that every problem
-/// is reported FastAPI-style; documented as [`GenerateBody`].
-pub struct GenerateJson(serde_json::Value);
+/// is reported FastAPI-style. Its schema (`GenerateBody`) depends on the models the server
+/// has; `openapi::document` puts it in.
+pub struct GenerateJson(Result<serde_json::Value, ValidationErrors>);
 
 impl Payload for GenerateJson {
     const CONTENT_TYPE: &'static str = "application/json";
@@ -47,11 +49,12 @@ impl Payload for GenerateJson {
     }
 
     fn schema_ref() -> MetaSchemaRef {
-        GenerateBody::schema_ref()
+        MetaSchemaRef::Reference(GENERATE_BODY.into())
     }
 
+    /// A placeholder that `openapi::document` replaces.
     fn register(registry: &mut SchemaRegistry) {
-        GenerateBody::register(registry);
+        registry.create_schema::<Self, _>(GENERATE_BODY.into(), |_| MetaSchema::new("object"));
     }
 }
 
@@ -60,29 +63,52 @@ impl poem_openapi::payload::ParsePayload for GenerateJson {
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
         let data = <Vec<u8> as poem::FromRequest>::from_request(request, body).await?;
-        serde_json::from_slice(&data)
-            .map(GenerateJson)
-            .map_err(|e| {
-                let errors = ValidationErrors {
-                    detail: vec![ValidationItem {
-                        loc: vec!["body".into(), e.column().to_string()],
-                        msg: format!("JSON decode error: {e}"),
-                        kind: "json_invalid".into(),
-                        input: None,
-                    }],
-                };
-                poem::Error::from_response(unprocessable(&errors))
-            })
+        Ok(GenerateJson(serde_json::from_slice(&data).map_err(|e| {
+            ValidationErrors::one(
+                vec!["body".into(), e.column().to_string()],
+                format!("JSON decode error: {e}"),
+                "json_invalid",
+            )
+        })))
     }
 }
 
 poem_openapi::impl_apirequest_for_payload!(GenerateJson,);
 
-fn unprocessable(errors: &ValidationErrors) -> poem::Response {
-    poem::Response::builder()
-        .status(poem::http::StatusCode::UNPROCESSABLE_ENTITY)
-        .content_type("application/json")
-        .body(serde_json::to_vec(errors).expect("serializable"))
+/// What poem-openapi could not parse before a handler ran: a query parameter outside its
+/// schema (FastAPI's 422 with `loc: ["query", name]`), a missing body (422) or a body that is
+/// not JSON (415).
+enum Refused {
+    Invalid(ValidationErrors),
+    UnsupportedMediaType(String),
+}
+
+fn refused<R: From<Refused>>(error: poem::Error) -> R {
+    use poem_openapi::error::{ContentTypeError, ParseParamError};
+    let refusal = if let Some(e) = error.downcast_ref::<ParseParamError>() {
+        Refused::Invalid(ValidationErrors::one(
+            vec!["query".into(), e.name.into()],
+            e.reason.clone(),
+            "value_error",
+        ))
+    } else if let Some(ContentTypeError::NotSupported { content_type }) = error.downcast_ref() {
+        Refused::UnsupportedMediaType(format!(
+            "`{content_type}` is not supported; send application/json"
+        ))
+    } else if let Some(ContentTypeError::ExpectContentType) = error.downcast_ref() {
+        Refused::Invalid(ValidationErrors::one(
+            vec!["body".into()],
+            "Field required (a JSON body with Content-Type: application/json)".into(),
+            "missing",
+        ))
+    } else {
+        Refused::Invalid(ValidationErrors::one(
+            vec!["body".into()],
+            error.to_string(),
+            "value_error",
+        ))
+    };
+    R::from(refusal)
 }
 
 fn error(detail: impl Into<String>) -> Json<ErrorBody> {
@@ -92,13 +118,17 @@ fn error(detail: impl Into<String>) -> Json<ErrorBody> {
 }
 
 #[derive(ApiResponse)]
+#[oai(bad_request_handler = "refused")]
 enum GenerateResponse {
-    /// Accepted: the job is queued.
+    /// Accepted: the job is queued; `Location` is the job.
     #[oai(status = 202)]
-    Accepted(Json<Accepted>),
+    Accepted(Json<Accepted>, #[oai(header = "Location")] String),
     /// A field is missing or invalid (FastAPI-style `detail` list).
     #[oai(status = 422)]
     Invalid(Json<ValidationErrors>),
+    /// The body is not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(Json<ErrorBody>),
     /// The queue is full; retry after the given seconds.
     #[oai(status = 429)]
     Busy(Json<ErrorBody>, #[oai(header = "Retry-After")] u32),
@@ -120,11 +150,13 @@ enum JobResponse {
 }
 
 #[derive(ApiResponse)]
+#[oai(bad_request_handler = "refused")]
 enum JobListResponse {
     #[oai(status = 200)]
     Ok(Json<JobList>),
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
+    /// A query parameter is invalid (FastAPI-style `detail` list).
+    #[oai(status = 422)]
+    Invalid(Json<ValidationErrors>),
 }
 
 #[derive(ApiResponse)]
@@ -154,23 +186,56 @@ enum GalleryStreamResponse {
 }
 
 #[derive(ApiResponse)]
+#[oai(bad_request_handler = "refused")]
 enum ImageListResponse {
     #[oai(status = 200)]
     Ok(Json<ImageList>),
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
+    /// A query parameter is invalid (FastAPI-style `detail` list).
+    #[oai(status = 422)]
+    Invalid(Json<ValidationErrors>),
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
 }
 
+/// What `Api::file` found for an image or thumbnail request.
+enum Lookup {
+    Bytes(Vec<u8>, String),
+    NotModified(String),
+    NotFound(String),
+    Internal(String),
+}
+
 #[derive(ApiResponse)]
-enum FileResponse {
+enum ImageResponse {
     #[oai(status = 200, content_type = "image/png")]
     Png(
         Binary<Vec<u8>>,
         #[oai(header = "ETag")] String,
         #[oai(header = "Cache-Control")] String,
     ),
+    #[oai(status = 304)]
+    NotModified(#[oai(header = "ETag")] String),
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+impl From<Lookup> for ImageResponse {
+    fn from(found: Lookup) -> Self {
+        match found {
+            Lookup::Bytes(bytes, etag) => Self::Png(Binary(bytes), etag, CACHE_IMMUTABLE.into()),
+            Lookup::NotModified(etag) => Self::NotModified(etag),
+            Lookup::NotFound(why) => Self::NotFound(error(why)),
+            Lookup::Internal(why) => Self::Internal(error(why)),
+        }
+    }
+}
+
+/// The same as [`ImageResponse`] with a JPEG body: an OpenAPI response has one schema per
+/// content type, so each route declares its own.
+#[derive(ApiResponse)]
+enum ThumbResponse {
     #[oai(status = 200, content_type = "image/jpeg")]
     Jpeg(
         Binary<Vec<u8>>,
@@ -179,9 +244,27 @@ enum FileResponse {
     ),
     #[oai(status = 304)]
     NotModified(#[oai(header = "ETag")] String),
-    /// The name is not a file name (path separators, `..`, NUL, …).
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+}
+
+impl From<Lookup> for ThumbResponse {
+    fn from(found: Lookup) -> Self {
+        match found {
+            Lookup::Bytes(bytes, etag) => Self::Jpeg(Binary(bytes), etag, CACHE_IMMUTABLE.into()),
+            Lookup::NotModified(etag) => Self::NotModified(etag),
+            Lookup::NotFound(why) => Self::NotFound(error(why)),
+            Lookup::Internal(why) => Self::Internal(error(why)),
+        }
+    }
+}
+
+#[derive(ApiResponse)]
+enum DeleteResponse {
+    #[oai(status = 204)]
+    Deleted,
     #[oai(status = 404)]
     NotFound(Json<ErrorBody>),
     #[oai(status = 500)]
@@ -189,15 +272,12 @@ enum FileResponse {
 }
 
 #[derive(ApiResponse)]
-enum DeleteResponse {
-    #[oai(status = 204)]
-    Deleted,
-    #[oai(status = 400)]
-    BadRequest(Json<ErrorBody>),
-    #[oai(status = 404)]
-    NotFound(Json<ErrorBody>),
-    #[oai(status = 500)]
-    Internal(Json<ErrorBody>),
+enum MetricsResponse {
+    #[oai(
+        status = 200,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    )]
+    Ok(PlainText<String>),
 }
 
 #[derive(ApiResponse)]
@@ -208,35 +288,50 @@ enum ReadyResponse {
     NotReady(PlainText<String>),
 }
 
-const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
-const MAX_PAGE: u32 = 200;
-
-/// A file name as it may appear in the index: no separators, no `..`, no control characters.
-fn check_filename(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && !name.contains("..")
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{}` is not an image file name",
-            name.escape_debug()
-        ))
+impl From<Refused> for GenerateResponse {
+    fn from(refusal: Refused) -> Self {
+        match refusal {
+            Refused::Invalid(errors) => Self::Invalid(Json(errors)),
+            Refused::UnsupportedMediaType(why) => Self::UnsupportedMediaType(error(why)),
+        }
     }
 }
 
-fn parse_cursor(cursor: &Option<String>) -> Result<Option<u64>, String> {
+/// A list endpoint has no body, so only its query can be refused.
+fn invalid_query(refusal: Refused) -> ValidationErrors {
+    match refusal {
+        Refused::Invalid(errors) => errors,
+        Refused::UnsupportedMediaType(why) => {
+            ValidationErrors::one(vec!["body".into()], why, "value_error")
+        }
+    }
+}
+
+impl From<Refused> for JobListResponse {
+    fn from(refusal: Refused) -> Self {
+        Self::Invalid(Json(invalid_query(refusal)))
+    }
+}
+
+impl From<Refused> for ImageListResponse {
+    fn from(refusal: Refused) -> Self {
+        Self::Invalid(Json(invalid_query(refusal)))
+    }
+}
+
+const CACHE_IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+fn default_page() -> u32 {
+    50
+}
+
+/// A page cursor: the `next_cursor` of the page before (digits); empty or absent is the first
+/// page.
+fn parse_cursor(cursor: &Option<String>) -> Option<u64> {
     cursor
         .as_deref()
-        .map(|c| {
-            c.parse::<u64>()
-                .map_err(|_| format!("invalid cursor `{c}`"))
-        })
-        .transpose()
+        .map(str::trim)
+        .and_then(|c| c.parse().ok())
 }
 
 fn lora_infos(library: &LoraLibrary) -> Vec<LoraInfo> {
@@ -266,8 +361,12 @@ impl Api {
     #[oai(path = "/api/generate", method = "post", tag = "Tag::Jobs")]
     async fn generate(&self, body: GenerateJson) -> GenerateResponse {
         let state = &self.0;
+        let body = match body.0 {
+            Ok(body) => body,
+            Err(errors) => return GenerateResponse::Invalid(Json(errors)),
+        };
         let validated = match validate(
-            &body.0,
+            &body,
             &state.shared.registry,
             &state.shared.loras.read().expect("loras lock"),
             state.default_model.as_deref(),
@@ -296,11 +395,15 @@ impl Api {
         match state.shared.queue.submit(job) {
             Ok((job, position)) => {
                 tracing::info!(job_id = %job.job_id, position, "job accepted");
-                GenerateResponse::Accepted(Json(Accepted {
-                    job_id: job.job_id,
-                    status: job.status,
-                    position: position as u32,
-                }))
+                let location = format!("/api/jobs/{}", job.job_id);
+                GenerateResponse::Accepted(
+                    Json(Accepted {
+                        job_id: job.job_id,
+                        status: job.status,
+                        position: position as u32,
+                    }),
+                    location,
+                )
             }
             Err(QueueError::Full) => {
                 GenerateResponse::Busy(error("the queue is full; retry later"), 10)
@@ -323,14 +426,18 @@ impl Api {
     async fn jobs(
         &self,
         status: Query<Option<JobStatus>>,
-        limit: Query<Option<u32>>,
+        /// Jobs per page.
+        #[oai(
+            default = "default_page",
+            validator(minimum(value = "1"), maximum(value = "200"))
+        )]
+        limit: Query<u32>,
+        /// `next_cursor` of the previous page; empty or absent: the newest jobs.
+        #[oai(validator(pattern = r"^[0-9]{0,19}$"))]
         cursor: Query<Option<String>>,
     ) -> JobListResponse {
-        let before = match parse_cursor(&cursor) {
-            Ok(c) => c,
-            Err(e) => return JobListResponse::BadRequest(error(e)),
-        };
-        let limit = limit.0.unwrap_or(50).clamp(1, MAX_PAGE) as usize;
+        let before = parse_cursor(&cursor);
+        let limit = limit.0 as usize;
         let jobs = self.0.shared.queue.list(status.0, limit + 1, before);
         let next_cursor = (jobs.len() > limit).then(|| jobs[limit - 1].0.seq.to_string());
         let jobs = jobs
@@ -380,9 +487,9 @@ impl Api {
                 let stream = EventStream::new(stream)
                     .keep_alive(self.0.keep_alive)
                     .to_event(|e: JobStreamEvent| {
-                        Event::message(e.to_json_string())
-                            .id(e.event_id.to_string())
-                            .event_type(e.status.clone())
+                        // No `event:` name: browsers hand only unnamed events to
+                        // `EventSource.onmessage`; the status is inside the data.
+                        Event::message(e.to_json_string()).id(e.event_id.to_string())
                     });
                 StreamResponse::Stream(stream, cache, buffering)
             }
@@ -394,14 +501,18 @@ impl Api {
     #[oai(path = "/api/images", method = "get", tag = "Tag::Gallery")]
     async fn images(
         &self,
-        limit: Query<Option<u32>>,
+        /// Images per page.
+        #[oai(
+            default = "default_page",
+            validator(minimum(value = "1"), maximum(value = "200"))
+        )]
+        limit: Query<u32>,
+        /// `next_cursor` of the previous page; empty or absent: the newest images.
+        #[oai(validator(pattern = r"^[0-9]{0,19}$"))]
         cursor: Query<Option<String>>,
     ) -> ImageListResponse {
-        let before = match parse_cursor(&cursor) {
-            Ok(c) => c,
-            Err(e) => return ImageListResponse::BadRequest(error(e)),
-        };
-        let limit = limit.0.unwrap_or(50).clamp(1, MAX_PAGE) as usize;
+        let before = parse_cursor(&cursor);
+        let limit = limit.0 as usize;
         match self.0.shared.store.list_images(limit + 1, before) {
             Ok(records) => {
                 let next_cursor =
@@ -422,8 +533,8 @@ impl Api {
         &self,
         filename: Path<String>,
         #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
-    ) -> FileResponse {
-        self.file(&filename, if_none_match.0, false).await
+    ) -> ImageResponse {
+        self.file(&filename, if_none_match.0, false).await.into()
     }
 
     /// A JPEG thumbnail (at most 256 px), made on first request and cached.
@@ -432,8 +543,8 @@ impl Api {
         &self,
         filename: Path<String>,
         #[oai(name = "If-None-Match")] if_none_match: Header<Option<String>>,
-    ) -> FileResponse {
-        self.file(&filename, if_none_match.0, true).await
+    ) -> ThumbResponse {
+        self.file(&filename, if_none_match.0, true).await.into()
     }
 
     /// Delete an image and its thumbnail.
@@ -443,9 +554,6 @@ impl Api {
         tag = "Tag::Gallery"
     )]
     async fn delete_image(&self, filename: Path<String>) -> DeleteResponse {
-        if let Err(e) = check_filename(&filename) {
-            return DeleteResponse::BadRequest(error(e));
-        }
         let store = &self.0.shared.store;
         match store.image(&filename) {
             Ok(Some(record)) => match store.delete_image(&record) {
@@ -475,9 +583,7 @@ impl Api {
                     .keep_alive(self.0.keep_alive)
                     .to_event(|image: ImageView| {
                         let id = image.event_id;
-                        Event::message(image.to_json_string())
-                            .id(id.to_string())
-                            .event_type("image")
+                        Event::message(image.to_json_string()).id(id.to_string())
                     });
                 GalleryStreamResponse::Stream(stream, cache, buffering)
             }
@@ -490,6 +596,7 @@ impl Api {
     async fn info(&self) -> Json<Info> {
         let state = &self.0;
         let loaded = state.shared.loaded.lock().expect("loaded lock").clone();
+        let library = state.shared.loras.read().expect("loras lock");
         let models = state
             .shared
             .registry
@@ -500,7 +607,7 @@ impl Api {
                 family: m.family.name().into(),
                 description: m.description.clone(),
                 loaded: loaded.as_deref() == Some(m.id.as_str()),
-                parameters: parameter_schema(m),
+                parameters: parameter_schema(m, &library),
             })
             .collect();
         Json(Info {
@@ -509,7 +616,7 @@ impl Api {
             dtype: state.precision.to_string(),
             default_model: state.default_model.clone(),
             models,
-            loras: lora_infos(&state.shared.loras.read().expect("loras lock")),
+            loras: lora_infos(&library),
         })
     }
 
@@ -543,62 +650,28 @@ impl Api {
         }
     }
 
-    /// Prometheus metrics: queue depth, jobs by status, step time, images written.
+    /// Prometheus metrics (OpenMetrics text): queue depth, jobs by status, histograms of step
+    /// time, queue wait and job duration by model, images written, build info.
     #[oai(path = "/metrics", method = "get", tag = "Tag::Server")]
-    async fn metrics(&self) -> PlainText<String> {
+    async fn metrics(&self) -> MetricsResponse {
         let shared = &self.0.shared;
         let (counts, depth) = shared.queue.counts();
-        let mut out = String::new();
-        out.push_str(
-            "# HELP hanga_queue_depth Jobs waiting to run.\n# TYPE hanga_queue_depth gauge\n",
-        );
-        out.push_str(&format!("hanga_queue_depth {depth}\n"));
-        out.push_str(
-            "# HELP hanga_jobs Jobs known to the server, by status.\n# TYPE hanga_jobs gauge\n",
-        );
-        for status in JobStatus::ALL {
-            out.push_str(&format!(
-                "hanga_jobs{{status=\"{}\"}} {}\n",
-                status.name(),
-                counts.get(&status).unwrap_or(&0)
-            ));
-        }
-        let (seconds, steps) = *shared.step_seconds.lock().expect("metrics lock");
-        out.push_str("# HELP hanga_step_seconds Time spent in denoising steps.\n# TYPE hanga_step_seconds summary\n");
-        out.push_str(&format!(
-            "hanga_step_seconds_sum {seconds}\nhanga_step_seconds_count {steps}\n"
-        ));
-        out.push_str("# HELP hanga_images_written_total Images written since start.\n# TYPE hanga_images_written_total counter\n");
-        out.push_str(&format!(
-            "hanga_images_written_total {}\n",
-            shared
-                .images_written
-                .load(std::sync::atomic::Ordering::Relaxed)
-        ));
-        PlainText(out)
+        MetricsResponse::Ok(PlainText(shared.metrics.render(&counts, depth)))
     }
 }
 
 impl Api {
-    async fn file(
-        &self,
-        filename: &str,
-        if_none_match: Option<String>,
-        thumbnail: bool,
-    ) -> FileResponse {
-        if let Err(e) = check_filename(filename) {
-            return FileResponse::BadRequest(error(e));
-        }
+    async fn file(&self, filename: &str, if_none_match: Option<String>, thumbnail: bool) -> Lookup {
         let store = self.0.shared.store.clone();
         let record = match store.image(filename) {
             Ok(Some(r)) => r,
-            Ok(None) => return FileResponse::NotFound(error(format!("no image `{filename}`"))),
-            Err(e) => return FileResponse::Internal(error(e.to_string())),
+            Ok(None) => return Lookup::NotFound(format!("no image `{filename}`")),
+            Err(e) => return Lookup::Internal(e.to_string()),
         };
         let etag = format!("\"{}{}\"", record.id, if thumbnail { "t" } else { "" });
         if if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
         {
-            return FileResponse::NotModified(etag);
+            return Lookup::NotModified(etag);
         }
         let read = tokio::task::spawn_blocking(move || {
             let path = if thumbnail {
@@ -610,12 +683,9 @@ impl Api {
         })
         .await;
         match read {
-            Ok(Ok(bytes)) if thumbnail => {
-                FileResponse::Jpeg(Binary(bytes), etag, CACHE_IMMUTABLE.into())
-            }
-            Ok(Ok(bytes)) => FileResponse::Png(Binary(bytes), etag, CACHE_IMMUTABLE.into()),
-            Ok(Err(e)) => FileResponse::Internal(error(e.to_string())),
-            Err(e) => FileResponse::Internal(error(e.to_string())),
+            Ok(Ok(bytes)) => Lookup::Bytes(bytes, etag),
+            Ok(Err(e)) => Lookup::Internal(e.to_string()),
+            Err(e) => Lookup::Internal(e.to_string()),
         }
     }
 }

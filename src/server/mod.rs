@@ -3,6 +3,8 @@
 //! it.
 
 mod api;
+mod dashboard;
+mod openapi;
 mod schemas;
 mod sse;
 mod validation;
@@ -18,6 +20,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server
 use poem_openapi::OpenApiService;
 
 use crate::backend::{DeviceKind, Precision};
+use crate::metrics::Metrics;
 use crate::queue::{Events, Queue};
 use crate::registry::{LoraLibrary, Registry};
 use crate::runner::{self, RunnerConfig, Shared};
@@ -67,7 +70,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
             }
         }
     }
-    let events = Arc::new(Events::default());
+    let events = Arc::new(Events::new(store.count_start()?));
     let queue = Arc::new(Queue::restore(
         store.clone(),
         events.clone(),
@@ -81,8 +84,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         store,
         events,
         loaded: Default::default(),
-        step_seconds: Default::default(),
-        images_written: Default::default(),
+        metrics: Metrics::new(
+            env!("CARGO_PKG_VERSION"),
+            &options.device.to_string(),
+            &options.precision.to_string(),
+        ),
     });
     let config = RunnerConfig {
         preview_interval: options.preview_interval,
@@ -113,18 +119,30 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
             |a| a.to_string(),
         );
     println!("hanga listening on http://{address}");
-    let service = OpenApiService::new(api::Api(state), "hanga", env!("CARGO_PKG_VERSION"))
-        .description(
-            "Text-to-image generation: queue jobs, follow them over SSE, browse the gallery.",
-        )
-        .server(format!("http://{address}"));
-    let docs = service.swagger_ui();
-    let spec = service.spec_endpoint();
+    let apis = (api::Api(state.clone()), dashboard::Dashboard);
+    let service = OpenApiService::new(apis, "hanga", env!("CARGO_PKG_VERSION")).description(
+        "Text-to-image generation: queue jobs, follow them over SSE, browse the gallery.",
+    );
+    let generated = service.spec();
+    let document = openapi::document(&generated, &state);
+    // Swagger UI embeds the document it is given; give it the completed one.
+    let docs_page = service.swagger_ui_html().replace(
+        &generated,
+        &serde_json::to_string(&document).expect("a JSON document"),
+    );
+    let spec = poem::endpoint::make_sync(move |_| {
+        // LoRAs come and go with rescans: the document is made afresh for every request.
+        poem::web::Json(openapi::document(&generated, &state))
+    });
     let app = Route::new()
         .at("/openapi.json", spec)
-        .nest("/docs", docs)
+        .nest(
+            "/docs",
+            poem::endpoint::make_sync(move |_| poem::web::Html(docs_page.clone())),
+        )
         .nest("/", service)
-        .around(move |endpoint, request| limit_body(endpoint, request, options.max_body_bytes));
+        .around(move |endpoint, request| limit_body(endpoint, request, options.max_body_bytes))
+        .around(move |endpoint, request| allow_on_405(endpoint, request, document.clone()));
     let app = match options.cors_origin {
         Some(origin) => app.with(Cors::new().allow_origin(origin)).boxed(),
         None => app.boxed(),
@@ -139,7 +157,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
 /// Bodies over `max` bytes get 413 before anything reads them. (poem's `SizeLimit` also
 /// refuses bodiless GETs that carry no Content-Length, so it does not fit here.)
 async fn limit_body<E: Endpoint>(
-    endpoint: std::sync::Arc<E>,
+    endpoint: Arc<E>,
     request: Request,
     max: usize,
 ) -> poem::Result<Response> {
@@ -163,6 +181,26 @@ async fn limit_body<E: Endpoint>(
         .call(request)
         .await
         .map(IntoResponse::into_response)
+}
+
+/// RFC 9110 §15.5.6: a 405 names the methods the resource has, in `Allow`.
+async fn allow_on_405<E: Endpoint>(
+    endpoint: Arc<E>,
+    request: Request,
+    document: serde_json::Value,
+) -> poem::Result<Response> {
+    let path = request.uri().path().to_owned();
+    let mut response = match endpoint.call(request).await {
+        Ok(response) => response.into_response(),
+        Err(error) => error.into_response(),
+    };
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED
+        && let Some(allow) = openapi::allowed_methods(&document, &path)
+        && let Ok(value) = allow.parse()
+    {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    Ok(response)
 }
 
 async fn shutdown_signal() {

@@ -5,43 +5,17 @@ use poem_openapi::Object;
 use crate::queue::{Job, JobStatus, JobTimings};
 use crate::store::ImageRecord;
 
-/// `POST /api/generate` (contract: ../shared/design.md). Parsed field by field by
-/// `validation::validate`, so every bad field is reported; this type documents the body.
-#[derive(Object)]
-pub struct GenerateBody {
-    pub prompt: String,
-    /// Absent or null: no negative prompt (SDXL: zero embeddings); `""` is encoded like any
-    /// prompt.
-    pub negative_prompt: Option<String>,
-    /// A model id from /api/info; the server's default model when absent.
-    pub model: Option<String>,
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    pub steps: Option<u32>,
-    pub guidance_scale: Option<f64>,
-    /// `euler`, `euler_ancestral`, `dpmpp_2m`
-    pub sampler: Option<String>,
-    /// `normal` (the model's own scheduler config), `karras`
-    pub scheduler: Option<String>,
-    /// Null or absent: random. Image i uses seed + i.
-    pub seed: Option<u64>,
-    /// `chunk` (75-token chunks, A1111/ComfyUI) or `truncate` (77 tokens, diffusers)
-    pub long_prompt: Option<String>,
-    pub num_images: Option<u32>,
-    pub loras: Option<Vec<LoraRef>>,
-    /// Higher runs first; FIFO within a priority.
-    pub priority: Option<i32>,
-}
-
 /// A LoRA for one job, e.g. `{"id": "civitai_1963644", "weight": 0.8, "trigger_weight": 0.5}`.
 #[derive(Object)]
 pub struct LoraRef {
     /// A LoRA id from /api/info.
     pub id: String,
     /// Strength on the UNet and both text encoders (default 1.0; 0 leaves the model as is).
+    #[oai(nullable)]
     pub weight: Option<f64>,
     /// 0 (default): no trigger words; otherwise the LoRA's trigger words are appended to the
     /// prompt with this emphasis, e.g. `(trigger words:0.5)`.
+    #[oai(nullable)]
     pub trigger_weight: Option<f64>,
 }
 
@@ -63,6 +37,7 @@ pub struct ErrorBody {
 pub struct JobParams {
     pub model: String,
     pub prompt: String,
+    #[oai(nullable)]
     pub negative_prompt: Option<String>,
     pub width: u32,
     pub height: u32,
@@ -83,14 +58,18 @@ pub struct JobView {
     pub job_id: String,
     pub status: JobStatus,
     /// Queue position while queued (0: next).
+    #[oai(nullable)]
     pub position: Option<u32>,
     pub step: u32,
     pub total_steps: u32,
     pub params: JobParams,
     pub images: Vec<String>,
+    #[oai(nullable)]
     pub error: Option<String>,
     pub created_at: u64,
+    #[oai(nullable)]
     pub started_at: Option<u64>,
+    #[oai(nullable)]
     pub finished_at: Option<u64>,
     pub timings: JobTimings,
 }
@@ -149,6 +128,7 @@ impl JobView {
 pub struct JobList {
     pub jobs: Vec<JobView>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -190,6 +170,7 @@ impl From<&ImageRecord> for ImageView {
 #[derive(Object)]
 pub struct ImageList {
     pub images: Vec<ImageView>,
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -225,6 +206,7 @@ pub struct ModelInfo {
     pub id: String,
     pub name: String,
     pub family: String,
+    #[oai(nullable)]
     pub description: Option<String>,
     /// Whether its pipeline is in memory now.
     pub loaded: bool,
@@ -238,12 +220,15 @@ pub struct LoraInfo {
     /// What requests name in `loras[].id`: the file stem.
     pub id: String,
     /// The model family the file fits.
+    #[oai(nullable)]
     pub family: Option<String>,
+    #[oai(nullable)]
     pub rank: Option<u32>,
     /// Appended to the prompt with `trigger_weight` as emphasis when that is not 0.
     pub trigger_words: Vec<String>,
     /// Whether the file could be read; `error` says why not.
     pub loaded: bool,
+    #[oai(nullable)]
     pub error: Option<String>,
 }
 
@@ -253,6 +238,7 @@ pub struct Info {
     pub device: String,
     /// The float type weights are kept in and the networks compute in (`--dtype`).
     pub dtype: String,
+    #[oai(nullable)]
     pub default_model: Option<String>,
     pub models: Vec<ModelInfo>,
     pub loras: Vec<LoraInfo>,

@@ -29,6 +29,20 @@ pub struct ValidationErrors {
     pub detail: Vec<ValidationItem>,
 }
 
+impl ValidationErrors {
+    /// One error without an input value.
+    pub fn one(loc: Vec<String>, msg: String, kind: &str) -> Self {
+        Self {
+            detail: vec![ValidationItem {
+                loc,
+                msg,
+                kind: kind.into(),
+                input: None,
+            }],
+        }
+    }
+}
+
 pub const MIN_SIZE: u32 = 64;
 pub const MAX_SIZE: u32 = 2048;
 pub const MAX_STEPS: u32 = 150;
@@ -350,14 +364,9 @@ pub fn validate(
         seed,
         long_prompt,
     };
-    let params = request.resolve(manifest).map_err(|e| ValidationErrors {
-        detail: vec![ValidationItem {
-            loc: vec!["body".into()],
-            msg: e.to_string(),
-            kind: "value_error".into(),
-            input: None,
-        }],
-    })?;
+    let params = request
+        .resolve(manifest)
+        .map_err(|e| ValidationErrors::one(vec!["body".into()], e.to_string(), "value_error"))?;
     Ok(Validated {
         model: manifest.id.clone(),
         params,
@@ -376,13 +385,13 @@ fn check_family_fields(
     scheduler: Option<ScheduleKind>,
 ) {
     let options = FamilyOptions::of(family);
-    let given = |f: &Fields, field: &str| f.value(field).is_some_and(|v| !v.is_null());
     for (field, taken) in [
         ("guidance_scale", options.guidance),
         ("negative_prompt", options.negative_prompt),
         ("long_prompt", options.long_prompt),
     ] {
-        if !taken && given(f, field) {
+        // Even `null`: the family's schema has no such property.
+        if !taken && f.body.contains_key(field) {
             let input = f.value(field);
             let msg = format!("{} models take no `{field}`", family.name());
             f.error(field, "extra_forbidden", msg, input);
@@ -459,8 +468,10 @@ fn check_lora(
     ))
 }
 
-/// The JSON Schema of a model's generate parameters, with that model's defaults and limits.
-pub fn parameter_schema(manifest: &Manifest) -> Value {
+/// The JSON Schema of a model's generate parameters, with that model's defaults and limits and
+/// the LoRAs it can take now: exactly what [`validate`] accepts (but for `null`, which it also
+/// takes for every optional field and reads as absent).
+pub fn parameter_schema(manifest: &Manifest, library: &LoraLibrary) -> Value {
     let defaults = GenerationRequest {
         prompt: String::new(),
         seed: Some(0),
@@ -478,9 +489,9 @@ pub fn parameter_schema(manifest: &Manifest) -> Value {
         "width": {"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": multiple, "default": d(|p| p.width.into())},
         "height": {"type": "integer", "minimum": MIN_SIZE, "maximum": MAX_SIZE, "multipleOf": multiple, "default": d(|p| p.height.into())},
         "steps": {"type": "integer", "minimum": 1, "maximum": MAX_STEPS, "default": d(|p| p.steps.into())},
-        "sampler": {"enum": names(&options.samplers.iter().map(|s| s.name()).collect::<Vec<_>>()), "default": d(|p| p.sampler.name().into())},
-        "scheduler": {"enum": names(&options.schedulers.iter().map(|s| s.name()).collect::<Vec<_>>()), "default": d(|p| p.scheduler.name().into())},
-        "seed": {"type": ["integer", "null"], "minimum": 0, "description": "null or absent: random; image i uses seed + i"},
+        "sampler": {"type": "string", "enum": names(&options.samplers.iter().map(|s| s.name()).collect::<Vec<_>>()), "default": d(|p| p.sampler.name().into())},
+        "scheduler": {"type": "string", "enum": names(&options.schedulers.iter().map(|s| s.name()).collect::<Vec<_>>()), "default": d(|p| p.scheduler.name().into())},
+        "seed": {"type": ["integer", "null"], "minimum": 0, "maximum": i64::MAX, "description": "null or absent: random; image i uses seed + i"},
         "num_images": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGES, "default": 1},
         "priority": {"type": "integer", "minimum": -1000, "maximum": 1000, "default": 0,
             "description": "higher runs first; equal priorities run in submission order"},
@@ -500,13 +511,7 @@ pub fn parameter_schema(manifest: &Manifest) -> Value {
         (
             options.long_prompt,
             "long_prompt",
-            json!({"enum": ["chunk", "truncate"], "default": "chunk"}),
-        ),
-        (
-            options.loras,
-            "loras",
-            json!({"type": "array", "items": {"type": "object", "required": ["id"], "properties": {
-            "id": {"type": "string"}, "weight": {"type": "number"}, "trigger_weight": {"type": "number"}}}}),
+            json!({"type": "string", "enum": ["chunk", "truncate"], "default": "chunk"}),
         ),
     ];
     for (offered, name, schema) in optional {
@@ -514,10 +519,41 @@ pub fn parameter_schema(manifest: &Manifest) -> Value {
             properties[name] = schema;
         }
     }
+    // An empty list is fine for every family (clients send one).
+    properties["loras"] = lora_list_schema(manifest.family, options.loras, library);
     json!({
         "type": "object",
         "required": ["prompt"],
         "additionalProperties": false,
         "properties": properties,
     })
+}
+
+/// `loras`: entries naming a LoRA of `family` that can be used now (none: an empty list).
+fn lora_list_schema(family: Family, applies_loras: bool, library: &LoraLibrary) -> Value {
+    let usable: Vec<&str> = library
+        .entries()
+        .filter(|e| e.error.is_none() && e.family.is_none_or(|f| f == family))
+        .filter(|_| applies_loras)
+        .map(|e| e.id.as_str())
+        .collect();
+    if usable.is_empty() {
+        let why = if applies_loras {
+            "no LoRA for this model is installed"
+        } else {
+            "this build applies LoRAs to SDXL models only"
+        };
+        return json!({"type": "array", "maxItems": 0, "description": why});
+    }
+    let strength =
+        |default: f64| json!({"type": "number", "minimum": -10, "maximum": 10, "default": default});
+    json!({"type": "array", "items": {
+        "type": "object",
+        "required": ["id"],
+        "properties": {
+            "id": {"type": "string", "enum": usable},
+            "weight": strength(1.0),
+            "trigger_weight": strength(0.0),
+        },
+    }})
 }

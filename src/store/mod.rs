@@ -91,6 +91,23 @@ impl Store {
         Ok(())
     }
 
+    /// Counts this start among the server's starts (1 the first time) and persists the count:
+    /// SSE event ids are numbered per server life so that none is issued twice.
+    pub fn count_start(&self) -> Result<u32, Error> {
+        let life = self
+            .db
+            .update_and_fetch("server_starts", |old| {
+                let n = old.map_or(0, |b| u32::from_be_bytes(b.try_into().unwrap_or_default()));
+                Some(n.wrapping_add(1).to_be_bytes().to_vec())
+            })
+            .map_err(db_err)?
+            .map_or(1, |b| {
+                u32::from_be_bytes(b.as_ref().try_into().unwrap_or_default())
+            });
+        self.db.flush().map_err(db_err)?;
+        Ok(life)
+    }
+
     pub fn put_job(&self, job: &Job) -> Result<(), Error> {
         self.jobs
             .insert(

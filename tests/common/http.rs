@@ -1,11 +1,14 @@
-//! A minimal HTTP/1.1 client over std TCP for testing `hanga serve` over real HTTP: plain
-//! requests and a streaming SSE reader (both de-chunk `Transfer-Encoding: chunked`).
+//! Talking to a real `hanga serve` as clients do: plain requests with reqwest, SSE read with
+//! eventsource-stream (the parser of the `reqwest-eventsource` client). Tests stay synchronous:
+//! each SSE connection runs on a thread of its own.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
 
 pub struct Response {
     pub status: u16,
@@ -29,51 +32,14 @@ impl Response {
     }
 }
 
-fn read_head(reader: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or_else(|| panic!("bad status line {line:?}"))
-        .parse()
-        .unwrap();
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l.split_once(':').unwrap();
-        headers.push((k.trim().to_owned(), v.trim().to_owned()));
-    }
-    (status, headers)
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
 }
 
-fn is_chunked(headers: &[(String, String)]) -> bool {
-    headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
-}
-
-/// Reads one chunk of a chunked body; `None` at the end.
-fn read_chunk(reader: &mut impl BufRead) -> Option<Vec<u8>> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let size = usize::from_str_radix(line.trim().split(';').next()?, 16).ok()?;
-    if size == 0 {
-        return None;
-    }
-    let mut chunk = vec![0; size + 2];
-    reader.read_exact(&mut chunk).ok()?;
-    chunk.truncate(size);
-    Some(chunk)
-}
-
+/// `body` goes as JSON unless `headers` name a Content-Type.
 pub fn request(
     port: u16,
     method: &str,
@@ -81,43 +47,31 @@ pub fn request(
     body: Option<&[u8]>,
     headers: &[(&str, &str)],
 ) -> Response {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = client().request(method, format!("http://127.0.0.1:{port}{path}"));
     for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
+        request = request.header(*k, *v);
     }
-    if let Some(b) = body {
-        head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    if let Some(body) = body {
         if !headers
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
         {
-            head.push_str("Content-Type: application/json\r\n");
+            request = request.header("Content-Type", "application/json");
         }
+        request = request.body(body.to_vec());
     }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    if let Some(b) = body {
-        // The server may answer (413) before reading everything.
-        let _ = stream.write_all(b);
-    }
-    let mut reader = BufReader::new(stream);
-    let (status, headers) = read_head(&mut reader);
-    let mut body = Vec::new();
-    if is_chunked(&headers) {
-        while let Some(chunk) = read_chunk(&mut reader) {
-            body.extend(chunk);
-        }
-    } else {
-        let _ = reader.read_to_end(&mut body);
-    }
+    let response = request.send().unwrap();
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
     Response {
         status,
         headers,
-        body,
+        body: response.bytes().unwrap().to_vec(),
     }
 }
 
@@ -131,8 +85,9 @@ pub fn post_json(port: u16, path: &str, body: &serde_json::Value) -> Response {
 
 #[derive(Clone, Debug)]
 pub struct SseEvent {
-    pub id: Option<String>,
-    pub event: Option<String>,
+    pub id: String,
+    /// The `event:` name; "message" when the server names none (what `onmessage` receives).
+    pub event: String,
     pub data: String,
 }
 
@@ -140,89 +95,68 @@ impl SseEvent {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.data).unwrap()
     }
+
+    /// The `status` of a job stream event.
+    pub fn status(&self) -> String {
+        self.json()["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        ["completed", "failed", "cancelled"].contains(&self.status().as_str())
+    }
 }
 
 /// An open SSE connection.
 pub struct Sse {
-    reader: BufReader<TcpStream>,
-    chunked: bool,
-    buffer: String,
+    events: mpsc::Receiver<SseEvent>,
     pub status: u16,
 }
 
 impl Sse {
     pub fn connect(port: u16, path: &str, last_event_id: Option<&str>) -> Sse {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let mut head =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n");
-        if let Some(id) = last_event_id {
-            head.push_str(&format!("Last-Event-ID: {id}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).unwrap();
-        let mut reader = BufReader::new(stream);
-        let (status, headers) = read_head(&mut reader);
-        Sse {
-            chunked: is_chunked(&headers),
-            reader,
-            buffer: String::new(),
-            status,
-        }
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let last_event_id = last_event_id.map(str::to_owned);
+        let (status_tx, status_rx) = mpsc::channel();
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut request = reqwest::Client::new()
+                    .get(url)
+                    .header("Accept", "text/event-stream");
+                if let Some(id) = last_event_id {
+                    request = request.header("Last-Event-ID", id);
+                }
+                let response = request.send().await.unwrap();
+                status_tx.send(response.status().as_u16()).unwrap();
+                let mut stream =
+                    eventsource_stream::Eventsource::eventsource(response.bytes_stream());
+                while let Some(Ok(event)) = stream.next().await {
+                    let event = SseEvent {
+                        id: event.id,
+                        event: event.event,
+                        data: event.data,
+                    };
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+            });
+        });
+        let status = status_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        Sse { events, status }
     }
 
-    /// The next event (comments skipped); `None` when the stream ends.
+    /// The next event (comments skipped); `None` when the stream ends (or nothing comes for a
+    /// minute).
     pub fn next(&mut self) -> Option<SseEvent> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent {
-                    id: None,
-                    event: None,
-                    data: String::new(),
-                };
-                let mut has_data = false;
-                for line in block.lines() {
-                    if line.starts_with(':') {
-                        continue;
-                    }
-                    let (field, value) = line
-                        .split_once(':')
-                        .map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
-                    match field {
-                        "id" => event.id = Some(value.to_owned()),
-                        "event" => event.event = Some(value.to_owned()),
-                        "data" => {
-                            if has_data {
-                                event.data.push('\n');
-                            }
-                            event.data.push_str(value);
-                            has_data = true;
-                        }
-                        _ => {}
-                    }
-                }
-                if has_data {
-                    return Some(event);
-                }
-                continue;
-            }
-            let bytes = if self.chunked {
-                read_chunk(&mut self.reader)?
-            } else {
-                let mut buf = vec![0; 4096];
-                let n = self.reader.read(&mut buf).ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.truncate(n);
-                buf
-            };
-            self.buffer
-                .push_str(&String::from_utf8_lossy(&bytes).replace("\r\n", "\n"));
-        }
+        self.events.recv_timeout(Duration::from_secs(60)).ok()
     }
 
     /// Events until one satisfies `until` (included) or the stream ends.
