@@ -1,7 +1,7 @@
 # hanga — two commands do everything: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test release bench bench-server check-gpu fmt
+.PHONY: run test test-deps release bench bench-server check-gpu fmt
 
 # Builds and starts the server on 127.0.0.1:8000 with the bundled demo model (random weights):
 # Swagger UI at http://127.0.0.1:8000/docs. The dev profile (dependencies at opt-level 3)
@@ -12,9 +12,20 @@ run:
 release:
 	$(CARGO) build --release
 
-# Unit, component, pipeline and CLI tests on the tiny reference checkpoints (CPU).
-test:
+# Unit, component, pipeline, CLI, server and browser tests on the tiny reference checkpoints
+# (CPU), then schemathesis against `hanga serve` (tests/schemathesis/run.sh makes its
+# virtualenv under .venv/).
+test: test-deps
 	$(CARGO) test --all-targets
+	tests/schemathesis/run.sh target/debug/hanga
+
+# Debian's Chromium and its WebDriver, for tests/browser.rs.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-deps:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 # UNet step and VAE decode timings on CPU beside PyTorch's (benches/denoise.rs). Runs the
 # bench binary from the test build (dependencies at opt-level 3) rather than a second, release
