@@ -149,6 +149,14 @@ impl Browser {
             .unwrap_or_else(|e| panic!("no `{css}`: {e}"))
     }
 
+    async fn click(&self, css: &str) {
+        self.find(css)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("clicking `{css}`: {e}"));
+    }
+
     async fn screenshot(&self, name: &str) -> image::RgbImage {
         let png = self.client.screenshot().await.unwrap();
         let dir = if std::env::var_os("HANGA_UPDATE_SCREENSHOTS").is_some() {
@@ -219,8 +227,37 @@ async fn type_into(browser: &Browser, css: &str, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
     let dir = temp_dir("dashboard");
-    let server = Server::start(&dir, &["--preview-interval-ms", "0"]);
+    // A LoRA of the demo model, with civitai trigger words beside it.
+    let loras = dir.join("loras");
+    common::install_kohya_lora(&loras);
+    let server = Server::start(
+        &dir,
+        &[
+            "--preview-interval-ms",
+            "0",
+            "--loras",
+            loras.to_str().unwrap(),
+        ],
+    );
     let port = server.port;
+    // More images than the gallery's first page (48), for its infinite scroll.
+    for seed in 0..7 {
+        let job = api(
+            port,
+            "POST",
+            "/api/generate",
+            Some(json!({"prompt": "filler", "width": 64, "height": 64, "steps": 1, "seed": seed, "num_images": 8})),
+        )
+        .await;
+        assert_eq!(job["status"], "queued", "{job}");
+    }
+    let started = Instant::now();
+    while api(port, "GET", "/api/jobs?status=queued", None).await["jobs"] != json!([])
+        || api(port, "GET", "/api/jobs?status=processing", None).await["jobs"] != json!([])
+    {
+        assert!(started.elapsed() < Duration::from_secs(120), "filler jobs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let browser = Browser::start(&dir.join("profile")).await;
     let page = format!("http://127.0.0.1:{port}/");
     browser.client.goto(&page).await.unwrap();
@@ -263,7 +300,7 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
     )
     .await;
     type_into(&browser, "form#generate-form [name=width]", "100").await;
-    browser.find("button#submit").await.click().await.unwrap();
+    browser.click("button#submit").await;
     let message = browser
         .wait_js(
             "the width error",
@@ -281,6 +318,43 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
         logged.iter().all(|(_, m)| m.contains("status of 422")),
         "console after the 422: {logged:?}"
     );
+
+    // The gallery's first page, then the next one when its end scrolls into view.
+    let tiles = "document.querySelectorAll('#gallery .tile').length";
+    browser
+        .wait_js(
+            "the first page",
+            &format!("{tiles} === 48"),
+            Duration::from_secs(30),
+        )
+        .await;
+    browser
+        .js("document.querySelector('#gallery-more').scrollIntoView()")
+        .await;
+    browser
+        .wait_js(
+            "the second page",
+            &format!("{tiles} === 56"),
+            Duration::from_secs(30),
+        )
+        .await;
+    browser.js("window.scrollTo(0, 0)").await;
+
+    // A LoRA from the picker, with its weight and trigger weight.
+    browser
+        .find("#lora-add")
+        .await
+        .select_by_value("kohya_style")
+        .await
+        .unwrap();
+    let lora_row = ".lora-row[data-lora-id=kohya_style]";
+    type_into(&browser, &format!("{lora_row} [name=weight]"), "0.8").await;
+    type_into(
+        &browser,
+        &format!("{lora_row} [name=trigger_weight]"),
+        "0.5",
+    )
+    .await;
 
     // Submit with Ctrl+Enter: the job shows its steps with previews, then its image lands in
     // the gallery without a reload.
@@ -326,7 +400,14 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
     let finished = api(port, "GET", &format!("/api/jobs/{job_id}"), None).await;
     assert_eq!(finished["status"], "completed");
     assert_eq!(finished["params"]["steps"], 6);
-    assert_eq!(finished["params"]["prompt"], "a lighthouse at dusk");
+    assert_eq!(
+        finished["params"]["prompt"], "a lighthouse at dusk, (wine bottle:0.5)",
+        "the trigger words at their weight"
+    );
+    assert_eq!(
+        finished["params"]["loras"],
+        json!([{"id": "kohya_style", "weight": 0.8, "trigger_weight": 0.5}])
+    );
     let filename = finished["images"][0].as_str().unwrap().to_owned();
     browser
         .wait_js(
@@ -345,7 +426,7 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
         Some(json!({"prompt": "slow", "width": 512, "height": 512, "steps": 60, "seed": 1})),
     )
     .await;
-    browser.find("button#submit").await.click().await.unwrap();
+    browser.click("button#submit").await;
     let queued = browser
         .wait_js(
             "a queued job",
@@ -355,12 +436,7 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
         .await;
     let queued = queued.as_str().unwrap().to_owned();
     let queued_css = format!("#queue .job[data-job-id='{queued}']");
-    browser
-        .find(&format!("{queued_css} button.cancel"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click(&format!("{queued_css} button.cancel")).await;
     browser
         .wait_js(
             "the cancelled job",
@@ -394,11 +470,8 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
     )
     .await;
     browser
-        .find(&format!("#gallery .tile[data-filename='{filename}'] img"))
-        .await
-        .click()
-        .await
-        .unwrap();
+        .click(&format!("#gallery .tile[data-filename='{filename}'] img"))
+        .await;
     browser
         .wait_js(
             "the viewer",
@@ -408,28 +481,31 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
         .await;
     let shown = browser.find("#viewer-params").await.text().await.unwrap();
     assert!(shown.contains("a lighthouse at dusk"), "{shown}");
-    browser.find("#use-settings").await.click().await.unwrap();
+    assert!(shown.contains("kohya_style"), "{shown}");
+    browser.click("#use-settings").await;
     let refilled = browser
         .js("const f = document.querySelector('form#generate-form'); return [f.prompt.value, f.steps.value, f.seed.value, document.querySelector('#seed-random').checked]")
         .await;
     assert_eq!(
         refilled,
         json!([
+            // As typed: the LoRA's trigger words are appended again when it runs.
             "a lighthouse at dusk",
             "6",
             finished["params"]["seed"].to_string(),
             false
         ])
     );
+    let lora_weights = browser
+        .js(&format!("const r = document.querySelector('{lora_row}'); return r && [r.querySelector('[name=weight]').value, r.querySelector('[name=trigger_weight]').value]"))
+        .await;
+    assert_eq!(lora_weights, json!(["0.8", "0.5"]));
 
     // Delete asks once, then the tile and the file are gone.
     browser
-        .find(&format!("#gallery .tile[data-filename='{filename}'] img"))
-        .await
-        .click()
-        .await
-        .unwrap();
-    browser.find("#delete-image").await.click().await.unwrap();
+        .click(&format!("#gallery .tile[data-filename='{filename}'] img"))
+        .await;
+    browser.click("#delete-image").await;
     browser.client.accept_alert().await.unwrap();
     browser
         .wait_js(
@@ -554,17 +630,11 @@ async fn swagger_ui_tries_out_generate() {
         .await
         .unwrap();
     browser
-        .find("#operations-Jobs-post_api_generate .opblock-summary")
-        .await
-        .click()
-        .await
-        .unwrap();
+        .click("#operations-Jobs-post_api_generate .opblock-summary")
+        .await;
     browser
-        .find("#operations-Jobs-post_api_generate .try-out__btn")
-        .await
-        .click()
-        .await
-        .unwrap();
+        .click("#operations-Jobs-post_api_generate .try-out__btn")
+        .await;
     let body = browser
         .find("#operations-Jobs-post_api_generate textarea.body-param__text")
         .await;
@@ -573,11 +643,8 @@ async fn swagger_ui_tries_out_generate() {
         .await
         .unwrap();
     browser
-        .find("#operations-Jobs-post_api_generate .execute")
-        .await
-        .click()
-        .await
-        .unwrap();
+        .click("#operations-Jobs-post_api_generate .execute")
+        .await;
     let status = browser
         .wait_js(
             "the response",

@@ -189,7 +189,11 @@ fn generate_follow_download_and_gallery() {
     let prometheus_parse::Value::Histogram(steps) = &sample("hanga_step_seconds").value else {
         unreachable!()
     };
-    assert_eq!(steps.last().unwrap().count, 8.0, "8 steps in the +Inf bucket");
+    assert_eq!(
+        steps.last().unwrap().count,
+        8.0,
+        "8 steps in the +Inf bucket"
+    );
     assert_eq!(
         sample("hanga_job_duration_seconds").labels.get("status"),
         Some("completed")
@@ -216,7 +220,10 @@ fn sizes_that_are_multiples_of_8_but_not_32_complete() {
     );
     let job = wait_finished(port, &job_id, Duration::from_secs(60));
     assert_eq!(job["status"], "completed", "{job}");
-    let png = get(port, &format!("/api/images/{}", job["images"][0].as_str().unwrap()));
+    let png = get(
+        port,
+        &format!("/api/images/{}", job["images"][0].as_str().unwrap()),
+    );
     let image = image::load_from_memory(&png.body).unwrap();
     assert_eq!((image.width(), image.height()), (72, 88));
 }
@@ -627,16 +634,7 @@ fn loras_through_the_api_reproduce_the_reference_images() {
         loras.join("sdxl_lora_peft.safetensors"),
     )
     .unwrap();
-    std::fs::copy(
-        fixtures.join("sdxl_lora_kohya.safetensors"),
-        loras.join("kohya_style.safetensors"),
-    )
-    .unwrap();
-    std::fs::write(
-        loras.join("kohya_style.json"),
-        r#"{"trainedWords": ["wine bottle"]}"#,
-    )
-    .unwrap();
+    common::install_kohya_lora(&loras);
     std::fs::write(loras.join("corrupt.safetensors"), b"not a safetensors file").unwrap();
     // A Flux LoRA in kohya's layout (its key names tell the family).
     let (down, up) = (vec![0u8; 4 * 4 * 8], vec![0u8; 4 * 8 * 4]);

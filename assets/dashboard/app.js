@@ -573,6 +573,19 @@ async function openViewer(image) {
   }
 }
 
+/**
+ * The prompt as typed: the server appends each LoRA's trigger words as `, (words:weight)` when
+ * its trigger_weight is not 0, and the LoRA refilled below would append them again.
+ */
+function withoutTriggerWords(prompt, loras) {
+  for (const { id, trigger_weight: weight } of [...loras].reverse()) {
+    const words = state.info.loras.find((l) => l.id === id)?.trigger_words ?? [];
+    const suffix = `, (${words.join(', ')}:${weight})`;
+    if (weight && words.length && prompt.endsWith(suffix)) prompt = prompt.slice(0, -suffix.length);
+  }
+  return prompt;
+}
+
 function useSettings() {
   const { params } = viewing;
   const model = state.info.models.find((m) => m.id === params.model);
@@ -584,6 +597,8 @@ function useSettings() {
       const control = form().elements.namedItem(name);
       if (control && name in params) control.value = params[name] ?? '';
     }
+    const prompt = form().elements.namedItem('prompt');
+    if (prompt) prompt.value = withoutTriggerWords(params.prompt ?? '', params.loras ?? []);
     const seed = form().elements.namedItem('seed');
     if (seed) {
       seed.value = params.seed;

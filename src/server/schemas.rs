@@ -94,7 +94,7 @@ impl JobView {
                 width: p.width as u32,
                 height: p.height as u32,
                 steps: p.steps as u32,
-                guidance_scale: p.guidance_scale as f64,
+                guidance_scale: decimal(p.guidance_scale),
                 sampler: p.sampler.name().into(),
                 scheduler: p.scheduler.name().into(),
                 seed: p.seed,
@@ -109,8 +109,8 @@ impl JobView {
                     .iter()
                     .map(|l| LoraRef {
                         id: l.id.clone(),
-                        weight: Some(l.weight as f64),
-                        trigger_weight: Some(l.trigger_weight as f64),
+                        weight: Some(decimal(l.weight)),
+                        trigger_weight: Some(decimal(l.trigger_weight)),
                     })
                     .collect(),
             },
@@ -122,6 +122,11 @@ impl JobView {
             timings: job.timings.clone(),
         }
     }
+}
+
+/// The f64 a client wrote for an f32 we keep: `0.3`, not `0.30000001192092896`.
+fn decimal(value: f32) -> f64 {
+    value.to_string().parse().unwrap_or(value as f64)
 }
 
 #[derive(Object)]

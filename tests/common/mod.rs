@@ -20,6 +20,22 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Copies the kohya-layout LoRA of the tiny SDXL (the demo model) into `loras` as
+/// `kohya_style.safetensors`, with a civitai sidecar naming its trigger words "wine bottle".
+pub fn install_kohya_lora(loras: &Path) {
+    std::fs::create_dir_all(loras).unwrap();
+    std::fs::copy(
+        fixtures().join("sdxl/lora/sdxl_lora_kohya.safetensors"),
+        loras.join("kohya_style.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        loras.join("kohya_style.json"),
+        r#"{"trainedWords": ["wine bottle"]}"#,
+    )
+    .unwrap();
+}
+
 /// A fixture tensor: values as f64 (ids and masks converted) and shape.
 #[derive(Clone, Debug)]
 pub struct Recorded {
