@@ -167,15 +167,23 @@ async fn limit_body<E: Endpoint>(
     let chunked = request
         .header(header::TRANSFER_ENCODING)
         .is_some_and(|v| v.contains("chunked"));
+    // The API's error body (`{"detail": ...}`); openapi.rs documents both answers.
+    let refuse = |status: StatusCode, detail: String| {
+        Ok(poem::web::Json(serde_json::json!({ "detail": detail }))
+            .with_status(status)
+            .into_response())
+    };
     if length.is_some_and(|l| l > max) {
-        return Ok((
+        return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request bodies are limited to {max} bytes"),
-        )
-            .into_response());
+        );
     }
     if chunked && length.is_none() && request.method() != Method::GET {
-        return Ok((StatusCode::LENGTH_REQUIRED, "send a Content-Length header").into_response());
+        return refuse(
+            StatusCode::LENGTH_REQUIRED,
+            "send a Content-Length header".into(),
+        );
     }
     endpoint
         .call(request)

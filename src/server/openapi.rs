@@ -19,7 +19,31 @@ pub fn document(generated: &str, state: &AppState) -> Value {
     doc["servers"] = json!([{"url": "/"}]);
     doc["components"]["schemas"][GENERATE_BODY] = generate_body(state);
     describe_event_streams(&mut doc);
+    document_body_limits(&mut doc);
     doc
+}
+
+/// The answers of `limit_body` (server/mod.rs), which runs before any operation that takes a
+/// body.
+fn document_body_limits(doc: &mut Value) {
+    let error = |description: &str| {
+        json!({"description": description, "content": {"application/json": {"schema":
+            {"$ref": "#/components/schemas/ErrorBody"}}}})
+    };
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for operation in paths
+        .values_mut()
+        .flat_map(|p| p.as_object_mut())
+        .flat_map(|p| p.values_mut())
+    {
+        if operation.get("requestBody").is_some() {
+            let responses = &mut operation["responses"];
+            responses["413"] = error("The body is larger than the server takes.");
+            responses["411"] = error("A chunked body without Content-Length.");
+        }
+    }
 }
 
 /// One variant per model: the default model's takes `model` absent, the others need it.
