@@ -18,13 +18,6 @@ use serde_json::{Value, json};
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hanga-browser-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// chromedriver on a free port, and a headless Chromium session through it.
 struct Browser {
     driver: Child,
@@ -124,15 +117,16 @@ impl Browser {
         self.client.execute(script, vec![]).await.unwrap()
     }
 
-    /// Polls `script` (an expression) until it is truthy; returns its value.
-    async fn wait_js(&self, what: &str, script: &str, timeout: Duration) -> Value {
+    /// Polls `script` (an expression) until it is truthy (for at most a minute); returns its
+    /// value.
+    async fn wait_js(&self, what: &str, script: &str) -> Value {
         let started = Instant::now();
         loop {
             let value = self.js(&format!("return {script};")).await;
             if !(value.is_null() || value == false || value == "" || value == 0) {
                 return value;
             }
-            if started.elapsed() > timeout {
+            if started.elapsed() > Duration::from_secs(60) {
                 let console = self.console().await;
                 panic!("timed out waiting for {what}; console: {console:?}");
             }
@@ -226,7 +220,7 @@ async fn type_into(browser: &Browser, css: &str, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
-    let dir = temp_dir("dashboard");
+    let dir = common::temp_dir("browser-dashboard");
     // A LoRA of the demo model, with civitai trigger words beside it.
     let loras = dir.join("loras");
     common::install_kohya_lora(&loras);
@@ -262,11 +256,7 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
     let page = format!("http://127.0.0.1:{port}/");
     browser.client.goto(&page).await.unwrap();
     browser
-        .wait_js(
-            "the form",
-            "document.body.dataset.ready",
-            Duration::from_secs(30),
-        )
+        .wait_js("the form", "document.body.dataset.ready")
         .await;
     browser.assert_quiet_console("on load").await;
 
@@ -305,7 +295,6 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
         .wait_js(
             "the width error",
             "document.querySelector('.field-error[data-field=width]')?.textContent",
-            Duration::from_secs(30),
         )
         .await;
     assert!(
@@ -322,21 +311,13 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
     // The gallery's first page, then the next one when its end scrolls into view.
     let tiles = "document.querySelectorAll('#gallery .tile').length";
     browser
-        .wait_js(
-            "the first page",
-            &format!("{tiles} === 48"),
-            Duration::from_secs(30),
-        )
+        .wait_js("the first page", &format!("{tiles} === 48"))
         .await;
     browser
         .js("document.querySelector('#gallery-more').scrollIntoView()")
         .await;
     browser
-        .wait_js(
-            "the second page",
-            &format!("{tiles} === 56"),
-            Duration::from_secs(30),
-        )
+        .wait_js("the second page", &format!("{tiles} === 56"))
         .await;
     browser.js("window.scrollTo(0, 0)").await;
 
@@ -374,7 +355,6 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
         .wait_js(
             "the job in the queue",
             "document.querySelector('#queue .job')?.dataset.jobId",
-            Duration::from_secs(30),
         )
         .await;
     let job_id = job_id.as_str().unwrap().to_owned();
@@ -382,15 +362,12 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
     browser
         .wait_js(
             "a preview",
-            &format!("document.querySelector(\"{job} img.preview\")?.src.startsWith('data:image/jpeg;base64,')"),
-            Duration::from_secs(60),
-        )
+            &format!("document.querySelector(\"{job} img.preview\")?.src.startsWith('data:image/jpeg;base64,')"))
         .await;
     browser
         .wait_js(
             "the job to complete",
             &format!("document.querySelector(\"{job}\")?.dataset.status === 'completed'"),
-            Duration::from_secs(60),
         )
         .await;
     let progress = browser
@@ -413,7 +390,6 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
         .wait_js(
             "the image in the gallery",
             &format!("document.querySelector(\"#gallery .tile[data-filename='{filename}']\")"),
-            Duration::from_secs(30),
         )
         .await;
     browser.assert_quiet_console("during a job").await;
@@ -431,7 +407,6 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
         .wait_js(
             "a queued job",
             "document.querySelector('#queue .job[data-status=queued]')?.dataset.jobId",
-            Duration::from_secs(30),
         )
         .await;
     let queued = queued.as_str().unwrap().to_owned();
@@ -440,9 +415,7 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
     browser
         .wait_js(
             "the cancelled job",
-            &format!("document.querySelector(\"{queued_css}\")?.dataset.status === 'cancelled' || !document.querySelector(\"{queued_css}\")"),
-            Duration::from_secs(30),
-        )
+            &format!("document.querySelector(\"{queued_css}\")?.dataset.status === 'cancelled' || !document.querySelector(\"{queued_css}\")"))
         .await;
     assert_eq!(
         api(port, "GET", &format!("/api/jobs/{queued}"), None).await["status"],
@@ -473,11 +446,7 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
         .click(&format!("#gallery .tile[data-filename='{filename}'] img"))
         .await;
     browser
-        .wait_js(
-            "the viewer",
-            "document.querySelector('dialog#viewer').open",
-            Duration::from_secs(10),
-        )
+        .wait_js("the viewer", "document.querySelector('dialog#viewer').open")
         .await;
     let shown = browser.find("#viewer-params").await.text().await.unwrap();
     assert!(shown.contains("a lighthouse at dusk"), "{shown}");
@@ -511,7 +480,6 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
         .wait_js(
             "the tile to go",
             &format!("!document.querySelector(\"#gallery .tile[data-filename='{filename}']\")"),
-            Duration::from_secs(10),
         )
         .await;
     let gone = reqwest::get(format!("http://127.0.0.1:{port}/api/images/{filename}"))
@@ -524,11 +492,7 @@ async fn the_dashboard_generates_follows_cancels_and_browses_the_gallery() {
     browser.client.set_window_size(390, 844).await.unwrap();
     browser.client.refresh().await.unwrap();
     browser
-        .wait_js(
-            "the form",
-            "document.body.dataset.ready",
-            Duration::from_secs(30),
-        )
+        .wait_js("the form", "document.body.dataset.ready")
         .await;
     let overflow = browser
         .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
@@ -552,7 +516,7 @@ fn readme_onmessage_example() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guides_onmessage_example_receives_every_event() {
-    let dir = temp_dir("onmessage");
+    let dir = common::temp_dir("browser-onmessage");
     let server = Server::start(&dir, &["--preview-interval-ms", "0"]);
     let port = server.port;
     let browser = Browser::start(&dir.join("profile")).await;
@@ -620,7 +584,7 @@ async fn the_guides_onmessage_example_receives_every_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swagger_ui_tries_out_generate() {
-    let dir = temp_dir("swagger");
+    let dir = common::temp_dir("browser-swagger");
     let server = Server::start(&dir, &[]);
     let port = server.port;
     let browser = Browser::start(&dir.join("profile")).await;
@@ -648,9 +612,7 @@ async fn swagger_ui_tries_out_generate() {
     let status = browser
         .wait_js(
             "the response",
-            "document.querySelector('#operations-Jobs-post_api_generate .live-responses-table tbody .response-col_status')?.textContent",
-            Duration::from_secs(30),
-        )
+            "document.querySelector('#operations-Jobs-post_api_generate .live-responses-table tbody .response-col_status')?.textContent")
         .await;
     assert_eq!(status.as_str().unwrap().trim(), "202", "{status}");
     let jobs = api(port, "GET", "/api/jobs", None).await;

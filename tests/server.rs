@@ -3,18 +3,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::http::{Server, Sse, SseEvent, get, post_json, request, wait_finished};
 use serde_json::json;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hanga-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn submit(port: u16, body: serde_json::Value) -> String {
     let r = post_json(port, "/api/generate", &body);
@@ -33,7 +25,7 @@ fn quick_job(prompt: &str, priority: i32) -> serde_json::Value {
 
 #[test]
 fn generate_follow_download_and_gallery() {
-    let dir = temp_dir("roundtrip");
+    let dir = common::temp_dir("roundtrip");
     let server = Server::start(&dir, &["--preview-interval-ms", "0"]);
     let port = server.port;
     let mut gallery = Sse::connect(port, "/api/sse/gallery", None);
@@ -211,7 +203,7 @@ fn generate_follow_download_and_gallery() {
 /// skips whose size its downsampling rounded up (72 px → latents 9 → 5 → 3 and back).
 #[test]
 fn sizes_that_are_multiples_of_8_but_not_32_complete() {
-    let dir = temp_dir("odd-size");
+    let dir = common::temp_dir("odd-size");
     let server = Server::start(&dir, &[]);
     let port = server.port;
     let job_id = submit(
@@ -230,7 +222,7 @@ fn sizes_that_are_multiples_of_8_but_not_32_complete() {
 
 #[test]
 fn priorities_order_the_queue_and_positions_count_down() {
-    let dir = temp_dir("priority");
+    let dir = common::temp_dir("priority");
     let server = Server::start(&dir, &[]);
     let port = server.port;
     let running = submit(port, slow_job(0));
@@ -276,7 +268,7 @@ fn priorities_order_the_queue_and_positions_count_down() {
 
 #[test]
 fn cancel_queued_running_and_finished_jobs() {
-    let dir = temp_dir("cancel");
+    let dir = common::temp_dir("cancel");
     let server = Server::start(&dir, &[]);
     let port = server.port;
     let running = submit(port, slow_job(0));
@@ -316,7 +308,7 @@ fn cancel_queued_running_and_finished_jobs() {
 
 #[test]
 fn a_killed_server_finishes_every_accepted_job_once() {
-    let dir = temp_dir("restart");
+    let dir = common::temp_dir("restart");
     let server = Server::start(&dir, &[]);
     let port = server.port;
     let mut jobs = vec![submit(port, slow_job(0))];
@@ -394,7 +386,7 @@ fn a_killed_server_finishes_every_accepted_job_once() {
 
 #[test]
 fn sse_replays_missed_events_after_last_event_id() {
-    let dir = temp_dir("replay");
+    let dir = common::temp_dir("replay");
     let server = Server::start(&dir, &["--preview-interval-ms", "0"]);
     let port = server.port;
     // A job ahead keeps this one queued while its stream is opened.
@@ -421,7 +413,7 @@ fn sse_replays_missed_events_after_last_event_id() {
 
 #[test]
 fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
-    let dir = temp_dir("bad-input");
+    let dir = common::temp_dir("bad-input");
     let server = Server::start(&dir, &[]);
     let port = server.port;
     let expect_422 = |body: &[u8], field: &str| {
@@ -488,7 +480,7 @@ fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
 
 #[test]
 fn openapi_lists_every_route_and_info_describes_models() {
-    let dir = temp_dir("openapi");
+    let dir = common::temp_dir("openapi");
     let server = Server::start(&dir, &[]);
     let port = server.port;
     let spec = get(port, "/openapi.json").json();
@@ -570,7 +562,7 @@ fn openapi_lists_every_route_and_info_describes_models() {
 
 #[test]
 fn a_full_queue_answers_429_and_a_broken_model_fails_alone() {
-    let dir = temp_dir("limits");
+    let dir = common::temp_dir("limits");
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     // A manifest whose "checkpoint" is a VAE file: loading it must fail that job only.
@@ -630,7 +622,7 @@ fn a_full_queue_answers_429_and_a_broken_model_fails_alone() {
 
 #[test]
 fn loras_through_the_api_reproduce_the_reference_images() {
-    let dir = temp_dir("loras");
+    let dir = common::temp_dir("loras");
     let loras = dir.join("loras");
     std::fs::create_dir_all(&loras).unwrap();
     let fixtures =
@@ -751,7 +743,7 @@ fn loras_through_the_api_reproduce_the_reference_images() {
 
 #[test]
 fn lora_directories_rescan_and_manifest_paths() {
-    let dir = temp_dir("lora-dirs");
+    let dir = common::temp_dir("lora-dirs");
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let lycoris = repo.join("tests/fixtures/sdxl/lycoris");
     let (loras, manifests) = (dir.join("loras"), dir.join("manifests"));
@@ -871,7 +863,7 @@ fn lora_directories_rescan_and_manifest_paths() {
 
 #[test]
 fn flux_chroma_and_z_image_jobs_reproduce_their_references_with_previews() {
-    let dir = temp_dir("flux");
+    let dir = common::temp_dir("flux");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let fixtures = root.join("flux");
     let manifests = format!("{},{}", fixtures.display(), root.join("zimage").display());
@@ -993,7 +985,7 @@ fn flux_chroma_and_z_image_jobs_reproduce_their_references_with_previews() {
 /// run in f32 in this process (mean |Δ| ≤ 2/255, as tests/half_precision.rs).
 #[test]
 fn a_bf16_server_runs_fp8_flux_files() {
-    let dir = temp_dir("bf16");
+    let dir = common::temp_dir("bf16");
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flux");
     let manifests = fixtures.display().to_string();
     let server = Server::start(&dir, &["--manifests", &manifests, "--dtype", "bf16"]);

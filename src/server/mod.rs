@@ -130,6 +130,8 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         &generated,
         &serde_json::to_string(&document).expect("a JSON document"),
     );
+    // Every request passes `allow_on_405`: it shares the document rather than copying it.
+    let paths = Arc::new(document);
     let spec = poem::endpoint::make_sync(move |_| {
         // LoRAs come and go with rescans: the document is made afresh for every request.
         poem::web::Json(openapi::document(&generated, &state))
@@ -142,7 +144,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         )
         .nest("/", service)
         .around(move |endpoint, request| limit_body(endpoint, request, options.max_body_bytes))
-        .around(move |endpoint, request| allow_on_405(endpoint, request, document.clone()));
+        .around(move |endpoint, request| allow_on_405(endpoint, request, paths.clone()));
     let app = match options.cors_origin {
         Some(origin) => app.with(Cors::new().allow_origin(origin)).boxed(),
         None => app.boxed(),
@@ -195,7 +197,7 @@ async fn limit_body<E: Endpoint>(
 async fn allow_on_405<E: Endpoint>(
     endpoint: Arc<E>,
     request: Request,
-    document: serde_json::Value,
+    document: Arc<serde_json::Value>,
 ) -> poem::Result<Response> {
     let path = request.uri().path().to_owned();
     let mut response = match endpoint.call(request).await {

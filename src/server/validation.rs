@@ -531,19 +531,17 @@ pub fn parameter_schema(manifest: &Manifest, library: &LoraLibrary) -> Value {
 
 /// `loras`: entries naming a LoRA of `family` that can be used now (none: an empty list).
 fn lora_list_schema(family: Family, applies_loras: bool, library: &LoraLibrary) -> Value {
+    let none = |why: &str| json!({"type": "array", "maxItems": 0, "description": why});
+    if !applies_loras {
+        return none("this build applies LoRAs to SDXL models only");
+    }
     let usable: Vec<&str> = library
         .entries()
         .filter(|e| e.error.is_none() && e.family.is_none_or(|f| f == family))
-        .filter(|_| applies_loras)
         .map(|e| e.id.as_str())
         .collect();
     if usable.is_empty() {
-        let why = if applies_loras {
-            "no LoRA for this model is installed"
-        } else {
-            "this build applies LoRAs to SDXL models only"
-        };
-        return json!({"type": "array", "maxItems": 0, "description": why});
+        return none("no LoRA for this model is installed");
     }
     let strength =
         |default: f64| json!({"type": "number", "minimum": -10, "maximum": 10, "default": default});

@@ -20,6 +20,14 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A fresh `hanga-<name>-<pid>` folder under the system's temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hanga-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// Copies the kohya-layout LoRA of the tiny SDXL (the demo model) into `loras` as
 /// `kohya_style.safetensors`, with a civitai sidecar naming its trigger words "wine bottle".
 pub fn install_kohya_lora(loras: &Path) {
