@@ -156,7 +156,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         .map_err(Error::Io)
 }
 
-/// Bodies over `max` bytes get 413 before anything reads them. (poem's `SizeLimit` also
+/// How many times the body limit a refused body may be before it is no longer read to its end.
+const LINGER_FACTOR: usize = 64;
+
+/// Bodies over `max` bytes get 413 before anything parses them. (poem's `SizeLimit` also
 /// refuses bodiless GETs that carry no Content-Length, so it does not fit here.)
 async fn limit_body<E: Endpoint>(
     endpoint: Arc<E>,
@@ -175,7 +178,17 @@ async fn limit_body<E: Endpoint>(
             .with_status(status)
             .into_response())
     };
-    if length.is_some_and(|l| l > max) {
+    if let Some(length) = length.filter(|&l| l > max) {
+        // Read what the client is sending before answering: a server that answers and closes
+        // with the body unread makes the kernel reset the connection, and the client sees a
+        // broken pipe instead of the 413 (nginx's `lingering_close`). Bounded in size and time,
+        // so a huge Content-Length or a stalled sender is answered at once.
+        if length <= max.saturating_mul(LINGER_FACTOR) {
+            let mut body = request.into_body().into_async_read();
+            let mut sink = tokio::io::sink();
+            let drain = tokio::io::copy(&mut body, &mut sink);
+            let _ = tokio::time::timeout(Duration::from_secs(30), drain).await;
+        }
         return refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request bodies are limited to {max} bytes"),
