@@ -13,6 +13,7 @@
 
 pub mod backend;
 mod error;
+pub mod graph;
 pub mod metrics;
 pub mod models;
 pub mod output;

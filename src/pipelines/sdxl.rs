@@ -20,7 +20,7 @@ use super::{
 use crate::Error;
 use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
 use crate::models::unet_sdxl::{UNet, UNetConfig};
-use crate::models::vae::{Decoder, VaeConfig};
+use crate::models::vae::{Decoder, Encoder, VaeConfig};
 use crate::models::weight_bytes;
 use crate::registry::Manifest;
 use crate::sampling::{Prediction, Sampler, SchedulerConfig, TorchGenerator};
@@ -35,6 +35,7 @@ const SDXL_VAE_SCALING: f32 = 0.13025;
 /// Width of a latent pixel in image pixels.
 pub const VAE_SCALE: usize = 8;
 
+#[derive(Clone)]
 pub struct SdxlPipeline<B: Backend> {
     tokenizer_l: ClipTokenizer,
     tokenizer_g: ClipTokenizer,
@@ -42,6 +43,8 @@ pub struct SdxlPipeline<B: Backend> {
     clip_g: ClipTextModel<B>,
     unet: UNet<B>,
     vae: Decoder<B>,
+    /// For graphs' VAEEncode (img2img).
+    vae_encoder: Encoder<B>,
     scheduler: SchedulerConfig,
     prediction: Prediction,
     force_zeros_for_empty_prompt: bool,
@@ -186,7 +189,7 @@ impl<B: Backend> SdxlPipeline<B> {
             ("unet", weight_bytes(&self.unet)),
             ("clip_l", weight_bytes(&self.clip_l)),
             ("clip_g", weight_bytes(&self.clip_g)),
-            ("vae", weight_bytes(&self.vae)),
+            ("vae", weight_bytes(&self.vae) + weight_bytes(&self.vae_encoder)),
         ]
     }
 
@@ -234,6 +237,7 @@ impl<B: Backend> SdxlPipeline<B> {
                 (LoraComponent::TextEncoder2, parts.clip_g.loaded_params()),
             ],
             vae: Decoder::load(&parts.vae, &vae_cfg, device)?,
+            vae_encoder: Encoder::load(&parts.vae, &vae_cfg, device)?,
             scheduler: parts.scheduler,
             prediction,
             force_zeros_for_empty_prompt: parts.force_zeros_for_empty_prompt,
@@ -275,6 +279,103 @@ impl<B: Backend> SdxlPipeline<B> {
             Tensor::cat(contexts, 1),
             pooled.expect("at least one chunk"),
         ))
+    }
+
+    /// ComfyUI's `CLIPTextEncode` on SDXL (`SDXLClipModel.encode_token_weights`), for graphs:
+    /// ComfyUI's tokenization with one tokenizer for both encoders (bigG pads with id 0); each
+    /// chunk's penultimate states of CLIP-L and bigG concatenated on channels, chunks on
+    /// tokens; weighted tokens as `(z − z_empty)·w + z_empty` against the encoding of
+    /// [BOS, EOS, pad…]; pooled = bigG's projected pooled output of the first chunk.
+    /// Returns (context [1, 77·k, L+G], pooled [1, P]).
+    pub fn comfy_encode(&self, text: &str) -> Result<(Tensor<B, 3>, Tensor<B, 2>), Error> {
+        let encode = |model: &ClipTextModel<B>, pad: Option<u32>| -> Result<_, Error> {
+            let chunks = self.tokenizer_l.comfy_chunks(text, pad)?;
+            let empty = chunks
+                .iter()
+                .any(TokenChunk::is_weighted)
+                .then(|| self.clip_forward(model, &self.tokenizer_l.comfy_empty(pad)).0);
+            let mut pooled = None;
+            let mut states = Vec::new();
+            for chunk in &chunks {
+                let (z, p) = self.clip_forward(model, chunk);
+                pooled.get_or_insert(p);
+                states.push(match &empty {
+                    Some(z_empty) if chunk.is_weighted() => {
+                        let weights = Tensor::<B, 3>::from_data(
+                            TensorData::new(chunk.weights.clone(), [1, chunk.weights.len(), 1]),
+                            &self.device,
+                        );
+                        (z - z_empty.clone()) * weights + z_empty.clone()
+                    }
+                    _ => z,
+                });
+            }
+            Ok((Tensor::cat(states, 1), pooled.expect("at least one chunk")))
+        };
+        let (l, _) = encode(&self.clip_l, None)?;
+        let (g, pooled) = encode(&self.clip_g, Some(0))?;
+        Ok((Tensor::cat(vec![l, g], 2), pooled))
+    }
+
+    /// One 77-token sequence through a CLIP tower: (penultimate states, pooled).
+    fn clip_forward(
+        &self,
+        model: &ClipTextModel<B>,
+        chunk: &TokenChunk,
+    ) -> (Tensor<B, 3>, Tensor<B, 2>) {
+        let ids: Vec<i64> = chunk.ids.iter().map(|&i| i as i64).collect();
+        let ids =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, chunk.ids.len()]), &self.device);
+        let out = model.forward(ids, &[chunk.eos_position]);
+        (out.penultimate, out.pooled)
+    }
+
+    /// The UNet's noise prediction (the stage both the native pipeline and graphs call):
+    /// x [B, C, h, w], one timestep per row, context [B, L, ctx], pooled [B, P], time ids
+    /// [B][6].
+    pub fn predict_noise(
+        &self,
+        x: Tensor<B, 4>,
+        timesteps: &[f32],
+        context: &Tensor<B, 3>,
+        pooled: Tensor<B, 2>,
+        time_ids: &[[f32; 6]],
+    ) -> Tensor<B, 4> {
+        self.unet.forward(x, timesteps, context, pooled, time_ids)
+    }
+
+    /// The VAE's latent scale (`scaling_factor`; ComfyUI's `latent_format.scale_factor`).
+    pub fn vae_scaling(&self) -> f32 {
+        SDXL_VAE_SCALING
+    }
+
+    /// VAE-space latents [B, 4, h, w] → the decoder's raw output [B, 3, 8h, 8w] (about
+    /// [-1, 1]).
+    pub fn decode_raw(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.vae.forward(latents)
+    }
+
+    /// image [B, 3, H, W] in [-1, 1] → the posterior mean in VAE space [B, 4, H/8, W/8].
+    pub fn encode_image(&self, image: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.vae_encoder.forward(image)
+    }
+
+    /// A copy with LoRAs merged (`strength_model` into the UNet, `strength_clip` into both
+    /// text encoders), sharing every unpatched tensor with `self`: what a graph's LoraLoader
+    /// gives, leaving the loaded checkpoint as it was.
+    pub fn with_loras(
+        &self,
+        loras: &[(&LoraFile, f32)],
+        clip_loras: &[(&LoraFile, f32)],
+    ) -> Result<Self, Error> {
+        let mut patched = self.clone();
+        let patch = |i: usize, loras: &[(&LoraFile, f32)]| {
+            LoraPatch::<B>::new(self.loaded_params[i].0, loras, &self.loaded_params[i].1)
+        };
+        patched.unet = patch(0, loras)?.apply(self.unet.clone());
+        patched.clip_l = patch(1, clip_loras)?.apply(self.clip_l.clone());
+        patched.clip_g = patch(2, clip_loras)?.apply(self.clip_g.clone());
+        Ok(patched)
     }
 
     /// Merges `loras` (file, weight) into the UNet and both text encoders until

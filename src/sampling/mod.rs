@@ -1,5 +1,6 @@
 //! Noise, schedules and samplers: pure functions over tensors, no model code.
 
+pub mod comfy;
 mod flow_match;
 mod samplers;
 mod schedule;

@@ -60,6 +60,7 @@ impl TokenChunk {
     }
 }
 
+#[derive(Clone)]
 pub struct ClipTokenizer {
     tokenizer: Tokenizer,
     bos: u32,
@@ -158,6 +159,64 @@ impl ClipTokenizer {
             chunks.push(self.sequence(&tokens));
         }
         Ok(chunks)
+    }
+
+    /// The prompt as ComfyUI's `SDTokenizer.tokenize_with_weights` lays it out, for graphs:
+    /// each weighted segment is tokenized on its own; a segment that does not fit in the
+    /// chunk moves whole to the next one when shorter than 8 tokens (the chunk is closed and
+    /// padded), else it is split at the boundary; chunks are BOS + ≤ 75 tokens + EOS, padded
+    /// with `pad` (ComfyUI pads CLIP-L with EOS and bigG with id 0, from one tokenizer).
+    pub fn comfy_chunks(&self, prompt: &str, pad: Option<u32>) -> Result<Vec<TokenChunk>, Error> {
+        const MAX_WORD_LENGTH: usize = 8;
+        let pad = pad.unwrap_or(self.eos);
+        let mut chunks: Vec<TokenChunk> = Vec::new();
+        let mut batch: Vec<(u32, f32)> = vec![(self.bos, 1.0)];
+        let close = |batch: &mut Vec<(u32, f32)>, chunks: &mut Vec<TokenChunk>| {
+            let eos_position = batch.len();
+            batch.push((self.eos, 1.0));
+            batch.resize(SEQUENCE_LEN.max(batch.len()), (pad, 1.0));
+            chunks.push(TokenChunk {
+                ids: batch.iter().map(|t| t.0).collect(),
+                weights: batch.iter().map(|t| t.1).collect(),
+                eos_position,
+            });
+            *batch = vec![(self.bos, 1.0)];
+        };
+        for (segment, weight) in super::comfy_token_weights(prompt) {
+            if segment.is_empty() {
+                continue;
+            }
+            let mut group: Vec<(u32, f32)> = self
+                .encode(&segment)?
+                .into_iter()
+                .map(|id| (id, weight as f32))
+                .collect();
+            let is_large = group.len() >= MAX_WORD_LENGTH;
+            while !group.is_empty() {
+                if group.len() + batch.len() > SEQUENCE_LEN - 1 {
+                    let remaining = SEQUENCE_LEN - 1 - batch.len();
+                    if is_large {
+                        batch.extend(group.drain(..remaining));
+                    }
+                    close(&mut batch, &mut chunks);
+                } else {
+                    batch.append(&mut group);
+                }
+            }
+        }
+        close(&mut batch, &mut chunks);
+        Ok(chunks)
+    }
+
+    /// ComfyUI's "empty" sequence for weights (`gen_empty_tokens`): BOS, EOS, then `pad`.
+    pub fn comfy_empty(&self, pad: Option<u32>) -> TokenChunk {
+        let mut ids = vec![self.bos, self.eos];
+        ids.resize(SEQUENCE_LEN, pad.unwrap_or(self.eos));
+        TokenChunk {
+            ids,
+            weights: vec![1.0; SEQUENCE_LEN],
+            eos_position: 1,
+        }
     }
 
     /// The prompt as written (no emphasis syntax), cut to one 77-token sequence: what the

@@ -1,11 +1,13 @@
 //! Prompts to token ids: emphasis syntax, CLIP tokenization, long-prompt chunking, T5, Qwen3.
 
 mod clip_tokenizer;
+mod comfy_weights;
 mod emphasis;
 mod qwen_tokenizer;
 mod t5_tokenizer;
 
 pub use clip_tokenizer::{ClipTokenizer, LongPrompt, SEQUENCE_LEN, TokenChunk};
+pub use comfy_weights::comfy_token_weights;
 pub use emphasis::{PromptPart, parse_prompt_attention};
 pub use qwen_tokenizer::Qwen3Tokenizer;
 pub use t5_tokenizer::{T5Tokenizer, T5Tokens};

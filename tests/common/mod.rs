@@ -84,7 +84,7 @@ pub fn load(path: &Path) -> HashMap<String, Recorded> {
                     .chunks_exact(8)
                     .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
                     .collect(),
-                Dtype::BOOL => data.iter().map(|&b| b as f64).collect(),
+                Dtype::BOOL | Dtype::U8 => data.iter().map(|&b| b as f64).collect(),
                 other => panic!("{name}: unexpected dtype {other:?}"),
             };
             (

@@ -1,0 +1,150 @@
+//! ComfyUI's sampling, for graphs: its model-sampling tables, its schedulers and its
+//! k-diffusion samplers. The native API keeps diffusers' schedulers (`sampling::schedule`);
+//! the two share the torch-compatible RNG and nothing else, because the numbers differ (σ
+//! tables, timesteps, initial noise scale, CFG on x₀; see ../shared/reference/comfyui/
+//! SEMANTICS.md §10).
+//!
+//! Reference: ComfyUI `comfy/model_sampling.py`, `comfy/samplers.py`,
+//! `comfy/k_diffusion/sampling.py` (commit a125cd84).
+
+mod samplers;
+mod schedulers;
+
+pub use samplers::{Denoiser, KSamplerName, SamplerStep, sample};
+pub use schedulers::{SchedulerName, ksampler_sigmas};
+
+/// `torch.linspace(start, end, steps)` as ATen's CPU kernel computes it: the first half from
+/// `start`, the second half back from `end`, in the output's precision.
+pub(crate) fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    if steps == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (steps - 1) as f32;
+    let halfway = steps / 2;
+    (0..steps)
+        .map(|i| {
+            if i < halfway {
+                start + step * i as f32
+            } else {
+                end - step * (steps - i - 1) as f32
+            }
+        })
+        .collect()
+}
+
+fn torch_linspace_f64(start: f64, end: f64, steps: usize) -> Vec<f64> {
+    let step = (end - start) / (steps - 1) as f64;
+    let halfway = steps / 2;
+    (0..steps)
+        .map(|i| {
+            if i < halfway {
+                start + step * i as f64
+            } else {
+                end - step * (steps - i - 1) as f64
+            }
+        })
+        .collect()
+}
+
+/// How a model maps σ to its input and its output to x₀ (ComfyUI `model_sampling`).
+#[derive(Clone, Debug)]
+pub enum ModelSampling {
+    /// `ModelSamplingDiscrete` + `EPS` (SD1.5, SDXL): 1000 training σ.
+    DiscreteEps(DiscreteSigmas),
+}
+
+/// `ModelSamplingDiscrete`'s tables: betas = linspace(√0.00085, √0.012, 1000)² in float64 (what
+/// ComfyUI calls "linear"), σ = √((1−ᾱ)/ᾱ); σ and ln σ are then stored as float32.
+#[derive(Clone, Debug)]
+pub struct DiscreteSigmas {
+    pub sigmas: Vec<f32>,
+    pub log_sigmas: Vec<f32>,
+}
+
+impl DiscreteSigmas {
+    pub fn sdxl() -> Self {
+        let betas: Vec<f64> = torch_linspace_f64(0.00085f64.sqrt(), 0.012f64.sqrt(), 1000)
+            .into_iter()
+            .map(|b| b * b)
+            .collect();
+        let mut cumprod = 1.0f64;
+        let sigmas64: Vec<f64> = betas
+            .iter()
+            .map(|b| {
+                cumprod *= 1.0 - b;
+                ((1.0 - cumprod) / cumprod).sqrt()
+            })
+            .collect();
+        Self {
+            sigmas: sigmas64.iter().map(|&s| s as f32).collect(),
+            log_sigmas: sigmas64.iter().map(|s| s.ln() as f32).collect(),
+        }
+    }
+
+    /// The nearest training timestep in log σ (`timestep`: argmin, first on ties).
+    pub fn timestep(&self, sigma: f32) -> usize {
+        let log_sigma = sigma.ln();
+        let mut best = (f32::INFINITY, 0);
+        for (i, &l) in self.log_sigmas.iter().enumerate() {
+            let d = (log_sigma - l).abs();
+            if d < best.0 {
+                best = (d, i);
+            }
+        }
+        best.1
+    }
+
+    /// σ at a fractional timestep, interpolated in log σ (`sigma`).
+    pub fn sigma(&self, t: f32) -> f32 {
+        let t = t.clamp(0.0, (self.sigmas.len() - 1) as f32);
+        let (low, high, w) = (t.floor() as usize, t.ceil() as usize, t.fract());
+        ((1.0 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
+    }
+}
+
+impl ModelSampling {
+    /// The σ table a scheduler picks from.
+    pub fn sigmas(&self) -> &[f32] {
+        match self {
+            ModelSampling::DiscreteEps(d) => &d.sigmas,
+        }
+    }
+
+    pub fn sigma_min(&self) -> f32 {
+        self.sigmas()[0]
+    }
+
+    pub fn sigma_max(&self) -> f32 {
+        *self.sigmas().last().expect("a σ table")
+    }
+
+    /// What the network is given as its timestep at σ.
+    pub fn timestep(&self, sigma: f32) -> f32 {
+        match self {
+            ModelSampling::DiscreteEps(d) => d.timestep(sigma) as f32,
+        }
+    }
+
+    /// σ at a (fractional) timestep.
+    pub fn sigma(&self, t: f32) -> f32 {
+        match self {
+            ModelSampling::DiscreteEps(d) => d.sigma(t),
+        }
+    }
+
+    /// The sampler's starting x (`noise_scaling`): EPS models start from ε·√(1+σ₀²) + latent
+    /// when the schedule starts at the table's σ_max (`max_denoise`), else ε·σ₀ + latent.
+    pub fn noise_scaling(&self, sigma0: f32, max_denoise: bool) -> f32 {
+        match self {
+            ModelSampling::DiscreteEps(_) if max_denoise => (1.0 + sigma0 * sigma0).sqrt(),
+            ModelSampling::DiscreteEps(_) => sigma0,
+        }
+    }
+
+    /// `Sampler.max_denoise`: σ₀ equals (rel. tol. 1e-5) or exceeds the table's σ_max.
+    pub fn is_max_denoise(&self, sigma0: f32) -> bool {
+        let max = self.sigma_max() as f64;
+        let s = sigma0 as f64;
+        (s - max).abs() <= 1e-5 * s.abs().max(max.abs()) || s > max
+    }
+}

@@ -1,0 +1,261 @@
+//! ComfyUI's k-diffusion samplers (`comfy/k_diffusion/sampling.py`), over a denoiser that gives
+//! the CFG-combined x₀ at (x, σ). Scalars are float32, as torch computes on 0-d float32 σ.
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+
+use crate::Error;
+use crate::pipelines::Flow;
+use crate::sampling::TorchGenerator;
+
+/// D(x, σ): the model's (CFG-combined) estimate of the clean latents.
+pub trait Denoiser<B: Backend> {
+    fn denoise(&mut self, x: Tensor<B, 4>, sigma: f32) -> Result<Tensor<B, 4>, Error>;
+}
+
+/// What a sampler reports at each step (`callback({'x', 'i', 'denoised'})`).
+pub struct SamplerStep<'a, B: Backend> {
+    /// 0-based.
+    pub index: usize,
+    pub total: usize,
+    /// x entering the step.
+    pub x: &'a Tensor<B, 4>,
+    pub denoised: &'a Tensor<B, 4>,
+}
+
+/// The samplers this build runs (ComfyUI `KSAMPLER_NAMES` + "ddim"), by their graph names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KSamplerName {
+    Euler,
+    EulerAncestral,
+    Heun,
+    Dpm2,
+    Dpm2Ancestral,
+    Lms,
+    DpmPp2m,
+    ResMultistep,
+    Ddim,
+}
+
+impl KSamplerName {
+    /// In `SAMPLER_NAMES` order.
+    pub const ALL: [KSamplerName; 9] = [
+        KSamplerName::Euler,
+        KSamplerName::EulerAncestral,
+        KSamplerName::Heun,
+        KSamplerName::Dpm2,
+        KSamplerName::Dpm2Ancestral,
+        KSamplerName::Lms,
+        KSamplerName::DpmPp2m,
+        KSamplerName::ResMultistep,
+        KSamplerName::Ddim,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KSamplerName::Euler => "euler",
+            KSamplerName::EulerAncestral => "euler_ancestral",
+            KSamplerName::Heun => "heun",
+            KSamplerName::Dpm2 => "dpm_2",
+            KSamplerName::Dpm2Ancestral => "dpm_2_ancestral",
+            KSamplerName::Lms => "lms",
+            KSamplerName::DpmPp2m => "dpmpp_2m",
+            KSamplerName::ResMultistep => "res_multistep",
+            KSamplerName::Ddim => "ddim",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// `KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS`.
+    pub fn discards_penultimate_sigma(self) -> bool {
+        matches!(self, KSamplerName::Dpm2 | KSamplerName::Dpm2Ancestral)
+    }
+}
+
+/// Runs `sampler` from x over `sigmas`; `seed` feeds ancestral noise, which ComfyUI draws from
+/// a fresh generator seeded like the initial noise (`default_noise_sampler`; on the CPU, so
+/// the first draw equals the initial noise). `on_step` may cancel between steps.
+pub fn sample<B: Backend>(
+    sampler: KSamplerName,
+    model: &mut dyn Denoiser<B>,
+    mut x: Tensor<B, 4>,
+    sigmas: &[f32],
+    seed: u64,
+    on_step: &mut dyn FnMut(SamplerStep<B>) -> Flow,
+) -> Result<Tensor<B, 4>, Error> {
+    let total = sigmas.len().saturating_sub(1);
+    let mut noise = TorchGenerator::new(seed);
+    let mut randn = |like: &Tensor<B, 4>| {
+        let dims = like.dims();
+        Tensor::<B, 4>::from_data(
+            TensorData::new(noise.randn(dims.iter().product()), dims),
+            &like.device(),
+        )
+    };
+    let mut report = |index: usize, x: &Tensor<B, 4>, denoised: &Tensor<B, 4>| match on_step(
+        SamplerStep {
+            index,
+            total,
+            x,
+            denoised,
+        },
+    ) {
+        Flow::Continue => Ok(()),
+        Flow::Cancel => Err(Error::Cancelled),
+    };
+    // Multistep history: the previous x₀ and derivatives.
+    let mut old_denoised: Option<Tensor<B, 4>> = None;
+    let mut derivatives: Vec<Tensor<B, 4>> = Vec::new();
+    for i in 0..total {
+        let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
+        let denoised = model.denoise(x.clone(), sigma)?;
+        report(i, &x, &denoised)?;
+        let d = to_d(&x, sigma, &denoised);
+        x = match sampler {
+            // `ddim` is `ksampler("euler")` (its inpaint noise option needs a mask).
+            KSamplerName::Euler | KSamplerName::Ddim => x + d * (sigma_next - sigma),
+            KSamplerName::EulerAncestral => {
+                let (sigma_down, sigma_up) = ancestral_step(sigma, sigma_next);
+                if sigma_down == 0.0 {
+                    denoised.clone()
+                } else {
+                    x + d * (sigma_down - sigma) + randn(&denoised) * sigma_up
+                }
+            }
+            KSamplerName::Heun => {
+                let dt = sigma_next - sigma;
+                if sigma_next == 0.0 {
+                    x + d * dt
+                } else {
+                    let x2 = x.clone() + d.clone() * dt;
+                    let denoised2 = model.denoise(x2.clone(), sigma_next)?;
+                    let d2 = to_d(&x2, sigma_next, &denoised2);
+                    x + (d + d2) / 2.0 * dt
+                }
+            }
+            KSamplerName::Dpm2 => {
+                if sigma_next == 0.0 {
+                    x + d * (sigma_next - sigma)
+                } else {
+                    dpm_solver_2(model, x, d, sigma, sigma_next)?
+                }
+            }
+            KSamplerName::Dpm2Ancestral => {
+                let (sigma_down, sigma_up) = ancestral_step(sigma, sigma_next);
+                if sigma_down == 0.0 {
+                    x + d * (sigma_down - sigma)
+                } else {
+                    let x = dpm_solver_2(model, x, d, sigma, sigma_down)?;
+                    x + randn(&denoised) * sigma_up
+                }
+            }
+            KSamplerName::Lms => {
+                derivatives.push(d);
+                if derivatives.len() > LMS_ORDER {
+                    derivatives.remove(0);
+                }
+                if sigma_next == 0.0 {
+                    denoised.clone()
+                } else {
+                    let order = (i + 1).min(LMS_ORDER);
+                    let mut next = x;
+                    for (j, d) in derivatives.iter().rev().enumerate().take(order) {
+                        let coeff = linear_multistep_coeff(order, sigmas, i, j) as f32;
+                        next = next + d.clone() * coeff;
+                    }
+                    next
+                }
+            }
+            KSamplerName::DpmPp2m => {
+                let (t, t_next) = (-sigma.ln(), -sigma_next.ln());
+                let h = t_next - t;
+                let ratio = (-t_next).exp() / (-t).exp();
+                match old_denoised.as_ref().filter(|_| sigma_next != 0.0) {
+                    None => x * ratio - denoised.clone() * (-h).exp_m1(),
+                    Some(old) => {
+                        let h_last = t + sigmas[i - 1].ln();
+                        let r = h_last / h;
+                        let denoised_d = denoised.clone() * (1.0 + 1.0 / (2.0 * r))
+                            - old.clone() * (1.0 / (2.0 * r));
+                        x * ratio - denoised_d * (-h).exp_m1()
+                    }
+                }
+            }
+            // η = 0: σ_down = σ_next, no noise.
+            KSamplerName::ResMultistep => match old_denoised.as_ref().filter(|_| sigma_next != 0.0)
+            {
+                None => x + d * (sigma_next - sigma),
+                Some(old) => {
+                    let t = -sigma.ln();
+                    // old_sigma_down is the previous step's σ_next, i.e. σ.
+                    let (t_old, t_next, t_prev) = (t, -sigma_next.ln(), -sigmas[i - 1].ln());
+                    let h = t_next - t;
+                    let c2 = (t_prev - t_old) / h;
+                    let phi1 = (-h).exp_m1() / -h;
+                    let phi2 = (phi1 - 1.0) / -h;
+                    let nan_to_zero = |v: f32| if v.is_nan() { 0.0 } else { v };
+                    let b1 = nan_to_zero(phi1 - phi2 / c2);
+                    let b2 = nan_to_zero(phi2 / c2);
+                    x * (-h).exp() + (denoised.clone() * b1 + old.clone() * b2) * h
+                }
+            },
+        };
+        old_denoised = Some(denoised);
+    }
+    Ok(x)
+}
+
+const LMS_ORDER: usize = 4;
+
+/// `to_d`: the Karras ODE derivative (x − D)/σ.
+fn to_d<B: Backend>(x: &Tensor<B, 4>, sigma: f32, denoised: &Tensor<B, 4>) -> Tensor<B, 4> {
+    (x.clone() - denoised.clone()) / sigma
+}
+
+/// `get_ancestral_step` with η = 1: (σ_down, σ_up).
+fn ancestral_step(sigma: f32, sigma_next: f32) -> (f32, f32) {
+    let sigma_up = sigma_next.min(
+        (sigma_next * sigma_next * (sigma * sigma - sigma_next * sigma_next) / (sigma * sigma))
+            .sqrt(),
+    );
+    let sigma_down = (sigma_next * sigma_next - sigma_up * sigma_up).sqrt();
+    (sigma_down, sigma_up)
+}
+
+/// DPM-Solver-2's step from σ to `target` through the log-midpoint σ_mid.
+fn dpm_solver_2<B: Backend>(
+    model: &mut dyn Denoiser<B>,
+    x: Tensor<B, 4>,
+    d: Tensor<B, 4>,
+    sigma: f32,
+    target: f32,
+) -> Result<Tensor<B, 4>, Error> {
+    // sigma.log().lerp(target.log(), 0.5).exp()
+    let (a, b) = (sigma.ln(), target.ln());
+    let sigma_mid = (a + 0.5 * (b - a)).exp();
+    let x2 = x.clone() + d * (sigma_mid - sigma);
+    let denoised2 = model.denoise(x2.clone(), sigma_mid)?;
+    Ok(x + to_d(&x2, sigma_mid, &denoised2) * (target - sigma))
+}
+
+/// `linear_multistep_coeff`: ∫ over [σ_i, σ_{i+1}] of the Lagrange basis polynomial j on the
+/// last `order` σ. ComfyUI integrates with `scipy.integrate.quad`; the integrand is a
+/// polynomial of degree < 4, which 3-point Gauss–Legendre integrates exactly.
+fn linear_multistep_coeff(order: usize, t: &[f32], i: usize, j: usize) -> f64 {
+    let t: Vec<f64> = t.iter().map(|&v| v as f64).collect();
+    let basis = |tau: f64| {
+        (0..order)
+            .filter(|&k| k != j)
+            .map(|k| (tau - t[i - k]) / (t[i - j] - t[i - k]))
+            .product::<f64>()
+    };
+    let (a, b) = (t[i], t[i + 1]);
+    let (mid, half) = ((a + b) / 2.0, (b - a) / 2.0);
+    let node = (3.0f64 / 5.0).sqrt();
+    half * (5.0 / 9.0 * basis(mid - half * node)
+        + 8.0 / 9.0 * basis(mid)
+        + 5.0 / 9.0 * basis(mid + half * node))
+}

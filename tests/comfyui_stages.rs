@@ -1,0 +1,244 @@
+//! ComfyUI's SDXL numbers, stage by stage, against runs of ComfyUI's own node classes on the
+//! tiny checkpoint (fixtures: ../shared/reference/comfyui, README "Suggested tolerances"):
+//! tokens exact; cond / pooled 1e-5; sigmas and noise 1e-6; every step's x and x₀ 1e-4 of
+//! max |x|; image within 2/255 of ComfyUI's PNG.
+
+mod common;
+
+use std::collections::HashMap;
+
+use burn::prelude::*;
+use common::{B, Recorded, assert_close, fixtures, load, repo, values};
+use hanga::graph::ksampler::{
+    CondEntry, KSamplerSettings, ksampler_node_sigmas, prepare_noise, sdxl_ksample,
+};
+use hanga::pipelines::{Flow, SdxlPipeline};
+use hanga::registry::Manifest;
+use hanga::sampling::comfy::{DiscreteSigmas, KSamplerName, ModelSampling, SchedulerName};
+use hanga::text::ClipTokenizer;
+use hanga::weights::LoraFile;
+
+const CASES: [&str; 7] = [
+    "euler_normal_64x64",
+    "euler_ancestral_karras_64x64_batch2",
+    "dpmpp_2m_karras_96x64",
+    "heun_normal_64x64_long-weighted",
+    "ddim_ddim-uniform_64x64_cfg1",
+    "img2img_dpmpp_2m_sgm-uniform_64x64_d0.6",
+    "lora_euler_normal_64x64_s0.8",
+];
+
+fn pipeline() -> SdxlPipeline<B> {
+    let manifest =
+        Manifest::from_file(&repo().join("model_manifests/sdxl-tiny-demo.toml")).unwrap();
+    SdxlPipeline::load(&manifest, &Default::default()).unwrap()
+}
+
+/// ComfyUI's `image.uint8`: `clip(255·clamp((x+1)/2, 0, 1))` truncated, [B, H, W, 3].
+fn saved_pixels(decoded: Tensor<B, 4>) -> Vec<u8> {
+    values(hanga::graph::vae_output_to_image(decoded))
+        .into_iter()
+        .map(|v| hanga::graph::to_uint8(v))
+        .collect()
+}
+
+#[test]
+fn every_scheduler_gives_comfyuis_sigmas() {
+    let ms = ModelSampling::DiscreteEps(DiscreteSigmas::sdxl());
+    let table = load(&fixtures().join("comfyui/schedules.safetensors"));
+    assert_close(
+        "model_sampling.sigmas",
+        ms.sigmas(),
+        &table["model_sampling.sigmas"].f32(),
+        1e-6,
+    );
+    let mut checked = 0;
+    for (key, expected) in &table {
+        let Some(rest) = key.strip_prefix("sigmas.") else {
+            continue;
+        };
+        // sigmas.<scheduler>.steps<N>.denoise<d>[.discard_penultimate]
+        let parts: Vec<&str> = rest.split('.').collect();
+        let scheduler = SchedulerName::parse(parts[0]).unwrap();
+        let steps: usize = parts[1].strip_prefix("steps").unwrap().parse().unwrap();
+        let denoise: f64 = format!("{}.{}", parts[2].strip_prefix("denoise").unwrap(), parts[3])
+            .parse()
+            .unwrap();
+        let discard = parts.get(4) == Some(&"discard_penultimate");
+        let got =
+            hanga::sampling::comfy::ksampler_sigmas(&ms, scheduler, steps, denoise, discard)
+                .unwrap();
+        assert_eq!(got.len(), expected.values.len(), "{key}: number of sigmas");
+        assert_close(key, &got, &expected.f32(), 2e-6);
+        checked += 1;
+    }
+    assert!(checked > 700, "only {checked} schedules in the table");
+}
+
+struct Case {
+    json: serde_json::Value,
+    t: HashMap<String, Recorded>,
+}
+
+impl Case {
+    fn load(id: &'static str) -> Self {
+        let dir = fixtures().join("comfyui").join(id);
+        let json = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap())
+            .unwrap();
+        Self {
+            json,
+            t: load(&dir.join("case.safetensors")),
+        }
+    }
+
+    fn setting(&self, name: &str) -> &serde_json::Value {
+        &self.json["settings"][name]
+    }
+
+    fn ksampler(&self) -> KSamplerSettings {
+        KSamplerSettings {
+            seed: self.setting("seed").as_u64().unwrap(),
+            steps: self.setting("steps").as_u64().unwrap() as usize,
+            cfg: self.setting("cfg").as_f64().unwrap(),
+            sampler: KSamplerName::parse(self.setting("sampler_name").as_str().unwrap()).unwrap(),
+            scheduler: SchedulerName::parse(self.setting("scheduler").as_str().unwrap()).unwrap(),
+            denoise: self.setting("denoise").as_f64().unwrap(),
+        }
+    }
+}
+
+#[test]
+fn comfyui_tokenization_of_every_prompt() {
+    let tokenizer =
+        ClipTokenizer::from_file(&repo().join("assets/demo/tokenizer/tokenizer.json"), None)
+            .unwrap();
+    for id in CASES {
+        let case = Case::load(id);
+        for (side, text) in [("positive", "prompt"), ("negative", "negative")] {
+            let text = case.setting(text).as_str().unwrap();
+            for (encoder, pad) in [("l", None), ("g", Some(0))] {
+                let chunks = tokenizer.comfy_chunks(text, pad).unwrap();
+                let ids: Vec<u32> = chunks.iter().flat_map(|c| c.ids.clone()).collect();
+                let weights: Vec<f32> = chunks.iter().flat_map(|c| c.weights.clone()).collect();
+                let key = format!("tokens.{side}.{encoder}");
+                assert_eq!(ids, case.t[&format!("{key}.ids")].ids(), "{id} {key} ids");
+                assert_close(
+                    &format!("{id} {key}.weights"),
+                    &weights,
+                    &case.t[&format!("{key}.weights")].f32(),
+                    1e-6,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sdxl_ksampler_cases_match_comfyui_step_by_step() {
+    let base = pipeline();
+    let ms = ModelSampling::DiscreteEps(DiscreteSigmas::sdxl());
+    for id in CASES {
+        let case = Case::load(id);
+        let t = &case.t;
+        let settings = case.ksampler();
+        let pipeline = match case.setting("lora").as_object() {
+            None => base.clone(),
+            Some(lora) => {
+                let file = LoraFile::open(
+                    &fixtures()
+                        .join("sdxl/lora")
+                        .join(lora["lora_name"].as_str().unwrap()),
+                )
+                .unwrap();
+                let (sm, sc) = (
+                    lora["strength_model"].as_f64().unwrap() as f32,
+                    lora["strength_clip"].as_f64().unwrap() as f32,
+                );
+                base.with_loras(&[(&file, sm)], &[(&file, sc)]).unwrap()
+            }
+        };
+
+        let encode = |text: &str, side: &str| {
+            let (context, pooled) = pipeline.comfy_encode(text).unwrap();
+            assert_close(
+                &format!("{id} cond.{side}"),
+                &values(context.clone()),
+                &t[&format!("cond.{side}")].f32(),
+                1e-5,
+            );
+            assert_close(
+                &format!("{id} cond.{side}.pooled_output"),
+                &values(pooled.clone()),
+                &t[&format!("cond.{side}.pooled_output")].f32(),
+                1e-5,
+            );
+            vec![CondEntry { context, pooled }]
+        };
+        let positive = encode(case.setting("prompt").as_str().unwrap(), "positive");
+        let negative = encode(case.setting("negative").as_str().unwrap(), "negative");
+
+        let sigmas = ksampler_node_sigmas(&ms, &settings).unwrap();
+        assert_close(&format!("{id} sigmas"), &sigmas, &t["sigmas"].f32(), 1e-6);
+
+        let latent: Tensor<B, 4> = match case.json["settings"]["img2img"].is_object() {
+            false => t["latent_image"].tensor(),
+            true => {
+                // LoadImage gives uint8/255 [1, H, W, 3]; VAEEncode takes 2x − 1, channels first.
+                let image: Tensor<B, 4> = t["input_image"].tensor();
+                let encoded = pipeline.encode_image(image.permute([0, 3, 1, 2]) * 2.0 - 1.0);
+                assert_close(
+                    &format!("{id} VAEEncode"),
+                    &values(encoded.clone()),
+                    &t["latent_image"].f32(),
+                    1e-4,
+                );
+                encoded
+            }
+        };
+        let noise = prepare_noise(settings.seed, &latent);
+        assert_close(&format!("{id} noise"), &values(noise), &t["noise"].f32(), 1e-6);
+
+        let mut seen = Vec::new();
+        let out = sdxl_ksample(
+            &pipeline,
+            &ms,
+            &settings,
+            &positive,
+            &negative,
+            latent,
+            &mut |step| {
+                seen.push((values(step.x.clone()), values(step.denoised.clone())));
+                Flow::Continue
+            },
+        )
+        .unwrap();
+        assert_eq!(seen.len(), settings.steps, "{id}: callbacks");
+        for (i, (x, denoised)) in seen.iter().enumerate() {
+            let entering = if i == 0 {
+                "x.init".to_string()
+            } else {
+                format!("steps.{}", i - 1)
+            };
+            assert_close(&format!("{id} {entering}"), x, &t[&entering].f32(), 1e-4);
+            let key = format!("steps.{i}.denoised");
+            assert_close(&format!("{id} {key}"), denoised, &t[&key].f32(), 1e-4);
+        }
+        let err = assert_close(
+            &format!("{id} latent.final"),
+            &values(out.clone()),
+            &t["latent.final"].f32(),
+            1e-4,
+        );
+
+        let pixels = saved_pixels(pipeline.decode_raw(out));
+        let expected: Vec<u8> = t["image.uint8"].values.iter().map(|&v| v as u8).collect();
+        let worst = pixels
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(worst <= 2, "{id}: image differs by {worst}/255");
+        eprintln!("{id}: latent.final max error {err:e}, image within {worst}/255");
+    }
+}
