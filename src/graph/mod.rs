@@ -5,3 +5,9 @@ pub mod ksampler;
 mod image;
 
 pub use image::{to_uint8, vae_output_to_image};
+pub mod definitions;
+pub mod validate;
+pub mod execute;
+pub mod nodes;
+pub mod outputs;
+pub mod folders;

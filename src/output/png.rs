@@ -35,18 +35,29 @@ pub fn a1111_parameters(params: &GenerationParams, model: &str) -> String {
 
 /// Encodes `image` as PNG with a `parameters` chunk (tEXt when Latin-1, else iTXt, as PIL does).
 pub fn encode_png(image: &image::RgbImage, parameters: &str, out: impl Write) -> Result<(), Error> {
+    encode_png_with_text(image, &[("parameters", parameters)], out)
+}
+
+/// Encodes `image` as PNG with text chunks (keyword, text), each tEXt when Latin-1, else iTXt.
+pub fn encode_png_with_text(
+    image: &image::RgbImage,
+    chunks: &[(&str, &str)],
+    out: impl Write,
+) -> Result<(), Error> {
     let io = |e: png::EncodingError| Error::Io(std::io::Error::other(e));
     let mut encoder = png::Encoder::new(out, image.width(), image.height());
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    if parameters.chars().all(|c| (c as u32) < 256) {
-        encoder
-            .add_text_chunk("parameters".into(), parameters.into())
-            .map_err(io)?;
-    } else {
-        encoder
-            .add_itxt_chunk("parameters".into(), parameters.into())
-            .map_err(io)?;
+    for (keyword, text) in chunks {
+        if text.chars().all(|c| (c as u32) < 256) {
+            encoder
+                .add_text_chunk((*keyword).into(), (*text).into())
+                .map_err(io)?;
+        } else {
+            encoder
+                .add_itxt_chunk((*keyword).into(), (*text).into())
+                .map_err(io)?;
+        }
     }
     let mut writer = encoder.write_header().map_err(io)?;
     writer.write_image_data(image.as_raw()).map_err(io)?;

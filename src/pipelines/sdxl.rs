@@ -344,6 +344,10 @@ impl<B: Backend> SdxlPipeline<B> {
         self.unet.forward(x, timesteps, context, pooled, time_ids)
     }
 
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
     /// The VAE's latent scale (`scaling_factor`; ComfyUI's `latent_format.scale_factor`).
     pub fn vae_scaling(&self) -> f32 {
         SDXL_VAE_SCALING

@@ -1,0 +1,356 @@
+//! The node classes: what each computes from its inputs, over the pipelines' stages
+//! (ComfyUI `nodes.py`; numbers in ../shared/reference/comfyui/SEMANTICS.md).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use serde_json::{Map, Value, json};
+
+use super::image::{to_uint8, vae_output_to_image};
+use super::ksampler::{CondEntry, KSamplerSettings, sdxl_ksample};
+use super::outputs::SavedImage;
+use crate::Error;
+use crate::pipelines::{Flow, SdxlPipeline};
+use crate::sampling::comfy::{DiscreteSigmas, KSamplerName, ModelSampling, SchedulerName};
+use crate::weights::LoraFile;
+
+/// The node classes this build runs (the others of ComfyUI are refused at validation as
+/// unknown nodes).
+pub const IMPLEMENTED: &[&str] = &[
+    "CheckpointLoaderSimple",
+    "LoraLoader",
+    "CLIPTextEncode",
+    "EmptyLatentImage",
+    "KSampler",
+    "VAEDecode",
+    "VAEEncode",
+    "LoadImage",
+    "SaveImage",
+    "PreviewImage",
+];
+
+/// A value on a link.
+#[derive(Clone)]
+pub enum NodeValue<B: Backend> {
+    /// MODEL: the denoiser and how it maps σ.
+    Model(Arc<SdxlPipeline<B>>, Arc<ModelSampling>),
+    /// CLIP: the text encoders.
+    Clip(Arc<SdxlPipeline<B>>),
+    Vae(Arc<SdxlPipeline<B>>),
+    Conditioning(Arc<Vec<CondEntry<B>>>),
+    /// LATENT in VAE space [B, C, h, w].
+    Latent(Tensor<B, 4>),
+    /// IMAGE [B, H, W, 3] in [0, 1].
+    Image(Tensor<B, 4>),
+    /// MASK [B, H, W].
+    Mask(Tensor<B, 3>),
+}
+
+/// What the executor needs from the server around it.
+pub trait Host<B: Backend> {
+    /// A checkpoint by its ComfyUI name (`ckpt_name`).
+    fn checkpoint(&mut self, name: &str) -> Result<SdxlPipeline<B>, Error>;
+    /// A LoRA by its ComfyUI name (`lora_name`).
+    fn lora(&mut self, name: &str) -> Result<LoraFile, Error>;
+    /// An image of the input folder.
+    fn input_image(&mut self, name: &str) -> Result<image::DynamicImage, Error>;
+    /// Writes images to the output ("output") or temp ("temp") folder.
+    fn save_images(
+        &mut self,
+        kind: &'static str,
+        prefix: &str,
+        images: &[image::RgbImage],
+        prompt: &Map<String, Value>,
+    ) -> Result<Vec<SavedImage>, Error>;
+    /// The nodes whose cached outputs this prompt reuses.
+    fn cached(&mut self, nodes: &[String]);
+    /// A node starts.
+    fn executing(&mut self, node: &str);
+    /// A node with UI output finished (or was cached).
+    fn executed(&mut self, node: &str, ui: &Value);
+    /// A sampler step of `node`; `Flow::Cancel` interrupts the prompt.
+    fn progress(&mut self, node: &str, value: usize, max: usize, denoised: &Tensor<B, 4>)
+    -> Flow;
+}
+
+/// A node's results: its output values, and its UI output (output nodes).
+pub struct NodeRun<B: Backend> {
+    pub values: Vec<NodeValue<B>>,
+    pub ui: Option<Value>,
+}
+
+impl<B: Backend> NodeRun<B> {
+    fn values(values: Vec<NodeValue<B>>) -> Self {
+        Self { values, ui: None }
+    }
+}
+
+/// Literal and linked inputs of one node, typed as validation left them.
+struct Inputs<'a, B: Backend> {
+    links: HashMap<String, NodeValue<B>>,
+    literals: &'a Map<String, Value>,
+}
+
+impl<B: Backend> Inputs<'_, B> {
+    fn link(&self, name: &str) -> Result<&NodeValue<B>, Error> {
+        self.links
+            .get(name)
+            .ok_or_else(|| Error::request(format!("input `{name}` must be linked")))
+    }
+
+    fn literal(&self, name: &str) -> Result<&Value, Error> {
+        self.literals
+            .get(name)
+            .ok_or_else(|| Error::request(format!("input `{name}` is missing")))
+    }
+
+    fn string(&self, name: &str) -> Result<String, Error> {
+        Ok(match self.literal(name)? {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+
+    /// INT inputs: `int(val)` as validation checked it.
+    fn int(&self, name: &str) -> Result<u64, Error> {
+        let v = self.literal(name)?;
+        v.as_u64()
+            .or_else(|| v.as_f64().map(|f| f.trunc() as u64))
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            .ok_or_else(|| Error::request(format!("input `{name}` is not an integer")))
+    }
+
+    fn float(&self, name: &str) -> Result<f64, Error> {
+        let v = self.literal(name)?;
+        v.as_f64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            .ok_or_else(|| Error::request(format!("input `{name}` is not a number")))
+    }
+
+    fn model(&self, name: &str) -> Result<(Arc<SdxlPipeline<B>>, Arc<ModelSampling>), Error> {
+        match self.link(name)? {
+            NodeValue::Model(p, ms) => Ok((p.clone(), ms.clone())),
+            _ => Err(type_error(name, "MODEL")),
+        }
+    }
+
+    fn clip(&self, name: &str) -> Result<Arc<SdxlPipeline<B>>, Error> {
+        match self.link(name)? {
+            NodeValue::Clip(p) => Ok(p.clone()),
+            _ => Err(type_error(name, "CLIP")),
+        }
+    }
+
+    fn vae(&self, name: &str) -> Result<Arc<SdxlPipeline<B>>, Error> {
+        match self.link(name)? {
+            NodeValue::Vae(p) => Ok(p.clone()),
+            _ => Err(type_error(name, "VAE")),
+        }
+    }
+
+    fn conditioning(&self, name: &str) -> Result<Arc<Vec<CondEntry<B>>>, Error> {
+        match self.link(name)? {
+            NodeValue::Conditioning(c) => Ok(c.clone()),
+            _ => Err(type_error(name, "CONDITIONING")),
+        }
+    }
+
+    fn latent(&self, name: &str) -> Result<Tensor<B, 4>, Error> {
+        match self.link(name)? {
+            NodeValue::Latent(l) => Ok(l.clone()),
+            _ => Err(type_error(name, "LATENT")),
+        }
+    }
+
+    fn image(&self, name: &str) -> Result<Tensor<B, 4>, Error> {
+        match self.link(name)? {
+            NodeValue::Image(i) => Ok(i.clone()),
+            _ => Err(type_error(name, "IMAGE")),
+        }
+    }
+}
+
+fn type_error(name: &str, expected: &str) -> Error {
+    Error::request(format!("input `{name}` is not a {expected}"))
+}
+
+/// Runs node `id` of class `class`.
+pub fn run<B: Backend>(
+    class: &str,
+    id: &str,
+    links: HashMap<String, NodeValue<B>>,
+    literals: &Map<String, Value>,
+    prompt: &Map<String, Value>,
+    host: &mut dyn Host<B>,
+) -> Result<NodeRun<B>, Error> {
+    let inputs = Inputs { links, literals };
+    Ok(match class {
+        "CheckpointLoaderSimple" => {
+            let pipeline = Arc::new(host.checkpoint(&inputs.string("ckpt_name")?)?);
+            NodeRun::values(vec![
+                NodeValue::Model(
+                    pipeline.clone(),
+                    Arc::new(ModelSampling::DiscreteEps(DiscreteSigmas::sdxl())),
+                ),
+                NodeValue::Clip(pipeline.clone()),
+                NodeValue::Vae(pipeline),
+            ])
+        }
+        "LoraLoader" => {
+            let (model, sampling) = inputs.model("model")?;
+            let clip = inputs.clip("clip")?;
+            let file = host.lora(&inputs.string("lora_name")?)?;
+            let strength_model = inputs.float("strength_model")? as f32;
+            let strength_clip = inputs.float("strength_clip")? as f32;
+            // `load_lora_for_models`: the UNet patched by strength_model, both text encoders
+            // by strength_clip; the inputs stay as they were.
+            let model = model.with_loras(&[(&file, strength_model)], &[])?;
+            let clip = clip.with_loras(&[], &[(&file, strength_clip)])?;
+            NodeRun::values(vec![
+                NodeValue::Model(Arc::new(model), sampling),
+                NodeValue::Clip(Arc::new(clip)),
+            ])
+        }
+        "CLIPTextEncode" => {
+            let clip = inputs.clip("clip")?;
+            let (context, pooled) = clip.comfy_encode(&inputs.string("text")?)?;
+            NodeRun::values(vec![NodeValue::Conditioning(Arc::new(vec![CondEntry {
+                context,
+                pooled,
+            }]))])
+        }
+        "EmptyLatentImage" => {
+            let (w, h) = (inputs.int("width")? as usize, inputs.int("height")? as usize);
+            let batch = inputs.int("batch_size")? as usize;
+            let device = Default::default();
+            NodeRun::values(vec![NodeValue::Latent(Tensor::zeros(
+                [batch, 4, h / 8, w / 8],
+                &device,
+            ))])
+        }
+        "KSampler" => {
+            let (model, sampling) = inputs.model("model")?;
+            let name = |input: &str| inputs.string(input);
+            let settings = KSamplerSettings {
+                seed: inputs.int("seed")?,
+                steps: inputs.int("steps")? as usize,
+                cfg: inputs.float("cfg")?,
+                sampler: KSamplerName::parse(&name("sampler_name")?)
+                    .ok_or_else(|| Error::request("unknown sampler"))?,
+                scheduler: SchedulerName::parse(&name("scheduler")?)
+                    .ok_or_else(|| Error::request("unknown scheduler"))?,
+                denoise: inputs.float("denoise")?,
+            };
+            let positive = inputs.conditioning("positive")?;
+            let negative = inputs.conditioning("negative")?;
+            let latent = inputs.latent("latent_image")?.to_device(model.device());
+            let out = sdxl_ksample(
+                &model,
+                &sampling,
+                &settings,
+                &positive,
+                &negative,
+                latent,
+                &mut |step| host.progress(id, step.index + 1, step.total, step.denoised),
+            )?;
+            NodeRun::values(vec![NodeValue::Latent(out)])
+        }
+        "VAEDecode" => {
+            let vae = inputs.vae("vae")?;
+            let samples = inputs.latent("samples")?.to_device(vae.device());
+            NodeRun::values(vec![NodeValue::Image(vae_output_to_image(
+                vae.decode_raw(samples),
+            ))])
+        }
+        "VAEEncode" => {
+            let vae = inputs.vae("vae")?;
+            let pixels = crop_to_multiple(inputs.image("pixels")?, 8).to_device(vae.device());
+            let encoded = vae.encode_image(pixels.permute([0, 3, 1, 2]) * 2.0 - 1.0);
+            NodeRun::values(vec![NodeValue::Latent(encoded)])
+        }
+        "LoadImage" => {
+            let (image, mask) = load_image::<B>(&host.input_image(&inputs.string("image")?)?);
+            NodeRun::values(vec![NodeValue::Image(image), NodeValue::Mask(mask)])
+        }
+        "SaveImage" | "PreviewImage" => {
+            let images = to_rgb_images(inputs.image("images")?);
+            let saved = if class == "SaveImage" {
+                host.save_images("output", &inputs.string("filename_prefix")?, &images, prompt)?
+            } else {
+                host.save_images("temp", &temp_prefix(), &images, prompt)?
+            };
+            let list: Vec<Value> = saved.iter().map(SavedImage::to_json).collect();
+            NodeRun {
+                values: vec![],
+                ui: Some(json!({ "images": list })),
+            }
+        }
+        other => return Err(Error::request(format!("node {other} is not supported"))),
+    })
+}
+
+/// `vae_encode_crop_pixels`: the centred region whose sides are multiples of `multiple`.
+fn crop_to_multiple<B: Backend>(image: Tensor<B, 4>, multiple: usize) -> Tensor<B, 4> {
+    let [b, h, w, c] = image.dims();
+    let (nh, nw) = ((h / multiple) * multiple, (w / multiple) * multiple);
+    if (nh, nw) == (h, w) {
+        return image;
+    }
+    let (oy, ox) = ((h % multiple) / 2, (w % multiple) / 2);
+    image.slice([0..b, oy..oy + nh, ox..ox + nw, 0..c])
+}
+
+/// LoadImage: RGB / 255 as [1, H, W, 3]; the mask is 1 − alpha / 255, or 64×64 zeros when
+/// the image has no alpha (ComfyUI `LoadImage.load_image`).
+fn load_image<B: Backend>(image: &image::DynamicImage) -> (Tensor<B, 4>, Tensor<B, 3>) {
+    let device = Default::default();
+    let rgb = image.to_rgb8();
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let pixels: Vec<f32> = rgb.as_raw().iter().map(|&v| v as f32 / 255.0).collect();
+    let tensor = Tensor::from_data(TensorData::new(pixels, [1, h, w, 3]), &device);
+    let mask = if image.color().has_alpha() {
+        let alpha: Vec<f32> = image
+            .to_rgba8()
+            .pixels()
+            .map(|p| 1.0 - p[3] as f32 / 255.0)
+            .collect();
+        Tensor::from_data(TensorData::new(alpha, [1, h, w]), &device)
+    } else {
+        Tensor::zeros([1, 64, 64], &device)
+    };
+    (tensor, mask)
+}
+
+/// IMAGE [B, H, W, 3] → one 8-bit image per batch row, truncated as SaveImage does.
+fn to_rgb_images<B: Backend>(images: Tensor<B, 4>) -> Vec<image::RgbImage> {
+    let [b, h, w, _] = images.dims();
+    let values: Vec<f32> = images
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("f32 data");
+    values
+        .chunks(h * w * 3)
+        .take(b)
+        .map(|row| {
+            let bytes = row.iter().map(|&v| to_uint8(v)).collect();
+            image::RgbImage::from_raw(w as u32, h as u32, bytes).expect("w·h·3 bytes")
+        })
+        .collect()
+}
+
+/// PreviewImage's prefix: `ComfyUI_temp_` and five random lowercase letters.
+fn temp_prefix() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let mut bits = RandomState::new().hash_one(std::time::Instant::now());
+    let letters: String = (0..5)
+        .map(|_| {
+            let c = (b'a' + (bits % 26) as u8) as char;
+            bits /= 26;
+            c
+        })
+        .collect();
+    format!("ComfyUI_temp_{letters}")
+}

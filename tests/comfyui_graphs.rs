@@ -1,0 +1,237 @@
+//! ComfyUI API-format prompts through validation and the executor: each recorded SDXL case's
+//! `workflow_api` gives ComfyUI's PNG (within 2/255, with the same `prompt` text chunk), a
+//! second run reuses every cached node, and bad graphs get ComfyUI's errors.
+
+mod common;
+
+use common::{B, fixtures, repo, temp_dir};
+use hanga::graph::definitions::node_defs;
+use hanga::graph::execute::Executor;
+use hanga::graph::folders::{ComfyFolders, FolderHost, GraphEvent};
+use hanga::graph::nodes::IMPLEMENTED;
+use hanga::graph::validate::validate;
+use hanga::pipelines::Flow;
+use hanga::registry::{LoraLibrary, Registry};
+use serde_json::{Map, Value, json};
+
+const CASES: [&str; 7] = [
+    "euler_normal_64x64",
+    "euler_ancestral_karras_64x64_batch2",
+    "dpmpp_2m_karras_96x64",
+    "heun_normal_64x64_long-weighted",
+    "ddim_ddim-uniform_64x64_cfg1",
+    "img2img_dpmpp_2m_sgm-uniform_64x64_d0.6",
+    "lora_euler_normal_64x64_s0.8",
+];
+
+fn folders(name: &str) -> ComfyFolders {
+    let root = temp_dir(name);
+    let registry = Registry::scan(&[repo().join("model_manifests")]).unwrap();
+    let loras = LoraLibrary::scan(&[fixtures().join("sdxl/lora")]);
+    ComfyFolders::new(&root, &registry, &loras).unwrap()
+}
+
+fn case_json(id: &str) -> Value {
+    let path = fixtures().join("comfyui").join(id).join("case.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn png_text(bytes: &[u8], key: &str) -> Option<String> {
+    let reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .unwrap();
+    reader
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .find(|c| c.keyword == key)
+        .map(|c| c.text.clone())
+}
+
+#[test]
+fn recorded_workflows_give_comfyuis_images_and_cache_between_prompts() {
+    let folders = folders("graphs");
+    let input = fixtures().join("comfyui/img2img_dpmpp_2m_sgm-uniform_64x64_d0.6/input.png");
+    std::fs::copy(&input, folders.dir("input").unwrap().join("input.png")).unwrap();
+    let defs = node_defs(IMPLEMENTED, &folders.combo_lists());
+    let mut executor = Executor::<B>::default();
+    for id in CASES {
+        let case = case_json(id);
+        let prompt = case["workflow_api"].as_object().unwrap().clone();
+        let accepted = validate(&prompt, &defs, None).unwrap();
+        assert_eq!(accepted.outputs, vec!["9".to_string()]);
+        let mut steps = 0;
+        let mut on_event = |event: GraphEvent<B>| {
+            if let GraphEvent::Progress { value, max, .. } = event {
+                assert!(value <= max);
+                steps += 1;
+            }
+            Flow::Continue
+        };
+        let mut host = FolderHost {
+            folders: &folders,
+            device: Default::default(),
+            on_event: &mut on_event,
+        };
+        let run = executor.run(&prompt, &accepted.outputs, &mut host).unwrap();
+        assert_eq!(steps, case["settings"]["steps"].as_u64().unwrap(), "{id}: progress");
+        let images = run.outputs["9"]["images"].as_array().unwrap().clone();
+        let expected = case["saveimage"]["files"].as_array().unwrap();
+        assert_eq!(images.len(), expected.len(), "{id}: images");
+        for (saved, recorded) in images.iter().zip(expected) {
+            assert_eq!(saved["type"], "output");
+            let path = folders
+                .dir("output")
+                .unwrap()
+                .join(saved["filename"].as_str().unwrap());
+            let bytes = std::fs::read(&path).unwrap();
+            let ours = image::load_from_memory(&bytes).unwrap().to_rgb8();
+            let theirs = image::open(
+                fixtures()
+                    .join("comfyui")
+                    .join(id)
+                    .join(recorded["fixture_file"].as_str().unwrap()),
+            )
+            .unwrap()
+            .to_rgb8();
+            let worst = common::max_pixel_diff(&ours, &theirs);
+            assert!(worst <= 2, "{id}: {} differs by {worst}/255", path.display());
+            let prompt_chunk: Value =
+                serde_json::from_str(&png_text(&bytes, "prompt").unwrap()).unwrap();
+            assert_eq!(prompt_chunk, case["workflow_api"], "{id}: prompt chunk");
+        }
+        // The first case names ComfyUI_00001_.png as ComfyUI did on an empty folder.
+        if id == CASES[0] {
+            assert_eq!(images[0]["filename"], "ComfyUI_00001_.png");
+        }
+
+        // The same prompt again: every node is cached, nothing is sampled or written.
+        let mut events = 0;
+        let mut on_event = |event: GraphEvent<B>| {
+            if matches!(event, GraphEvent::Progress { .. } | GraphEvent::Executing(_)) {
+                events += 1;
+            }
+            Flow::Continue
+        };
+        let mut host = FolderHost {
+            folders: &folders,
+            device: Default::default(),
+            on_event: &mut on_event,
+        };
+        let again = executor.run(&prompt, &accepted.outputs, &mut host).unwrap();
+        assert_eq!(again.cached.len(), prompt.len(), "{id}: all cached");
+        assert_eq!(events, 0, "{id}: nothing ran");
+        assert_eq!(again.outputs["9"]["images"], json!(images));
+    }
+}
+
+fn base_prompt() -> Map<String, Value> {
+    case_json("euler_normal_64x64")["workflow_api"]
+        .as_object()
+        .unwrap()
+        .clone()
+}
+
+fn refused(prompt: &Map<String, Value>) -> (Value, Value) {
+    let folders = folders("graph-errors");
+    let defs = node_defs(IMPLEMENTED, &folders.combo_lists());
+    let rejection = validate(prompt, &defs, None).unwrap_err();
+    (rejection.error, rejection.node_errors)
+}
+
+#[test]
+fn bad_graphs_get_comfyuis_errors() {
+    let mut p = base_prompt();
+    p["3"]["class_type"] = json!("NoSuchNode");
+    let (error, node_errors) = refused(&p);
+    assert_eq!(error["type"], "invalid_prompt");
+    assert_eq!(
+        error["message"],
+        "Cannot execute because node NoSuchNode does not exist."
+    );
+    assert_eq!(error["details"], "Node ID '#3'");
+    assert_eq!(node_errors, json!({}));
+
+    let mut p = base_prompt();
+    p["3"].as_object_mut().unwrap().remove("class_type");
+    assert_eq!(refused(&p).0["type"], "invalid_prompt");
+
+    let mut p = base_prompt();
+    p.remove("9");
+    assert_eq!(refused(&p).0["type"], "prompt_no_outputs");
+
+    let mut p = base_prompt();
+    p["3"]["inputs"]["steps"] = json!(0);
+    p["3"]["inputs"]["cfg"] = json!("lots");
+    p["3"]["inputs"]["sampler_name"] = json!("euler_fast");
+    p["3"]["inputs"].as_object_mut().unwrap().remove("seed");
+    p["4"]["inputs"]["ckpt_name"] = json!("nope.safetensors");
+    let (error, node_errors) = refused(&p);
+    assert_eq!(error["type"], "prompt_outputs_failed_validation");
+    assert_eq!(error["message"], "Prompt outputs failed validation");
+    let ksampler = &node_errors["3"];
+    assert_eq!(ksampler["class_type"], "KSampler");
+    assert_eq!(ksampler["dependent_outputs"], json!(["9"]));
+    let kinds: Vec<&str> = ksampler["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "required_input_missing",
+            "value_smaller_than_min",
+            "invalid_input_type",
+            "value_not_in_list"
+        ]
+    );
+    let steps = &ksampler["errors"][1];
+    assert_eq!(steps["message"], "Value 0 smaller than min of 1");
+    assert_eq!(steps["details"], "steps");
+    assert_eq!(steps["extra_info"]["input_config"][0], "INT");
+    let ckpt = &node_errors["4"]["errors"][0];
+    assert_eq!(ckpt["type"], "value_not_in_list");
+    assert_eq!(
+        ckpt["details"],
+        "ckpt_name: 'nope.safetensors' not in ['sd_xl_tiny.safetensors']"
+    );
+    // Nodes invalid only through an upstream error carry no entry of their own.
+    assert!(node_errors.get("8").is_none());
+
+    let mut p = base_prompt();
+    p["8"]["inputs"]["samples"] = json!(["4", 0]);
+    let (_, node_errors) = refused(&p);
+    let mismatch = &node_errors["8"]["errors"][0];
+    assert_eq!(mismatch["type"], "return_type_mismatch");
+    assert_eq!(
+        mismatch["details"],
+        "samples, received_type(MODEL) mismatch input_type(LATENT)"
+    );
+
+    let mut p = base_prompt();
+    p["8"]["inputs"]["samples"] = json!(["3"]);
+    assert_eq!(
+        refused(&p).1["8"]["errors"][0]["type"],
+        "bad_linked_input"
+    );
+
+    // A cycle: the sampler's latent comes from its own decoder's re-encoding.
+    let mut p = base_prompt();
+    p.insert(
+        "12".into(),
+        json!({"class_type": "VAEEncode", "inputs": {"pixels": ["8", 0], "vae": ["4", 2]}}),
+    );
+    p["3"]["inputs"]["latent_image"] = json!(["12", 0]);
+    let (error, node_errors) = refused(&p);
+    assert_eq!(error["type"], "prompt_outputs_failed_validation");
+    let cycle: Vec<&Value> = node_errors
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|n| n["errors"].as_array().unwrap())
+        .filter(|e| e["type"] == "dependency_cycle")
+        .collect();
+    assert!(!cycle.is_empty(), "{node_errors}");
+}
