@@ -19,13 +19,19 @@ test: test-deps
 	$(CARGO) test --all-targets
 	tests/schemathesis/run.sh target/debug/hanga
 
-# Debian's Chromium and its WebDriver, for tests/browser.rs.
+# Debian's Chromium and its WebDriver, for tests/browser.rs; ComfyUI client packages from
+# PyPI, for tests/comfyui_server.rs.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-test-deps:
+test-deps: .venv/comfyui-clients/.installed
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
 	fi
+
+.venv/comfyui-clients/.installed: tests/comfyui_clients/requirements.txt
+	python3 -m venv .venv/comfyui-clients
+	.venv/comfyui-clients/bin/python -m pip install --quiet --disable-pip-version-check -r $<
+	touch $@
 
 # UNet step and VAE decode timings on CPU beside PyTorch's (benches/denoise.rs). Runs the
 # bench binary from the test build (dependencies at opt-level 3) rather than a second, release

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }; }
 cargo build --quiet
 data=$(mktemp -d)
-./target/debug/hanga serve --port 0 --data-dir "$data" --thumbnails-dir "$data/thumbnails" > "$data/stdout" 2> "$data/log" &
+./target/debug/hanga serve --port 0 --no-comfyui --data-dir "$data" --thumbnails-dir "$data/thumbnails" > "$data/stdout" 2> "$data/log" &
 server=$!
 trap 'kill $server 2>/dev/null; rm -rf "$data"' EXIT
 until grep -q listening "$data/stdout" 2>/dev/null; do sleep 0.1; done

@@ -75,6 +75,13 @@ struct ServeArgs {
     /// Least milliseconds between two previews of a job on its SSE stream.
     #[arg(long, env = "HANGA_PREVIEW_INTERVAL_MS", default_value_t = 250)]
     preview_interval_ms: u64,
+    /// The port of the ComfyUI API (same --host; 0 = any free port), so ComfyUI's clients
+    /// work with their defaults.
+    #[arg(long, env = "HANGA_COMFYUI_PORT", default_value_t = 8188)]
+    comfyui_port: u16,
+    /// Do not serve the ComfyUI API.
+    #[arg(long, env = "HANGA_NO_COMFYUI")]
+    no_comfyui: bool,
 }
 
 #[derive(Args)]
@@ -187,6 +194,7 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
         preview_interval: Duration::from_millis(args.preview_interval_ms),
         cors_origin: args.cors_origin,
         max_body_bytes: 1 << 20,
+        comfyui_port: (!args.no_comfyui).then_some(args.comfyui_port),
     };
     tokio::runtime::Runtime::new()?.block_on(hanga::server::serve(options))
 }

@@ -11,10 +11,12 @@ use base64::Engine;
 use burn::prelude::Backend;
 
 use crate::Error;
+use crate::graph::execute::Executor;
+use crate::graph::folders::{ComfyFolders, FolderHost, GraphEvent};
 use crate::metrics::Metrics;
-use crate::output::preview::{jpeg, latent_preview};
+use crate::output::preview::{LatentRgb, SDXL_LATENT_RGB, jpeg, latent_preview};
 use crate::pipelines::{Flow, Pipeline};
-use crate::queue::{Events, Job, JobEvent, JobStatus, Queue, now_ms};
+use crate::queue::{ComfyEvents, Events, Job, JobEvent, JobStatus, Queue, now_ms};
 use crate::registry::{LoraLibrary, Registry};
 use crate::store::Store;
 use crate::weights::LoraFile;
@@ -37,12 +39,23 @@ pub struct Shared {
     /// The id of the model whose pipeline is loaded now, if any.
     pub loaded: std::sync::Mutex<Option<String>>,
     pub metrics: Metrics,
+    /// The files ComfyUI graphs name, and its input / output / temp folders.
+    pub comfy_folders: RwLock<ComfyFolders>,
+    /// ComfyUI WebSocket messages of running graphs.
+    pub comfy_events: ComfyEvents,
+    /// ComfyUI's `/free`: drop loaded models and cached graph outputs before the next job.
+    pub free_requested: AtomicBool,
 }
 
 impl Shared {
     /// Scans the LoRA directories again, so files added or removed since show up.
     pub fn rescan_loras(&self) {
         let library = LoraLibrary::scan(&self.lora_dirs);
+        let mut folders = self.comfy_folders.write().expect("folders lock");
+        match ComfyFolders::new(folders.root(), &self.registry, &library) {
+            Ok(rescanned) => *folders = rescanned,
+            Err(e) => tracing::warn!("cannot rescan the ComfyUI folders: {e}"),
+        }
         *self.loras.write().expect("loras lock") = library;
     }
 }
@@ -56,18 +69,45 @@ pub fn spawn<B: Backend>(
         .name("hanga-runner".into())
         .spawn(move || {
             let mut pipeline: Option<(String, Pipeline<B>)> = None;
+            let mut executor = Executor::<B>::default();
             loop {
                 let (job, cancel) = shared.queue.next_job();
+                if shared.free_requested.swap(false, Ordering::SeqCst) {
+                    pipeline = None;
+                    *shared.loaded.lock().expect("loaded lock") = None;
+                    executor.clear();
+                }
+                shared.comfy_events.status(shared.queue.remaining());
+                let mut models = Models {
+                    pipeline: &mut pipeline,
+                    executor: &mut executor,
+                };
                 let (finished, event) =
-                    run_job(&shared, &device, &config, &mut pipeline, job, &cancel);
+                    run_job(&shared, &device, &config, &mut models, job, &cancel);
                 // Record the end before announcing it, so a client reacting to the event
-                // reads the finished job.
+                // reads the finished job (ComfyUI writes history before its last messages).
                 let job_id = finished.job_id.clone();
+                let client = finished.workflow.as_ref().map(|w| w.client_id.clone());
                 shared.queue.finish(finished);
                 shared.events.publish(&job_id, event);
+                if let Some(client) = client {
+                    shared.comfy_events.status(shared.queue.remaining());
+                    shared.comfy_events.send(
+                        client.as_deref(),
+                        "executing",
+                        serde_json::json!({"node": null, "prompt_id": job_id}),
+                    );
+                }
             }
         })
         .expect("spawn runner thread")
+}
+
+/// What the runner keeps loaded between jobs: the native API's pipeline, and the graph
+/// executor with its cached node outputs.
+struct Models<'a, B: Backend> {
+    pipeline: &'a mut Option<(String, Pipeline<B>)>,
+    executor: &'a mut Executor<B>,
 }
 
 /// Runs one job to its end and returns it with its terminal event; a failure (bad weights, a
@@ -76,7 +116,7 @@ fn run_job<B: Backend>(
     shared: &Shared,
     device: &B::Device,
     config: &RunnerConfig,
-    pipeline: &mut Option<(String, Pipeline<B>)>,
+    models: &mut Models<B>,
     mut job: Job,
     cancel: &AtomicBool,
 ) -> (Job, JobEvent) {
@@ -86,12 +126,14 @@ fn run_job<B: Backend>(
         &job.model,
         Duration::from_millis(started_at.saturating_sub(job.created_at)),
     );
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        generate(shared, device, config, pipeline, &mut job, cancel)
+    let result = catch_unwind(AssertUnwindSafe(|| match job.workflow.is_some() {
+        true => run_workflow(shared, device, config, models.executor, &mut job, cancel),
+        false => generate(shared, device, config, models.pipeline, &mut job, cancel),
     }))
     .unwrap_or_else(|panic| {
         // The pipeline may be half-updated: drop it so the next job loads it afresh.
-        *pipeline = None;
+        *models.pipeline = None;
+        models.executor.clear();
         *shared.loaded.lock().expect("loaded lock") = None;
         let msg = panic
             .downcast_ref::<String>()
@@ -193,13 +235,17 @@ fn generate_images<B: Backend>(
     cancel: &AtomicBool,
 ) -> Result<(), Error> {
     let start = Instant::now();
-    let total = job.params.steps as u32 * job.num_images;
+    let base = job
+        .params
+        .clone()
+        .ok_or_else(|| Error::config("a generate job without parameters"))?;
+    let total = base.steps as u32 * job.num_images;
     let latent_rgb = pipeline.latent_rgb();
     job.images.clear();
     for index in 0..job.num_images {
-        let mut params = job.params.clone();
+        let mut params = base.clone();
         params.seed = params.seed.wrapping_add(index as u64);
-        let mut last_preview: Option<Instant> = None;
+        let mut previews = Previews::new(config.preview_interval);
         let mut last_step = Instant::now();
         let image = pipeline.generate(&params, &mut |p| {
             if cancel.load(Ordering::SeqCst) {
@@ -208,18 +254,7 @@ fn generate_images<B: Backend>(
             let step = index * params.steps as u32 + p.step as u32;
             shared.metrics.step(&job.model, last_step.elapsed());
             last_step = Instant::now();
-            let preview = if last_preview.is_none_or(|t| t.elapsed() >= config.preview_interval)
-                || step == total
-            {
-                last_preview = Some(Instant::now());
-                let jpeg = jpeg(&latent_preview(p.denoised, latent_rgb), 80);
-                Some(format!(
-                    "data:image/jpeg;base64,{}",
-                    base64::engine::general_purpose::STANDARD.encode(jpeg)
-                ))
-            } else {
-                None
-            };
+            let preview = previews.next(p.denoised, latent_rgb, step == total);
             shared.queue.progress(&job.job_id, step, total);
             shared.events.publish(
                 &job.job_id,
@@ -240,6 +275,171 @@ fn generate_images<B: Backend>(
     job.total_steps = total;
     job.timings.generate_ms = Some(millis(start.elapsed()));
     Ok(())
+}
+
+/// Step previews of a run, at most one per `interval` (and always the last step's).
+struct Previews {
+    interval: Duration,
+    last: Option<Instant>,
+}
+
+impl Previews {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+        }
+    }
+
+    /// A `data:image/jpeg;base64,...` preview of `denoised` when one is due.
+    fn next<B: Backend>(
+        &mut self,
+        denoised: &burn::prelude::Tensor<B, 4>,
+        latent_rgb: &LatentRgb,
+        last_step: bool,
+    ) -> Option<String> {
+        if !(self.last.is_none_or(|t| t.elapsed() >= self.interval) || last_step) {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        let jpeg = jpeg(&latent_preview(denoised, latent_rgb), 80);
+        Some(format!(
+            "data:image/jpeg;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(jpeg)
+        ))
+    }
+}
+
+/// Runs a ComfyUI prompt: ComfyUI's WebSocket messages to its client, the native job events
+/// (steps and previews) for SSE, the UI outputs and status messages into the job's history.
+fn run_workflow<B: Backend>(
+    shared: &Shared,
+    device: &B::Device,
+    config: &RunnerConfig,
+    executor: &mut Executor<B>,
+    job: &mut Job,
+    cancel: &AtomicBool,
+) -> Result<(), Error> {
+    let start = Instant::now();
+    let workflow = job.workflow.clone().expect("a graph job");
+    let prompt_id = job.job_id.clone();
+    let client = workflow.client_id.as_deref();
+    let events = &shared.comfy_events;
+    let mut messages: Vec<serde_json::Value> = Vec::new();
+    let mut record = |kind: &str, data: serde_json::Value, to_everyone: bool| {
+        events.send(if to_everyone { None } else { client }, kind, data.clone());
+        messages.push(serde_json::json!([kind, data]));
+    };
+    record(
+        "execution_start",
+        serde_json::json!({"prompt_id": prompt_id, "timestamp": now_ms()}),
+        false,
+    );
+    let folders = shared.comfy_folders.read().expect("folders lock");
+    let mut previews = Previews::new(config.preview_interval);
+    let mut last_step = Instant::now();
+    let result = {
+        let mut on_event = |event: GraphEvent<B>| {
+            match event {
+                GraphEvent::Cached(nodes) => {
+                    record(
+                        "execution_cached",
+                        serde_json::json!({"nodes": nodes, "prompt_id": prompt_id,
+                                           "timestamp": now_ms()}),
+                        false,
+                    );
+                }
+                GraphEvent::Executing(node) => {
+                    events.send(
+                        client,
+                        "executing",
+                        serde_json::json!({"node": node, "display_node": node,
+                                           "prompt_id": prompt_id}),
+                    );
+                }
+                GraphEvent::Executed(node, ui) => events.send(
+                    client,
+                    "executed",
+                    serde_json::json!({"node": node, "display_node": node, "output": ui,
+                                       "prompt_id": prompt_id}),
+                ),
+                GraphEvent::Progress {
+                    node,
+                    value,
+                    max,
+                    denoised,
+                } => {
+                    if cancel.load(Ordering::SeqCst) {
+                        return Flow::Cancel;
+                    }
+                    shared.metrics.step(&job.model, last_step.elapsed());
+                    last_step = Instant::now();
+                    events.send(
+                        client,
+                        "progress",
+                        serde_json::json!({"value": value, "max": max, "prompt_id": prompt_id,
+                                           "node": node}),
+                    );
+                    let preview = previews.next(denoised, &SDXL_LATENT_RGB, value == max);
+                    shared.queue.progress(&prompt_id, value as u32, max as u32);
+                    shared.events.publish(
+                        &prompt_id,
+                        JobEvent::Processing {
+                            step: value as u32,
+                            total_steps: max as u32,
+                            preview,
+                        },
+                    );
+                }
+            }
+            Flow::Continue
+        };
+        let mut host = FolderHost {
+            folders: &folders,
+            device: device.clone(),
+            on_event: &mut on_event,
+        };
+        executor.run(&workflow.prompt, &workflow.outputs, &mut host)
+    };
+    let outcome = match result {
+        Ok(execution) => {
+            record(
+                "execution_success",
+                serde_json::json!({"prompt_id": prompt_id, "timestamp": now_ms()}),
+                false,
+            );
+            job.workflow.as_mut().expect("a graph job").ui_outputs = execution.outputs;
+            Ok(())
+        }
+        Err(failure) => {
+            let executed = failure.executed.clone();
+            if matches!(failure.error, Error::Cancelled) {
+                // ComfyUI sends the interruption to every socket.
+                record(
+                    "execution_interrupted",
+                    serde_json::json!({"prompt_id": prompt_id, "node_id": failure.node_id,
+                                       "node_type": failure.node_type, "executed": executed,
+                                       "timestamp": now_ms()}),
+                    true,
+                );
+            } else {
+                record(
+                    "execution_error",
+                    serde_json::json!({"prompt_id": prompt_id, "node_id": failure.node_id,
+                                       "node_type": failure.node_type, "executed": executed,
+                                       "exception_message": failure.error.to_string(),
+                                       "exception_type": "hanga.Error",
+                                       "traceback": [], "current_inputs": {},
+                                       "current_outputs": [], "timestamp": now_ms()}),
+                    false,
+                );
+            }
+            Err(failure.error)
+        }
+    };
+    job.workflow.as_mut().expect("a graph job").messages = messages;
+    job.timings.generate_ms = Some(millis(start.elapsed()));
+    outcome
 }
 
 /// "transformer 11.90 GB, t5 0 (released), vae 0.17 GB": what each network holds on the

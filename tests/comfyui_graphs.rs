@@ -74,7 +74,11 @@ fn recorded_workflows_give_comfyuis_images_and_cache_between_prompts() {
             on_event: &mut on_event,
         };
         let run = executor.run(&prompt, &accepted.outputs, &mut host).unwrap();
-        assert_eq!(steps, case["settings"]["steps"].as_u64().unwrap(), "{id}: progress");
+        assert_eq!(
+            steps,
+            case["settings"]["steps"].as_u64().unwrap(),
+            "{id}: progress"
+        );
         let images = run.outputs["9"]["images"].as_array().unwrap().clone();
         let expected = case["saveimage"]["files"].as_array().unwrap();
         assert_eq!(images.len(), expected.len(), "{id}: images");
@@ -95,7 +99,11 @@ fn recorded_workflows_give_comfyuis_images_and_cache_between_prompts() {
             .unwrap()
             .to_rgb8();
             let worst = common::max_pixel_diff(&ours, &theirs);
-            assert!(worst <= 2, "{id}: {} differs by {worst}/255", path.display());
+            assert!(
+                worst <= 2,
+                "{id}: {} differs by {worst}/255",
+                path.display()
+            );
             let prompt_chunk: Value =
                 serde_json::from_str(&png_text(&bytes, "prompt").unwrap()).unwrap();
             assert_eq!(prompt_chunk, case["workflow_api"], "{id}: prompt chunk");
@@ -108,7 +116,10 @@ fn recorded_workflows_give_comfyuis_images_and_cache_between_prompts() {
         // The same prompt again: every node is cached, nothing is sampled or written.
         let mut events = 0;
         let mut on_event = |event: GraphEvent<B>| {
-            if matches!(event, GraphEvent::Progress { .. } | GraphEvent::Executing(_)) {
+            if matches!(
+                event,
+                GraphEvent::Progress { .. } | GraphEvent::Executing(_)
+            ) {
                 events += 1;
             }
             Flow::Continue
@@ -212,10 +223,7 @@ fn bad_graphs_get_comfyuis_errors() {
 
     let mut p = base_prompt();
     p["8"]["inputs"]["samples"] = json!(["3"]);
-    assert_eq!(
-        refused(&p).1["8"]["errors"][0]["type"],
-        "bad_linked_input"
-    );
+    assert_eq!(refused(&p).1["8"]["errors"][0]["type"], "bad_linked_input");
 
     // A cycle: the sampler's latent comes from its own decoder's re-encoding.
     let mut p = base_prompt();

@@ -38,7 +38,7 @@ fn pipeline() -> SdxlPipeline<B> {
 fn saved_pixels(decoded: Tensor<B, 4>) -> Vec<u8> {
     values(hanga::graph::vae_output_to_image(decoded))
         .into_iter()
-        .map(|v| hanga::graph::to_uint8(v))
+        .map(hanga::graph::to_uint8)
         .collect()
 }
 
@@ -65,9 +65,8 @@ fn every_scheduler_gives_comfyuis_sigmas() {
             .parse()
             .unwrap();
         let discard = parts.get(4) == Some(&"discard_penultimate");
-        let got =
-            hanga::sampling::comfy::ksampler_sigmas(&ms, scheduler, steps, denoise, discard)
-                .unwrap();
+        let got = hanga::sampling::comfy::ksampler_sigmas(&ms, scheduler, steps, denoise, discard)
+            .unwrap();
         assert_eq!(got.len(), expected.values.len(), "{key}: number of sigmas");
         assert_close(key, &got, &expected.f32(), 2e-6);
         checked += 1;
@@ -83,8 +82,8 @@ struct Case {
 impl Case {
     fn load(id: &'static str) -> Self {
         let dir = fixtures().join("comfyui").join(id);
-        let json = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap())
-            .unwrap();
+        let json =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
         Self {
             json,
             t: load(&dir.join("case.safetensors")),
@@ -196,7 +195,12 @@ fn sdxl_ksampler_cases_match_comfyui_step_by_step() {
             }
         };
         let noise = prepare_noise(settings.seed, &latent);
-        assert_close(&format!("{id} noise"), &values(noise), &t["noise"].f32(), 1e-6);
+        assert_close(
+            &format!("{id} noise"),
+            &values(noise),
+            &t["noise"].f32(),
+            1e-6,
+        );
 
         let mut seen = Vec::new();
         let out = sdxl_ksample(

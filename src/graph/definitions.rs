@@ -27,8 +27,14 @@ impl ComboLists {
     /// The options of a combo placeholder in nodes.json (`$files:<folder>`, `$samplers`, ...).
     fn resolve(&self, placeholder: &str) -> Option<Vec<String>> {
         Some(match placeholder {
-            "$samplers" => KSamplerName::ALL.iter().map(|s| s.name().to_owned()).collect(),
-            "$schedulers" => SchedulerName::ALL.iter().map(|s| s.name().to_owned()).collect(),
+            "$samplers" => KSamplerName::ALL
+                .iter()
+                .map(|s| s.name().to_owned())
+                .collect(),
+            "$schedulers" => SchedulerName::ALL
+                .iter()
+                .map(|s| s.name().to_owned())
+                .collect(),
             "$files:input" => self.input_images.clone(),
             other => self.files(other.strip_prefix("$files:")?),
         })
@@ -143,7 +149,11 @@ fn resolve_node(mut raw: Value, lists: &ComboLists) -> NodeDef {
     }
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     NodeDef {

@@ -115,7 +115,10 @@ impl<B: Backend> Executor<B> {
                             .and_then(|c| c.values.get(slot))
                             .cloned()
                             .ok_or_else(|| {
-                                fail(Error::request(format!("input {name} has no value")), &executed)
+                                fail(
+                                    Error::request(format!("input {name} has no value")),
+                                    &executed,
+                                )
                             })?;
                         resolved.insert(name.clone(), upstream);
                     }

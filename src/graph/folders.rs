@@ -55,6 +55,11 @@ impl ComfyFolders {
         })
     }
 
+    /// The folder holding input/, output/ and temp/.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The folder of a ComfyUI file `type` ("input", "output", "temp").
     pub fn dir(&self, kind: &str) -> Option<PathBuf> {
         matches!(kind, "input" | "output" | "temp").then(|| self.root.join(kind))
@@ -170,13 +175,7 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
         (self.on_event)(GraphEvent::Executed(node, ui));
     }
 
-    fn progress(
-        &mut self,
-        node: &str,
-        value: usize,
-        max: usize,
-        denoised: &Tensor<B, 4>,
-    ) -> Flow {
+    fn progress(&mut self, node: &str, value: usize, max: usize, denoised: &Tensor<B, 4>) -> Flow {
         (self.on_event)(GraphEvent::Progress {
             node,
             value,

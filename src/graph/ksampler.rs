@@ -69,7 +69,11 @@ pub fn sdxl_ksample<B: Backend>(
     let scale = pipeline.vae_scaling();
     // `inner_sample`: only a latent with content is moved into sampling space.
     let is_empty = latent.clone().abs().sum().into_scalar().elem::<f32>() == 0.0;
-    let latent_in = if is_empty { latent.clone() } else { latent.clone() * scale };
+    let latent_in = if is_empty {
+        latent.clone()
+    } else {
+        latent.clone() * scale
+    };
     let max_denoise = ms.is_max_denoise(sigmas[0]);
     let x = noise * ms.noise_scaling(sigmas[0], max_denoise) + latent_in;
     let [_, _, h, w] = latent.dims();
@@ -115,7 +119,12 @@ struct SdxlCfg<'a, B: Backend> {
 impl<B: Backend> SdxlCfg<'_, B> {
     /// The x₀ of every entry: entries with the same context length share one UNet call,
     /// negative first (ComfyUI batches `[uncond, cond]`).
-    fn predict(&self, x: &Tensor<B, 4>, sigma: f32, entries: &[&CondEntry<B>]) -> Vec<Tensor<B, 4>> {
+    fn predict(
+        &self,
+        x: &Tensor<B, 4>,
+        sigma: f32,
+        entries: &[&CondEntry<B>],
+    ) -> Vec<Tensor<B, 4>> {
         let t = self.ms.timestep(sigma);
         let x_in = x.clone() / (sigma * sigma + 1.0).sqrt();
         let batch = x.dims()[0];
@@ -130,9 +139,15 @@ impl<B: Backend> SdxlCfg<'_, B> {
                 .collect();
             todo.retain(|i| !group.contains(i));
             let repeat = |t3: &Tensor<B, 3>| t3.clone().repeat_dim(0, batch);
-            let context = Tensor::cat(group.iter().map(|&i| repeat(&entries[i].context)).collect(), 0);
+            let context = Tensor::cat(
+                group.iter().map(|&i| repeat(&entries[i].context)).collect(),
+                0,
+            );
             let pooled = Tensor::cat(
-                group.iter().map(|&i| entries[i].pooled.clone().repeat_dim(0, batch)).collect(),
+                group
+                    .iter()
+                    .map(|&i| entries[i].pooled.clone().repeat_dim(0, batch))
+                    .collect(),
                 0,
             );
             let rows = group.len() * batch;
@@ -149,7 +164,9 @@ impl<B: Backend> SdxlCfg<'_, B> {
                 out[i] = Some(x.clone() - eps_i * sigma);
             }
         }
-        out.into_iter().map(|o| o.expect("every entry predicted")).collect()
+        out.into_iter()
+            .map(|o| o.expect("every entry predicted"))
+            .collect()
     }
 }
 
@@ -164,7 +181,10 @@ impl<B: Backend> Denoiser<B> for SdxlCfg<'_, B> {
         let predictions = self.predict(&x, sigma, &entries);
         let mean = |p: &[Tensor<B, 4>]| {
             let n = p.len() as f32;
-            p.iter().cloned().reduce(|a, b| a + b).map(|s| if n > 1.0 { s / n } else { s })
+            p.iter()
+                .cloned()
+                .reduce(|a, b| a + b)
+                .map(|s| if n > 1.0 { s / n } else { s })
         };
         let cond = mean(&predictions[n_negative..])
             .ok_or_else(|| Error::request("the positive conditioning is empty"))?;

@@ -71,8 +71,7 @@ pub trait Host<B: Backend> {
     /// A node with UI output finished (or was cached).
     fn executed(&mut self, node: &str, ui: &Value);
     /// A sampler step of `node`; `Flow::Cancel` interrupts the prompt.
-    fn progress(&mut self, node: &str, value: usize, max: usize, denoised: &Tensor<B, 4>)
-    -> Flow;
+    fn progress(&mut self, node: &str, value: usize, max: usize, denoised: &Tensor<B, 4>) -> Flow;
 }
 
 /// A node's results: its output values, and its UI output (output nodes).
@@ -222,7 +221,10 @@ pub fn run<B: Backend>(
             }]))])
         }
         "EmptyLatentImage" => {
-            let (w, h) = (inputs.int("width")? as usize, inputs.int("height")? as usize);
+            let (w, h) = (
+                inputs.int("width")? as usize,
+                inputs.int("height")? as usize,
+            );
             let batch = inputs.int("batch_size")? as usize;
             let device = Default::default();
             NodeRun::values(vec![NodeValue::Latent(Tensor::zeros(
@@ -277,7 +279,12 @@ pub fn run<B: Backend>(
         "SaveImage" | "PreviewImage" => {
             let images = to_rgb_images(inputs.image("images")?);
             let saved = if class == "SaveImage" {
-                host.save_images("output", &inputs.string("filename_prefix")?, &images, prompt)?
+                host.save_images(
+                    "output",
+                    &inputs.string("filename_prefix")?,
+                    &images,
+                    prompt,
+                )?
             } else {
                 host.save_images("temp", &temp_prefix(), &images, prompt)?
             };

@@ -56,8 +56,10 @@ pub fn save_images(
     for (key, value) in extra_pnginfo.into_iter().flatten() {
         chunks.push((key.clone(), python_json(value)));
     }
-    let chunk_refs: Vec<(&str, &str)> =
-        chunks.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let chunk_refs: Vec<(&str, &str)> = chunks
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let mut saved = Vec::new();
     for image in images {
         let filename = format!("{base}_{counter:05}_.png");

@@ -25,11 +25,11 @@ fn reason(kind: &str, message: String, details: String, extra_info: Value) -> Va
     json!({"type": kind, "message": message, "details": details, "extra_info": extra_info})
 }
 
-fn rejection(kind: &str, message: &str, details: String) -> Rejection {
-    Rejection {
+fn rejection(kind: &str, message: &str, details: String) -> Box<Rejection> {
+    Box::new(Rejection {
         error: reason(kind, message.into(), details, json!({})),
         node_errors: json!({}),
-    }
+    })
 }
 
 /// Checks `prompt` (the API-format graph) against `defs`; `targets` limits the outputs run
@@ -38,7 +38,7 @@ pub fn validate(
     prompt: &Map<String, Value>,
     defs: &[NodeDef],
     targets: Option<&[String]>,
-) -> Result<Accepted, Rejection> {
+) -> Result<Accepted, Box<Rejection>> {
     let def_of = |class: &str| defs.iter().find(|d| d.name == class);
     for (id, node) in prompt {
         let Some(class) = node.get("class_type").and_then(Value::as_str) else {
@@ -66,7 +66,11 @@ pub fn validate(
         .map(|(id, _)| id.clone())
         .collect();
     if outputs.is_empty() {
-        return Err(rejection("prompt_no_outputs", "Prompt has no outputs", String::new()));
+        return Err(rejection(
+            "prompt_no_outputs",
+            "Prompt has no outputs",
+            String::new(),
+        ));
     }
 
     let mut checker = Checker {
@@ -115,7 +119,7 @@ pub fn validate(
             .map(|(m, d)| format!("{m}: {}", d.as_str().unwrap_or_default()))
             .collect();
         details.dedup();
-        return Err(Rejection {
+        return Err(Box::new(Rejection {
             error: reason(
                 "prompt_outputs_failed_validation",
                 "Prompt outputs failed validation".into(),
@@ -123,7 +127,7 @@ pub fn validate(
                 json!({}),
             ),
             node_errors: Value::Object(node_errors),
-        });
+        }));
     }
     Ok(Accepted {
         outputs: good,
@@ -210,8 +214,7 @@ impl Checker<'_> {
                 if link.len() != 2 {
                     errors.push(reason(
                         "bad_linked_input",
-                        "Bad linked input, must be a length-2 list of [node_id, slot_index]"
-                            .into(),
+                        "Bad linked input, must be a length-2 list of [node_id, slot_index]".into(),
                         x.clone(),
                         json!({"input_name": x, "input_config": info, "received_value": val}),
                     ));
@@ -393,9 +396,11 @@ fn coerce_int(v: &Value) -> Result<f64, String> {
             .or_else(|| n.as_f64().map(f64::trunc))
             .ok_or_else(|| "cannot convert float NaN to integer".into()),
         Value::Bool(b) => Ok(*b as u8 as f64),
-        Value::String(s) => s.trim().parse::<i128>().map(|i| i as f64).map_err(|_| {
-            format!("invalid literal for int() with base 10: {}", python_repr(v))
-        }),
+        Value::String(s) => s
+            .trim()
+            .parse::<i128>()
+            .map(|i| i as f64)
+            .map_err(|_| format!("invalid literal for int() with base 10: {}", python_repr(v))),
         other => Err(format!(
             "int() argument must be a string, a bytes-like object or a real number, not '{}'",
             python_type(other)

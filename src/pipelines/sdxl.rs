@@ -189,7 +189,10 @@ impl<B: Backend> SdxlPipeline<B> {
             ("unet", weight_bytes(&self.unet)),
             ("clip_l", weight_bytes(&self.clip_l)),
             ("clip_g", weight_bytes(&self.clip_g)),
-            ("vae", weight_bytes(&self.vae) + weight_bytes(&self.vae_encoder)),
+            (
+                "vae",
+                weight_bytes(&self.vae) + weight_bytes(&self.vae_encoder),
+            ),
         ]
     }
 
@@ -290,10 +293,10 @@ impl<B: Backend> SdxlPipeline<B> {
     pub fn comfy_encode(&self, text: &str) -> Result<(Tensor<B, 3>, Tensor<B, 2>), Error> {
         let encode = |model: &ClipTextModel<B>, pad: Option<u32>| -> Result<_, Error> {
             let chunks = self.tokenizer_l.comfy_chunks(text, pad)?;
-            let empty = chunks
-                .iter()
-                .any(TokenChunk::is_weighted)
-                .then(|| self.clip_forward(model, &self.tokenizer_l.comfy_empty(pad)).0);
+            let empty = chunks.iter().any(TokenChunk::is_weighted).then(|| {
+                self.clip_forward(model, &self.tokenizer_l.comfy_empty(pad))
+                    .0
+            });
             let mut pooled = None;
             let mut states = Vec::new();
             for chunk in &chunks {
@@ -324,8 +327,10 @@ impl<B: Backend> SdxlPipeline<B> {
         chunk: &TokenChunk,
     ) -> (Tensor<B, 3>, Tensor<B, 2>) {
         let ids: Vec<i64> = chunk.ids.iter().map(|&i| i as i64).collect();
-        let ids =
-            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, chunk.ids.len()]), &self.device);
+        let ids = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids, [1, chunk.ids.len()]),
+            &self.device,
+        );
         let out = model.forward(ids, &[chunk.eos_position]);
         (out.penultimate, out.pooled)
     }

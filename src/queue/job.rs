@@ -70,9 +70,13 @@ pub struct Job {
     pub priority: i32,
     /// Acceptance order (FIFO within a priority); also the listing cursor.
     pub seq: u64,
+    /// A generate request's model id, or "comfyui" for a graph.
     pub model: String,
-    /// Resolved parameters; image i uses `seed + i`.
-    pub params: GenerationParams,
+    /// A generate request's resolved parameters (image i uses `seed + i`); None for a graph.
+    pub params: Option<GenerationParams>,
+    /// A ComfyUI prompt, for a graph job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<Workflow>,
     pub num_images: u32,
     #[serde(default)]
     pub loras: Vec<JobLora>,
@@ -86,6 +90,27 @@ pub struct Job {
     pub finished_at: Option<u64>,
     #[serde(default)]
     pub timings: JobTimings,
+}
+
+/// A ComfyUI prompt as `POST /prompt` accepted it, and what it left in ComfyUI's history.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Workflow {
+    /// The API-format graph.
+    pub prompt: serde_json::Map<String, serde_json::Value>,
+    /// `extra_data` (client_id, extra_pnginfo, ...).
+    pub extra_data: serde_json::Value,
+    /// The output nodes to run.
+    pub outputs: Vec<String>,
+    /// The prompt's `number` as answered to the client (an integer unless the client gave
+    /// one).
+    pub number: serde_json::Value,
+    pub client_id: Option<String>,
+    /// Each output node's UI output (`{"images": [...]}`), once run.
+    #[serde(default)]
+    pub ui_outputs: serde_json::Map<String, serde_json::Value>,
+    /// ComfyUI's history `status.messages`: `[event, data]` pairs.
+    #[serde(default)]
+    pub messages: Vec<serde_json::Value>,
 }
 
 pub fn now_ms() -> u64 {

@@ -2,6 +2,7 @@
 //! the store so that a restart loses no accepted job (a job that was running is queued again).
 //! The runner thread blocks on [`Queue::next_job`]; HTTP handlers submit, cancel and read.
 
+mod comfy_events;
 mod events;
 mod job;
 
@@ -9,8 +10,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+pub use comfy_events::{ComfyEvents, ComfyFrame, ComfyMessage, status_data};
 pub use events::{Events, JobEvent, Numbered, Subscription};
-pub use job::{Job, JobLora, JobStatus, JobTimings, new_job_id, now_ms};
+pub use job::{Job, JobLora, JobStatus, JobTimings, Workflow, new_job_id, now_ms};
 
 use crate::Error;
 use crate::store::Store;
@@ -200,6 +202,58 @@ impl Queue {
             .take(limit)
             .map(|j| (j.clone(), self.position(&state, &j.job_id)))
             .collect()
+    }
+
+    /// ComfyUI's `queue_remaining`: waiting jobs plus the running one.
+    pub fn remaining(&self) -> usize {
+        let state = self.state.lock().expect("queue lock");
+        state.waiting.len() + state.running.is_some() as usize
+    }
+
+    /// The running job and the waiting ones in the order they will run.
+    pub fn running_and_waiting(&self) -> (Option<Job>, Vec<Job>) {
+        let state = self.state.lock().expect("queue lock");
+        let running = state
+            .running
+            .as_ref()
+            .and_then(|(id, _)| state.jobs.get(id).cloned());
+        let waiting = state
+            .waiting
+            .iter()
+            .filter_map(|(_, id)| state.jobs.get(id).cloned())
+            .collect();
+        (running, waiting)
+    }
+
+    /// Finished graph jobs in the order they were accepted (ComfyUI's history).
+    pub fn finished_workflows(&self) -> Vec<Job> {
+        let state = self.state.lock().expect("queue lock");
+        let mut jobs: Vec<Job> = state
+            .jobs
+            .values()
+            .filter(|j| j.workflow.is_some() && j.status.is_finished())
+            .cloned()
+            .collect();
+        jobs.sort_by_key(|j| j.seq);
+        jobs
+    }
+
+    /// Forgets a finished job (ComfyUI's `POST /history` delete): its record leaves the store.
+    pub fn forget_finished(&self, job_id: &str) -> Result<(), QueueError> {
+        let mut state = self.state.lock().expect("queue lock");
+        let job = state.jobs.get(job_id).ok_or(QueueError::NotFound)?;
+        if !job.status.is_finished() {
+            return Err(QueueError::AlreadyFinished(job.status));
+        }
+        self.store.delete_job(job_id)?;
+        state.jobs.remove(job_id);
+        Ok(())
+    }
+
+    /// The running job's id.
+    pub fn running_id(&self) -> Option<String> {
+        let state = self.state.lock().expect("queue lock");
+        state.running.as_ref().map(|(id, _)| id.clone())
     }
 
     /// Number of jobs per status, and how many wait.

@@ -3,6 +3,7 @@
 //! it.
 
 mod api;
+mod comfyui;
 mod dashboard;
 mod openapi;
 mod schemas;
@@ -20,6 +21,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server
 use poem_openapi::OpenApiService;
 
 use crate::backend::{DeviceKind, Precision};
+use crate::graph::folders::ComfyFolders;
 use crate::metrics::Metrics;
 use crate::queue::{Events, Queue};
 use crate::registry::{LoraLibrary, Registry};
@@ -42,6 +44,8 @@ pub struct ServeOptions {
     pub preview_interval: Duration,
     pub cors_origin: Option<String>,
     pub max_body_bytes: usize,
+    /// The ComfyUI API's port (0: any free port); None: no ComfyUI API.
+    pub comfyui_port: Option<u16>,
 }
 
 pub struct AppState {
@@ -76,8 +80,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         events.clone(),
         options.queue_capacity,
     )?);
+    let loras = LoraLibrary::scan(&lora_dirs);
+    let comfy_folders =
+        ComfyFolders::new(&options.data_dir.join("comfyui"), &options.registry, &loras)?;
     let shared = Arc::new(Shared {
-        loras: RwLock::new(LoraLibrary::scan(&lora_dirs)),
+        loras: RwLock::new(loras),
         lora_dirs,
         registry: options.registry,
         queue,
@@ -89,6 +96,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
             &options.device.to_string(),
             &options.precision.to_string(),
         ),
+        comfy_folders: RwLock::new(comfy_folders),
+        comfy_events: Default::default(),
+        free_requested: Default::default(),
     });
     let config = RunnerConfig {
         preview_interval: options.preview_interval,
@@ -119,6 +129,10 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
             |a| a.to_string(),
         );
     println!("hanga listening on http://{address}");
+    let comfyui = match options.comfyui_port {
+        Some(port) => Some(comfyui_listener(&options.host, port, &state).await?),
+        None => None,
+    };
     let apis = (api::Api(state.clone()), dashboard::Dashboard);
     let service = OpenApiService::new(apis, "hanga", env!("CARGO_PKG_VERSION")).description(
         "Text-to-image generation: queue jobs, follow them over SSE, browse the gallery.",
@@ -150,10 +164,56 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         None => app.boxed(),
     };
     tracing::info!(%address, device = %options.device, "serving; API docs at /docs");
-    Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app, shutdown_signal(), Some(Duration::from_secs(5)))
+    let native = Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+        app,
+        shutdown_signal(),
+        Some(Duration::from_secs(5)),
+    );
+    match comfyui {
+        Some(comfyui) => tokio::try_join!(native, comfyui).map(|_| ()),
+        None => native.await,
+    }
+    .map_err(Error::Io)
+}
+
+/// Binds the ComfyUI API's port (a taken port is a start-up error naming the flags) and
+/// returns its server, to run beside the native one.
+async fn comfyui_listener(
+    host: &str,
+    port: u16,
+    state: &Arc<AppState>,
+) -> Result<impl std::future::Future<Output = std::io::Result<()>> + use<>, Error> {
+    let acceptor = TcpListener::bind(format!("{host}:{port}"))
+        .into_acceptor()
         .await
-        .map_err(Error::Io)
+        .map_err(|e| {
+            Error::config(format!(
+                "cannot listen for the ComfyUI API on {host}:{port}: {e}; choose another port \
+                 with --comfyui-port or turn the ComfyUI API off with --no-comfyui"
+            ))
+        })?;
+    let address = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .map_or_else(|| format!("{host}:{port}"), |a| a.to_string());
+    println!("ComfyUI API listening on http://{address}");
+    let comfy_state = Arc::new(comfyui::ComfyState {
+        shared: state.shared.clone(),
+        device: state.device.clone(),
+        number: Default::default(),
+    });
+    // Multipart uploads carry up to the upload limit plus their framing.
+    let limit = comfyui::MAX_UPLOAD_BYTES + (1 << 20);
+    let app = comfyui::routes(comfy_state)
+        .around(move |endpoint, request| limit_body(endpoint, request, limit));
+    Ok(
+        Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+            app,
+            shutdown_signal(),
+            Some(Duration::from_secs(5)),
+        ),
+    )
 }
 
 /// How many times the body limit a refused body may be before it is no longer read to its end.

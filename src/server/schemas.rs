@@ -52,17 +52,31 @@ pub struct JobParams {
     pub loras: Vec<LoraRef>,
 }
 
+/// Where a job came from.
+#[derive(poem_openapi::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[oai(rename_all = "snake_case")]
+pub enum JobKind {
+    /// `POST /api/generate`.
+    Generate,
+    /// A ComfyUI prompt (`POST /prompt` on the ComfyUI port).
+    Comfyui,
+}
+
 /// Contract: ../shared/design.md "job". Times are Unix milliseconds.
 #[derive(Object)]
 pub struct JobView {
     pub job_id: String,
+    pub kind: JobKind,
     pub status: JobStatus,
     /// Queue position while queued (0: next).
     #[oai(nullable)]
     pub position: Option<u32>,
     pub step: u32,
     pub total_steps: u32,
-    pub params: JobParams,
+    /// The resolved request of a `generate` job; null for a ComfyUI graph (see its history at
+    /// the ComfyUI API's `/history/{job_id}`).
+    #[oai(nullable)]
+    pub params: Option<JobParams>,
     pub images: Vec<String>,
     #[oai(nullable)]
     pub error: Option<String>,
@@ -76,18 +90,20 @@ pub struct JobView {
 
 impl JobView {
     pub fn new(job: &Job, position: Option<usize>) -> Self {
-        let p = &job.params;
         Self {
             job_id: job.job_id.clone(),
+            kind: match job.workflow {
+                Some(_) => JobKind::Comfyui,
+                None => JobKind::Generate,
+            },
             status: job.status,
             position: position.map(|p| p as u32),
             step: job.step,
-            total_steps: if job.total_steps > 0 {
-                job.total_steps
-            } else {
-                p.steps as u32 * job.num_images
+            total_steps: match (&job.params, job.total_steps) {
+                (Some(p), 0) => p.steps as u32 * job.num_images,
+                _ => job.total_steps,
             },
-            params: JobParams {
+            params: job.params.as_ref().map(|p| JobParams {
                 model: job.model.clone(),
                 prompt: p.prompt.clone(),
                 negative_prompt: p.negative_prompt.clone(),
@@ -113,7 +129,7 @@ impl JobView {
                         trigger_weight: Some(decimal(l.trigger_weight)),
                     })
                     .collect(),
-            },
+            }),
             images: job.images.clone(),
             error: job.error.clone(),
             created_at: job.created_at,

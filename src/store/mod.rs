@@ -119,6 +119,12 @@ impl Store {
         Ok(())
     }
 
+    pub fn delete_job(&self, job_id: &str) -> Result<(), Error> {
+        self.jobs.remove(job_id.as_bytes()).map_err(db_err)?;
+        self.jobs.flush().map_err(db_err)?;
+        Ok(())
+    }
+
     pub fn jobs(&self) -> Result<Vec<Job>, Error> {
         self.jobs
             .iter()

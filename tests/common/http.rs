@@ -174,18 +174,29 @@ impl Sse {
     }
 }
 
-/// A `hanga serve` process on a free port, killed (SIGKILL) when dropped.
+/// A `hanga serve` process on free ports, killed (SIGKILL) when dropped.
 pub struct Server {
     pub child: Child,
     pub port: u16,
+    /// The ComfyUI API's port.
+    pub comfyui_port: u16,
 }
 
 impl Server {
-    /// Starts on a port the OS picks (`--port 0`) and reads it from the server's first line.
+    /// Starts on ports the OS picks (`--port 0 --comfyui-port 0`) and reads them from the
+    /// server's first two lines.
     pub fn start(data_dir: &std::path::Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hanga"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["serve", "--device", "cpu", "--port", "0"])
+            .args([
+                "serve",
+                "--device",
+                "cpu",
+                "--port",
+                "0",
+                "--comfyui-port",
+                "0",
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--thumbnails-dir")
@@ -195,17 +206,22 @@ impl Server {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Server { child, port }
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut port = || {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            line.trim()
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("no address in {line:?}"))
+        };
+        let (port, comfyui_port) = (port(), port());
+        Server {
+            child,
+            port,
+            comfyui_port,
+        }
     }
 
     /// A real crash: SIGKILL, no graceful shutdown.

@@ -64,7 +64,7 @@ trap 'exit 143' TERM
 # The server: a fresh store, the demo model, no previews (SSE events stay small), a short queue
 # (when full it answers the documented 429 instead of piling up work).
 RAYON_NUM_THREADS="${HANGA_THREADS:-1}" RUST_LOG="${RUST_LOG:-warn}" \
-  "$hanga" serve --device cpu --host 127.0.0.1 --port 0 \
+  "$hanga" serve --device cpu --host 127.0.0.1 --port 0 --no-comfyui \
   --data-dir "$work/data" --thumbnails-dir "$work/thumbs" \
   --default-model sdxl-tiny-demo --preview-interval-ms 0 --queue-capacity 64 \
   >"$reports/server.stdout" 2>"$reports/server.log" &

@@ -95,17 +95,16 @@ pub fn sample<B: Backend>(
             &like.device(),
         )
     };
-    let mut report = |index: usize, x: &Tensor<B, 4>, denoised: &Tensor<B, 4>| match on_step(
-        SamplerStep {
+    let mut report =
+        |index: usize, x: &Tensor<B, 4>, denoised: &Tensor<B, 4>| match on_step(SamplerStep {
             index,
             total,
             x,
             denoised,
-        },
-    ) {
-        Flow::Continue => Ok(()),
-        Flow::Cancel => Err(Error::Cancelled),
-    };
+        }) {
+            Flow::Continue => Ok(()),
+            Flow::Cancel => Err(Error::Cancelled),
+        };
     // Multistep history: the previous x₀ and derivatives.
     let mut old_denoised: Option<Tensor<B, 4>> = None;
     let mut derivatives: Vec<Tensor<B, 4>> = Vec::new();

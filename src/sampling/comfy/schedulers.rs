@@ -150,11 +150,10 @@ fn karras(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f32> {
 
 /// k-diffusion `get_sigmas_exponential`: evenly spaced in ln σ.
 fn exponential(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f32> {
-    let mut sigmas: Vec<f32> =
-        torch_linspace_f32(sigma_max.ln() as f32, sigma_min.ln() as f32, n)
-            .into_iter()
-            .map(f32::exp)
-            .collect();
+    let mut sigmas: Vec<f32> = torch_linspace_f32(sigma_max.ln() as f32, sigma_min.ln() as f32, n)
+        .into_iter()
+        .map(f32::exp)
+        .collect();
     sigmas.push(0.0);
     sigmas
 }

@@ -1,0 +1,419 @@
+//! The ComfyUI API of a real `hanga serve`, driven as ComfyUI's own
+//! `script_examples/websockets_api_example.py` drives ComfyUI: WebSocket first, the prompt
+//! POSTed as urllib sends it (form-urlencoded Content-Type, JSON body), wait for `executing`
+//! with `node: null`, then `/history/{id}` and `/view`. Every recorded SDXL case gives
+//! ComfyUI's PNG within 2/255; bad requests get ComfyUI's answers and the server keeps
+//! serving.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::fixtures;
+use common::http::{Response, Server, get, request};
+use serde_json::{Value, json};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+const CASES: [&str; 7] = [
+    "euler_normal_64x64",
+    "euler_ancestral_karras_64x64_batch2",
+    "dpmpp_2m_karras_96x64",
+    "heun_normal_64x64_long-weighted",
+    "ddim_ddim-uniform_64x64_cfg1",
+    "img2img_dpmpp_2m_sgm-uniform_64x64_d0.6",
+    "lora_euler_normal_64x64_s0.8",
+];
+
+fn start(name: &str) -> Server {
+    let dir = common::temp_dir(name);
+    let loras = dir.join("loras");
+    std::fs::create_dir_all(&loras).unwrap();
+    std::fs::copy(
+        fixtures().join("sdxl/lora/sdxl_lora_kohya_sdscripts-equivalent.safetensors"),
+        loras.join("sdxl_lora_kohya_sdscripts-equivalent.safetensors"),
+    )
+    .unwrap();
+    Server::start(&dir, &["--loras", loras.to_str().unwrap()])
+}
+
+fn case_json(id: &str) -> Value {
+    let path = fixtures().join("comfyui").join(id).join("case.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn connect(port: u16, client_id: &str) -> Socket {
+    let (mut ws, _) =
+        tungstenite::connect(format!("ws://127.0.0.1:{port}/ws?clientId={client_id}")).unwrap();
+    if let MaybeTlsStream::Plain(stream) = ws.get_mut() {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+    }
+    ws
+}
+
+/// The JSON messages up to `executing {node: null}` of `prompt_id` (binary frames skipped).
+fn until_done(ws: &mut Socket, prompt_id: &str) -> Vec<Value> {
+    let started = Instant::now();
+    let mut messages = Vec::new();
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(120), "{messages:?}");
+        match ws.read().unwrap() {
+            Message::Text(text) => {
+                let message: Value = serde_json::from_str(text.as_str()).unwrap();
+                let done = message["type"] == "executing"
+                    && message["data"]["node"].is_null()
+                    && message["data"]["prompt_id"] == prompt_id;
+                messages.push(message);
+                if done {
+                    return messages;
+                }
+            }
+            Message::Binary(_) | Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// `urllib.request.Request(url, data=json)`: POST with urllib's default Content-Type.
+fn queue_prompt(port: u16, body: &Value) -> Response {
+    request(
+        port,
+        "POST",
+        "/prompt",
+        Some(body.to_string().as_bytes()),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+    )
+}
+
+fn upload(port: u16, name: &str, bytes: Vec<u8>, fields: &[(&str, &str)]) -> Response {
+    let mut form = reqwest::blocking::multipart::Form::new().part(
+        "image",
+        reqwest::blocking::multipart::Part::bytes(bytes).file_name(name.to_owned()),
+    );
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    let response = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{port}/upload/image"))
+        .multipart(form)
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    Response {
+        status,
+        headers: Default::default(),
+        body: response.bytes().unwrap().to_vec(),
+    }
+}
+
+#[test]
+fn comfyuis_websocket_example_gets_comfyuis_images() {
+    let server = start("comfyui-example");
+    let port = server.comfyui_port;
+    let client_id = "5b3f6c2e-0d0a-4c55-9d1e-2f5f6d3b8a11";
+    let mut ws = connect(port, client_id);
+    let hello: Value = serde_json::from_str(ws.read().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(hello["type"], "status");
+    assert_eq!(hello["data"]["sid"], client_id);
+    assert_eq!(hello["data"]["status"]["exec_info"]["queue_remaining"], 0);
+
+    let input =
+        std::fs::read(fixtures().join("comfyui/img2img_dpmpp_2m_sgm-uniform_64x64_d0.6/input.png"))
+            .unwrap();
+    let uploaded = upload(port, "input.png", input.clone(), &[]).json();
+    assert_eq!(
+        uploaded,
+        json!({"name": "input.png", "subfolder": "", "type": "input"})
+    );
+    // The same bytes again reuse the name; other bytes get "name (1).png".
+    assert_eq!(
+        upload(port, "input.png", input.clone(), &[]).json()["name"],
+        "input.png"
+    );
+    let mut other = input.clone();
+    other.extend_from_slice(b"trailing");
+    assert_eq!(
+        upload(port, "input.png", other, &[]).json()["name"],
+        "input (1).png"
+    );
+
+    for (n, id) in CASES.iter().enumerate() {
+        let case = case_json(id);
+        let prompt_id = format!("00000000-0000-4000-8000-{n:012}");
+        let answer = queue_prompt(
+            port,
+            &json!({"prompt": case["workflow_api"], "client_id": client_id,
+                    "prompt_id": prompt_id}),
+        );
+        assert_eq!(answer.status, 200, "{id}: {}", answer.text());
+        let answer = answer.json();
+        assert_eq!(answer["prompt_id"], prompt_id);
+        assert_eq!(answer["node_errors"], json!({}));
+        assert!(answer["number"].is_i64());
+
+        let messages = until_done(&mut ws, &prompt_id);
+        let kinds: Vec<&str> = messages
+            .iter()
+            .map(|m| m["type"].as_str().unwrap())
+            .collect();
+        for expected in [
+            "execution_start",
+            "execution_cached",
+            "executing",
+            "progress",
+            "executed",
+            "execution_success",
+        ] {
+            assert!(
+                kinds.contains(&expected),
+                "{id}: no {expected} in {kinds:?}"
+            );
+        }
+        let steps = case["settings"]["steps"].as_u64().unwrap() as usize;
+        assert_eq!(kinds.iter().filter(|k| **k == "progress").count(), steps);
+        // The last two: the queue's status, then the end of the prompt.
+        assert_eq!(kinds[kinds.len() - 2], "status");
+
+        let history = get(port, &format!("/history/{prompt_id}")).json();
+        let item = &history[&prompt_id];
+        assert_eq!(item["status"]["status_str"], "success", "{id}: {item}");
+        assert_eq!(item["status"]["completed"], true);
+        assert_eq!(item["prompt"][1], prompt_id);
+        assert_eq!(item["prompt"][2], case["workflow_api"]);
+        let images = item["outputs"]["9"]["images"].as_array().unwrap();
+        let recorded = case["saveimage"]["files"].as_array().unwrap();
+        assert_eq!(images.len(), recorded.len(), "{id}");
+        for (image, file) in images.iter().zip(recorded) {
+            let query = format!(
+                "/view?filename={}&subfolder={}&type={}",
+                image["filename"].as_str().unwrap(),
+                image["subfolder"].as_str().unwrap(),
+                image["type"].as_str().unwrap()
+            );
+            let view = get(port, &query);
+            assert_eq!(view.status, 200, "{query}");
+            assert_eq!(view.header("content-type"), Some("image/png"));
+            let ours = image::load_from_memory(&view.body).unwrap().to_rgb8();
+            let theirs = image::open(
+                fixtures()
+                    .join("comfyui")
+                    .join(id)
+                    .join(file["fixture_file"].as_str().unwrap()),
+            )
+            .unwrap()
+            .to_rgb8();
+            let worst = common::max_pixel_diff(&ours, &theirs);
+            assert!(worst <= 2, "{id}: {query} differs by {worst}/255");
+        }
+        // One queue, one store: the prompt is a job of the native API too.
+        let job = get(server.port, &format!("/api/jobs/{prompt_id}")).json();
+        assert_eq!(job["kind"], "comfyui");
+        assert_eq!(job["status"], "completed");
+    }
+    // ComfyUI names files on after the ones already there.
+    let first = get(port, "/history/00000000-0000-4000-8000-000000000000").json();
+    assert_eq!(
+        first["00000000-0000-4000-8000-000000000000"]["outputs"]["9"]["images"][0]["filename"],
+        "ComfyUI_00001_.png"
+    );
+    let all = get(port, "/history").json();
+    assert_eq!(all.as_object().unwrap().len(), CASES.len());
+    let last_two = get(port, "/history?max_items=2").json();
+    let ids: Vec<&String> = last_two.as_object().unwrap().keys().collect();
+    assert_eq!(
+        ids,
+        [
+            "00000000-0000-4000-8000-000000000005",
+            "00000000-0000-4000-8000-000000000006"
+        ]
+    );
+    // Every route also answers under /api.
+    assert_eq!(
+        get(port, "/api/history?max_items=1")
+            .json()
+            .as_object()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn comfyui_routes_answer_as_comfyui_does_and_refuse_bad_input() {
+    let server = start("comfyui-routes");
+    let port = server.comfyui_port;
+    let info = get(port, "/object_info").json();
+    let ksampler = &info["KSampler"];
+    assert_eq!(ksampler["input"]["required"]["steps"][1]["max"], 10000);
+    let samplers = ksampler["input"]["required"]["sampler_name"][0]
+        .as_array()
+        .unwrap();
+    assert!(samplers.contains(&json!("dpmpp_2m")));
+    assert_eq!(
+        info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0],
+        json!(["sd_xl_tiny.safetensors"])
+    );
+    assert_eq!(
+        info["LoraLoader"]["input"]["required"]["lora_name"][0],
+        json!(["sdxl_lora_kohya_sdscripts-equivalent.safetensors"])
+    );
+    for (name, entry) in info.as_object().unwrap() {
+        assert!(entry["display_name"].is_string(), "{name}");
+        assert!(entry["description"].is_string(), "{name}");
+    }
+    assert_eq!(
+        get(port, "/object_info/KSampler").json()["KSampler"],
+        *ksampler
+    );
+    assert_eq!(get(port, "/api/object_info/NoSuchNode").json(), json!({}));
+    let stats = get(port, "/system_stats").json();
+    assert!(stats["system"]["ram_total"].as_u64().unwrap() > 0);
+    assert_eq!(stats["devices"][0]["type"], "cpu");
+    assert_eq!(get(port, "/models").json(), json!(["checkpoints", "loras"]));
+    assert_eq!(get(port, "/models/nope").status, 404);
+    assert_eq!(get(port, "/embeddings").json(), json!([]));
+    assert_eq!(get(port, "/extensions").json(), json!([]));
+    assert_eq!(
+        get(port, "/features").json()["max_upload_size"],
+        json!(104857600.0)
+    );
+    assert_eq!(
+        get(port, "/prompt").json(),
+        json!({"exec_info": {"queue_remaining": 0}})
+    );
+    assert_eq!(
+        get(port, "/queue").json(),
+        json!({"queue_running": [], "queue_pending": []})
+    );
+
+    // Bodies whatever the Content-Type: none, text/plain, octet-stream.
+    let base = case_json("euler_normal_64x64")["workflow_api"].clone();
+    let bad = |body: &[u8], content_type: &str| {
+        request(
+            port,
+            "POST",
+            "/prompt",
+            Some(body),
+            &[("Content-Type", content_type)],
+        )
+    };
+    let no_prompt = bad(br#"{"client_id": "x"}"#, "text/plain");
+    assert_eq!(no_prompt.status, 400);
+    assert_eq!(no_prompt.json()["error"]["type"], "no_prompt");
+    assert_eq!(no_prompt.json()["node_errors"], json!({}));
+    let not_json = bad(b"{prompt: nope", "application/octet-stream");
+    assert_eq!(not_json.status, 400);
+    assert!(not_json.json()["error"]["message"].is_string());
+    let mut unknown = base.clone();
+    unknown["3"]["class_type"] = json!("KSamplerTurbo");
+    let refused = bad(
+        json!({"prompt": unknown}).to_string().as_bytes(),
+        "text/plain",
+    )
+    .json();
+    assert_eq!(refused["error"]["type"], "invalid_prompt");
+    let mut out_of_range = base.clone();
+    out_of_range["3"]["inputs"]["cfg"] = json!(1000.5);
+    out_of_range["8"]["inputs"]["vae"] = json!(["4", 1]);
+    let refused = bad(
+        json!({"prompt": out_of_range}).to_string().as_bytes(),
+        "text/plain",
+    );
+    assert_eq!(refused.status, 400);
+    let refused = refused.json();
+    assert_eq!(refused["error"]["type"], "prompt_outputs_failed_validation");
+    assert_eq!(
+        refused["node_errors"]["3"]["errors"][0]["type"],
+        "value_bigger_than_max"
+    );
+    assert_eq!(
+        refused["node_errors"]["8"]["errors"][0]["type"],
+        "return_type_mismatch"
+    );
+    assert_eq!(
+        refused["node_errors"]["3"]["dependent_outputs"],
+        json!(["9"])
+    );
+    let mut cycle = base.clone();
+    cycle["12"] =
+        json!({"class_type": "VAEEncode", "inputs": {"pixels": ["8", 0], "vae": ["4", 2]}});
+    cycle["3"]["inputs"]["latent_image"] = json!(["12", 0]);
+    assert_eq!(
+        bad(
+            json!({"prompt": cycle}).to_string().as_bytes(),
+            "text/plain"
+        )
+        .status,
+        400
+    );
+
+    // /view: traversal refused, unknown files missing.
+    for (query, status) in [
+        ("/view?filename=../../etc/passwd", 400),
+        ("/view?filename=%2Fetc%2Fpasswd", 400),
+        ("/view?filename=x.png&subfolder=../..", 403),
+        ("/view?filename=x.png&type=secret", 400),
+        ("/view?filename=nothing.png", 404),
+        ("/view", 404),
+    ] {
+        assert_eq!(get(port, query).status, status, "{query}");
+    }
+    // /upload/image: no file, a name that climbs out, an escaping subfolder, 200 MB.
+    let form = request(
+        port,
+        "POST",
+        "/upload/image",
+        Some(b"x"),
+        &[("Content-Type", "text/plain")],
+    );
+    assert!(form.status >= 400 && form.status < 500, "{}", form.status);
+    let climbing = upload(port, "../../evil.png", vec![1, 2, 3], &[]);
+    assert_eq!(climbing.status, 200);
+    assert_eq!(climbing.json()["name"], "evil.png");
+    assert_eq!(
+        upload(port, "a.png", vec![1], &[("subfolder", "../..")]).status,
+        400
+    );
+    assert_eq!(
+        upload(port, "a.png", vec![1], &[("type", "models")]).status,
+        400
+    );
+    let huge = upload(port, "huge.png", vec![0u8; 200 << 20], &[]);
+    assert_eq!(huge.status, 413);
+
+    // Still serving, and nothing was queued by the refusals.
+    assert_eq!(
+        get(port, "/prompt").json()["exec_info"]["queue_remaining"],
+        0
+    );
+    assert_eq!(get(server.port, "/health").status, 200);
+}
+
+/// comfy-api-simplified 1.6.0 from PyPI, in the virtualenv `make test-deps` makes.
+#[test]
+fn comfy_api_simplified_queue_and_wait_images() {
+    let python = common::repo().join(".venv/comfyui-clients/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: `make test-deps` makes it",
+        python.display()
+    );
+    let server = start("comfyui-simplified");
+    let work = common::temp_dir("comfyui-simplified-client");
+    let output = std::process::Command::new(python)
+        .arg(common::repo().join("tests/comfyui_clients/comfy_api_simplified_check.py"))
+        .arg(server.comfyui_port.to_string())
+        .arg(fixtures().join("comfyui/euler_normal_64x64"))
+        .arg(&work)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("within"), "{stdout}");
+}
