@@ -82,6 +82,11 @@ struct ServeArgs {
     /// Do not serve the ComfyUI API.
     #[arg(long, env = "HANGA_NO_COMFYUI")]
     no_comfyui: bool,
+    /// ComfyUI's previews on its WebSocket: none (ComfyUI's default; clients that take every
+    /// binary frame for an output image need it) | latent2rgb | auto (= latent2rgb).
+    #[arg(long, env = "HANGA_PREVIEW_METHOD", default_value = "none",
+          value_parser = ["none", "auto", "latent2rgb"])]
+    preview_method: String,
 }
 
 #[derive(Args)]
@@ -195,6 +200,7 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
         cors_origin: args.cors_origin,
         max_body_bytes: 1 << 20,
         comfyui_port: (!args.no_comfyui).then_some(args.comfyui_port),
+        comfyui_previews: args.preview_method != "none",
     };
     tokio::runtime::Runtime::new()?.block_on(hanga::server::serve(options))
 }

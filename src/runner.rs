@@ -24,6 +24,9 @@ use crate::weights::LoraFile;
 pub struct RunnerConfig {
     /// Least time between two previews of a job.
     pub preview_interval: Duration,
+    /// ComfyUI's `--preview-method latent2rgb`: each sampler step of a graph sends its
+    /// preview as a binary frame (off by default, as in ComfyUI).
+    pub comfyui_previews: bool,
 }
 
 /// What the runner shares with the HTTP side.
@@ -357,6 +360,20 @@ fn run_workflow<B: Backend>(
                                            "prompt_id": prompt_id}),
                     );
                 }
+                GraphEvent::ImageFrame {
+                    node,
+                    value,
+                    max,
+                    png,
+                } => {
+                    events.send(
+                        client,
+                        "progress",
+                        serde_json::json!({"value": value, "max": max, "prompt_id": prompt_id,
+                                           "node": node}),
+                    );
+                    events.send_binary(client, preview_frame(PNG_FRAME, &png));
+                }
                 GraphEvent::Executed(node, ui) => events.send(
                     client,
                     "executed",
@@ -380,6 +397,10 @@ fn run_workflow<B: Backend>(
                         serde_json::json!({"value": value, "max": max, "prompt_id": prompt_id,
                                            "node": node}),
                     );
+                    if config.comfyui_previews {
+                        let image = latent_preview(denoised, &SDXL_LATENT_RGB);
+                        events.send_binary(client, preview_frame(JPEG_FRAME, &jpeg(&image, 95)));
+                    }
                     let preview = previews.next(denoised, &SDXL_LATENT_RGB, value == max);
                     shared.queue.progress(&prompt_id, value as u32, max as u32);
                     shared.events.publish(
@@ -440,6 +461,20 @@ fn run_workflow<B: Backend>(
     job.workflow.as_mut().expect("a graph job").messages = messages;
     job.timings.generate_ms = Some(millis(start.elapsed()));
     outcome
+}
+
+/// The image formats of ComfyUI's PREVIEW_IMAGE frames.
+const JPEG_FRAME: u32 = 1;
+const PNG_FRAME: u32 = 2;
+
+/// A binary PREVIEW_IMAGE frame (`protocol.BinaryEventTypes.PREVIEW_IMAGE` = 1): the event and
+/// the image format as big-endian u32s, then the encoded image (`server.send_image`).
+fn preview_frame(format: u32, image: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(8 + image.len());
+    frame.extend_from_slice(&1u32.to_be_bytes());
+    frame.extend_from_slice(&format.to_be_bytes());
+    frame.extend_from_slice(image);
+    frame
 }
 
 /// "transformer 11.90 GB, t5 0 (released), vae 0.17 GB": what each network holds on the

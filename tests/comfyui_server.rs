@@ -417,3 +417,62 @@ fn comfy_api_simplified_queue_and_wait_images() {
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("within"), "{stdout}");
 }
+
+/// ComfyUI's `websockets_api_example_ws_images.py`: the images come as binary frames of the
+/// SaveImageWebsocket node; with `--preview-method latent2rgb` each sampler step also sends a
+/// JPEG preview frame.
+#[test]
+fn websocket_images_and_latent_previews_come_as_binary_frames() {
+    let dir = common::temp_dir("comfyui-ws-images");
+    let server = Server::start(&dir, &["--preview-method", "latent2rgb"]);
+    let port = server.comfyui_port;
+    let client_id = "ws-images-client";
+    let mut ws = connect(port, client_id);
+    let case = case_json("euler_normal_64x64");
+    let mut prompt = case["workflow_api"].clone();
+    prompt.as_object_mut().unwrap().remove("9");
+    prompt["save_image_websocket_node"] =
+        json!({"class_type": "SaveImageWebsocket", "inputs": {"images": ["8", 0]}});
+    let answer = queue_prompt(port, &json!({"prompt": prompt, "client_id": client_id}));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let prompt_id = answer.json()["prompt_id"].as_str().unwrap().to_owned();
+
+    let (mut current_node, mut images, mut previews) = (String::new(), Vec::new(), 0);
+    loop {
+        match ws.read().unwrap() {
+            Message::Text(text) => {
+                let message: Value = serde_json::from_str(text.as_str()).unwrap();
+                if message["type"] == "executing" && message["data"]["prompt_id"] == prompt_id {
+                    match message["data"]["node"].as_str() {
+                        None => break,
+                        Some(node) => current_node = node.to_owned(),
+                    }
+                }
+            }
+            Message::Binary(frame) => {
+                assert_eq!(frame[..4], [0, 0, 0, 1], "PREVIEW_IMAGE event");
+                if current_node == "save_image_websocket_node" {
+                    assert_eq!(frame[4..8], [0, 0, 0, 2], "PNG");
+                    images.push(frame[8..].to_vec());
+                } else {
+                    assert_eq!(current_node, "3", "previews come from the sampler");
+                    assert_eq!(frame[4..8], [0, 0, 0, 1], "JPEG");
+                    image::load_from_memory_with_format(&frame[8..], image::ImageFormat::Jpeg)
+                        .unwrap();
+                    previews += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(previews, 4, "one preview per step");
+    assert_eq!(images.len(), 1);
+    let ours = image::load_from_memory(&images[0]).unwrap().to_rgb8();
+    let theirs = image::open(fixtures().join("comfyui/euler_normal_64x64/image.png"))
+        .unwrap()
+        .to_rgb8();
+    assert!(common::max_pixel_diff(&ours, &theirs) <= 2);
+    // Nothing was written: the node streams only.
+    let history = get(port, &format!("/history/{prompt_id}")).json();
+    assert_eq!(history[&prompt_id]["outputs"], json!({}));
+}

@@ -105,6 +105,13 @@ pub enum GraphEvent<'a, B: Backend> {
     Cached(&'a [String]),
     Executing(&'a str),
     Executed(&'a str, &'a Value),
+    /// An image for the prompt's socket (SaveImageWebsocket).
+    ImageFrame {
+        node: &'a str,
+        value: usize,
+        max: usize,
+        png: Vec<u8>,
+    },
     Progress {
         node: &'a str,
         value: usize,
@@ -173,6 +180,15 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
 
     fn executed(&mut self, node: &str, ui: &Value) {
         (self.on_event)(GraphEvent::Executed(node, ui));
+    }
+
+    fn image_frame(&mut self, node: &str, value: usize, max: usize, png: Vec<u8>) {
+        (self.on_event)(GraphEvent::ImageFrame {
+            node,
+            value,
+            max,
+            png,
+        });
     }
 
     fn progress(&mut self, node: &str, value: usize, max: usize, denoised: &Tensor<B, 4>) -> Flow {

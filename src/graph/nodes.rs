@@ -29,7 +29,13 @@ pub const IMPLEMENTED: &[&str] = &[
     "LoadImage",
     "SaveImage",
     "PreviewImage",
+    "SaveImageWebsocket",
 ];
+
+/// Nodes whose output is never reused (`IS_CHANGED` returns the time).
+pub fn always_runs(class: &str) -> bool {
+    class == "SaveImageWebsocket"
+}
 
 /// A value on a link.
 #[derive(Clone)]
@@ -70,6 +76,8 @@ pub trait Host<B: Backend> {
     fn executing(&mut self, node: &str);
     /// A node with UI output finished (or was cached).
     fn executed(&mut self, node: &str, ui: &Value);
+    /// SaveImageWebsocket: image `value` of `max` as PNG bytes, for the prompt's socket.
+    fn image_frame(&mut self, node: &str, value: usize, max: usize, png: Vec<u8>);
     /// A sampler step of `node`; `Flow::Cancel` interrupts the prompt.
     fn progress(&mut self, node: &str, value: usize, max: usize, denoised: &Tensor<B, 4>) -> Flow;
 }
@@ -292,6 +300,20 @@ pub fn run<B: Backend>(
             NodeRun {
                 values: vec![],
                 ui: Some(json!({ "images": list })),
+            }
+        }
+        // The example custom node some clients use: each image as a binary PNG frame
+        // (`custom_nodes/websocket_image_save.py`), nothing written to disk.
+        "SaveImageWebsocket" => {
+            let images = to_rgb_images(inputs.image("images")?);
+            for (i, image) in images.iter().enumerate() {
+                let mut png = Vec::new();
+                crate::output::png::encode_png_with_text(image, &[], &mut png)?;
+                host.image_frame(id, i, images.len(), png);
+            }
+            NodeRun {
+                values: vec![],
+                ui: None,
             }
         }
         other => return Err(Error::request(format!("node {other} is not supported"))),

@@ -46,6 +46,8 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// The ComfyUI API's port (0: any free port); None: no ComfyUI API.
     pub comfyui_port: Option<u16>,
+    /// Binary latent previews on ComfyUI's WebSocket (`--preview-method latent2rgb`).
+    pub comfyui_previews: bool,
 }
 
 pub struct AppState {
@@ -102,6 +104,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
     });
     let config = RunnerConfig {
         preview_interval: options.preview_interval,
+        comfyui_previews: options.comfyui_previews,
     };
     let runner = with_backend!(options.device, |B, device| {
         crate::backend::set_precision::<B>(&device, options.precision)?;

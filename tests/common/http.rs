@@ -1,7 +1,7 @@
 //! Talking to a real `hanga serve` as clients do: plain requests with reqwest, SSE read with
 //! eventsource-stream (the parser of the `reqwest-eventsource` client). Tests stay synchronous:
-//! each SSE connection runs on a thread of its own. (WebSocket tests, for ComfyUI's `/ws`, are
-//! to use tokio-tungstenite beside these.)
+//! each SSE connection runs on a thread of its own. ComfyUI's `/ws` is read with tungstenite's
+//! blocking client (tests/comfyui_server.rs).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
