@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-const CASES: [&str; 7] = [
+const CASES: [&str; 8] = [
     "euler_normal_64x64",
     "euler_ancestral_karras_64x64_batch2",
     "dpmpp_2m_karras_96x64",
@@ -24,6 +24,7 @@ const CASES: [&str; 7] = [
     "ddim_ddim-uniform_64x64_cfg1",
     "img2img_dpmpp_2m_sgm-uniform_64x64_d0.6",
     "lora_euler_normal_64x64_s0.8",
+    "uni_pc_simple_80x64",
 ];
 
 fn start(name: &str) -> Server {
@@ -228,8 +229,8 @@ fn comfyuis_websocket_example_gets_comfyuis_images() {
     assert_eq!(
         ids,
         [
-            "00000000-0000-4000-8000-000000000005",
-            "00000000-0000-4000-8000-000000000006"
+            "00000000-0000-4000-8000-000000000006",
+            "00000000-0000-4000-8000-000000000007"
         ]
     );
     // Every route also answers under /api.

@@ -18,7 +18,7 @@ use hanga::sampling::comfy::{DiscreteSigmas, KSamplerName, ModelSampling, Schedu
 use hanga::text::ClipTokenizer;
 use hanga::weights::LoraFile;
 
-const CASES: [&str; 7] = [
+const CASES: [&str; 8] = [
     "euler_normal_64x64",
     "euler_ancestral_karras_64x64_batch2",
     "dpmpp_2m_karras_96x64",
@@ -26,6 +26,7 @@ const CASES: [&str; 7] = [
     "ddim_ddim-uniform_64x64_cfg1",
     "img2img_dpmpp_2m_sgm-uniform_64x64_d0.6",
     "lora_euler_normal_64x64_s0.8",
+    "uni_pc_simple_80x64",
 ];
 
 fn pipeline() -> SdxlPipeline<B> {
@@ -218,7 +219,10 @@ fn sdxl_ksampler_cases_match_comfyui_step_by_step() {
         .unwrap();
         assert_eq!(seen.len(), settings.steps, "{id}: callbacks");
         for (i, (x, denoised)) in seen.iter().enumerate() {
-            let entering = if i == 0 {
+            // k-diffusion reports x entering step i; UniPC its VP x after step i.
+            let entering = if t.contains_key("callback.0.x") {
+                format!("callback.{i}.x")
+            } else if i == 0 {
                 "x.init".to_string()
             } else {
                 format!("steps.{}", i - 1)

@@ -9,6 +9,7 @@
 
 mod samplers;
 mod schedulers;
+mod uni_pc;
 
 pub use samplers::{Denoiser, KSamplerName, SamplerStep, sample};
 pub use schedulers::{SchedulerName, ksampler_sigmas};

@@ -4,6 +4,7 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
+use super::uni_pc::UniPcVariant;
 use crate::Error;
 use crate::pipelines::Flow;
 use crate::sampling::TorchGenerator;
@@ -35,11 +36,13 @@ pub enum KSamplerName {
     DpmPp2m,
     ResMultistep,
     Ddim,
+    UniPc,
+    UniPcBh2,
 }
 
 impl KSamplerName {
     /// In `SAMPLER_NAMES` order.
-    pub const ALL: [KSamplerName; 9] = [
+    pub const ALL: [KSamplerName; 11] = [
         KSamplerName::Euler,
         KSamplerName::EulerAncestral,
         KSamplerName::Heun,
@@ -49,6 +52,8 @@ impl KSamplerName {
         KSamplerName::DpmPp2m,
         KSamplerName::ResMultistep,
         KSamplerName::Ddim,
+        KSamplerName::UniPc,
+        KSamplerName::UniPcBh2,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +67,8 @@ impl KSamplerName {
             KSamplerName::DpmPp2m => "dpmpp_2m",
             KSamplerName::ResMultistep => "res_multistep",
             KSamplerName::Ddim => "ddim",
+            KSamplerName::UniPc => "uni_pc",
+            KSamplerName::UniPcBh2 => "uni_pc_bh2",
         }
     }
 
@@ -71,7 +78,13 @@ impl KSamplerName {
 
     /// `KSampler.DISCARD_PENULTIMATE_SIGMA_SAMPLERS`.
     pub fn discards_penultimate_sigma(self) -> bool {
-        matches!(self, KSamplerName::Dpm2 | KSamplerName::Dpm2Ancestral)
+        matches!(
+            self,
+            KSamplerName::Dpm2
+                | KSamplerName::Dpm2Ancestral
+                | KSamplerName::UniPc
+                | KSamplerName::UniPcBh2
+        )
     }
 }
 
@@ -87,6 +100,13 @@ pub fn sample<B: Backend>(
     on_step: &mut dyn FnMut(SamplerStep<B>) -> Flow,
 ) -> Result<Tensor<B, 4>, Error> {
     let total = sigmas.len().saturating_sub(1);
+    if let KSamplerName::UniPc | KSamplerName::UniPcBh2 = sampler {
+        let variant = match sampler {
+            KSamplerName::UniPc => UniPcVariant::Bh1,
+            _ => UniPcVariant::Bh2,
+        };
+        return super::uni_pc::sample_uni_pc(model, x, sigmas, variant, on_step);
+    }
     let mut noise = TorchGenerator::new(seed);
     let mut randn = |like: &Tensor<B, 4>| {
         let dims = like.dims();
@@ -201,6 +221,7 @@ pub fn sample<B: Backend>(
                     x * (-h).exp() + (denoised.clone() * b1 + old.clone() * b2) * h
                 }
             },
+            KSamplerName::UniPc | KSamplerName::UniPcBh2 => unreachable!("sampled above"),
         };
         old_denoised = Some(denoised);
     }
