@@ -14,7 +14,7 @@ use hanga::pipelines::Flow;
 use hanga::registry::{LoraLibrary, Registry};
 use serde_json::{Map, Value, json};
 
-const CASES: [&str; 8] = [
+const CASES: [&str; 10] = [
     "euler_normal_64x64",
     "euler_ancestral_karras_64x64_batch2",
     "dpmpp_2m_karras_96x64",
@@ -23,6 +23,8 @@ const CASES: [&str; 8] = [
     "img2img_dpmpp_2m_sgm-uniform_64x64_d0.6",
     "lora_euler_normal_64x64_s0.8",
     "uni_pc_simple_80x64",
+    "dpmpp_2m_sde_karras_64x64_neg-empty",
+    "dpmpp_sde_exponential_64x64",
 ];
 
 fn folders(name: &str) -> ComfyFolders {

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-const CASES: [&str; 8] = [
+const CASES: [&str; 10] = [
     "euler_normal_64x64",
     "euler_ancestral_karras_64x64_batch2",
     "dpmpp_2m_karras_96x64",
@@ -25,6 +25,8 @@ const CASES: [&str; 8] = [
     "img2img_dpmpp_2m_sgm-uniform_64x64_d0.6",
     "lora_euler_normal_64x64_s0.8",
     "uni_pc_simple_80x64",
+    "dpmpp_2m_sde_karras_64x64_neg-empty",
+    "dpmpp_sde_exponential_64x64",
 ];
 
 fn start(name: &str) -> Server {
@@ -229,8 +231,8 @@ fn comfyuis_websocket_example_gets_comfyuis_images() {
     assert_eq!(
         ids,
         [
-            "00000000-0000-4000-8000-000000000006",
-            "00000000-0000-4000-8000-000000000007"
+            "00000000-0000-4000-8000-000000000008",
+            "00000000-0000-4000-8000-000000000009"
         ]
     );
     // Every route also answers under /api.

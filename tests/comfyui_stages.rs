@@ -14,11 +14,13 @@ use hanga::graph::ksampler::{
 };
 use hanga::pipelines::{Flow, SdxlPipeline};
 use hanga::registry::Manifest;
-use hanga::sampling::comfy::{DiscreteSigmas, KSamplerName, ModelSampling, SchedulerName};
+use hanga::sampling::comfy::{
+    BrownianNoise, DiscreteSigmas, KSamplerName, ModelSampling, SchedulerName,
+};
 use hanga::text::ClipTokenizer;
 use hanga::weights::LoraFile;
 
-const CASES: [&str; 8] = [
+const CASES: [&str; 10] = [
     "euler_normal_64x64",
     "euler_ancestral_karras_64x64_batch2",
     "dpmpp_2m_karras_96x64",
@@ -27,6 +29,8 @@ const CASES: [&str; 8] = [
     "img2img_dpmpp_2m_sgm-uniform_64x64_d0.6",
     "lora_euler_normal_64x64_s0.8",
     "uni_pc_simple_80x64",
+    "dpmpp_2m_sde_karras_64x64_neg-empty",
+    "dpmpp_sde_exponential_64x64",
 ];
 
 fn pipeline() -> SdxlPipeline<B> {
@@ -103,6 +107,41 @@ impl Case {
             sampler: KSamplerName::parse(self.setting("sampler_name").as_str().unwrap()).unwrap(),
             scheduler: SchedulerName::parse(self.setting("scheduler").as_str().unwrap()).unwrap(),
             denoise: self.setting("denoise").as_f64().unwrap(),
+        }
+    }
+}
+
+/// torchsde's BrownianTree as ComfyUI queries it: every draw of the SDE samplers' runs.
+#[test]
+fn brownian_tree_noise_matches_torchsde() {
+    for id in [
+        "dpmpp_2m_sde_karras_64x64_neg-empty",
+        "dpmpp_sde_exponential_64x64",
+    ] {
+        let case = Case::load(id);
+        let sigmas = case.t["sigmas"].f32();
+        let sigma_min = sigmas
+            .iter()
+            .copied()
+            .filter(|&s| s > 0.0)
+            .fold(f32::MAX, f32::min);
+        let sigma_max = sigmas.iter().copied().fold(0.0, f32::max);
+        let numel = case.t["noise"].values.len();
+        let seed = case.setting("seed").as_u64().unwrap();
+        let mut noise = BrownianNoise::new(sigma_min, sigma_max, numel, seed);
+        let draws = case.json["noise_draws"].as_array().unwrap();
+        assert!(!draws.is_empty());
+        for (k, draw) in draws.iter().enumerate() {
+            let got = noise.sample(
+                draw["sigma"].as_f64().unwrap() as f32,
+                draw["sigma_next"].as_f64().unwrap() as f32,
+            );
+            assert_close(
+                &format!("{id} noise_draw.{k}"),
+                &got,
+                &case.t[&format!("noise_draw.{k}")].f32(),
+                1e-5,
+            );
         }
     }
 }

@@ -7,10 +7,12 @@
 //! Reference: ComfyUI `comfy/model_sampling.py`, `comfy/samplers.py`,
 //! `comfy/k_diffusion/sampling.py` (commit a125cd84).
 
+mod brownian;
 mod samplers;
 mod schedulers;
 mod uni_pc;
 
+pub use brownian::{BrownianNoise, seed_sequence_state};
 pub use samplers::{Denoiser, KSamplerName, SamplerStep, sample};
 pub use schedulers::{SchedulerName, ksampler_sigmas};
 

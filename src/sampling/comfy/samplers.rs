@@ -4,6 +4,7 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
+use super::brownian::BrownianNoise;
 use super::uni_pc::UniPcVariant;
 use crate::Error;
 use crate::pipelines::Flow;
@@ -33,7 +34,9 @@ pub enum KSamplerName {
     Dpm2,
     Dpm2Ancestral,
     Lms,
+    DpmPpSde,
     DpmPp2m,
+    DpmPp2mSde,
     ResMultistep,
     Ddim,
     UniPc,
@@ -42,14 +45,16 @@ pub enum KSamplerName {
 
 impl KSamplerName {
     /// In `SAMPLER_NAMES` order.
-    pub const ALL: [KSamplerName; 11] = [
+    pub const ALL: [KSamplerName; 13] = [
         KSamplerName::Euler,
         KSamplerName::EulerAncestral,
         KSamplerName::Heun,
         KSamplerName::Dpm2,
         KSamplerName::Dpm2Ancestral,
         KSamplerName::Lms,
+        KSamplerName::DpmPpSde,
         KSamplerName::DpmPp2m,
+        KSamplerName::DpmPp2mSde,
         KSamplerName::ResMultistep,
         KSamplerName::Ddim,
         KSamplerName::UniPc,
@@ -64,7 +69,9 @@ impl KSamplerName {
             KSamplerName::Dpm2 => "dpm_2",
             KSamplerName::Dpm2Ancestral => "dpm_2_ancestral",
             KSamplerName::Lms => "lms",
+            KSamplerName::DpmPpSde => "dpmpp_sde",
             KSamplerName::DpmPp2m => "dpmpp_2m",
+            KSamplerName::DpmPp2mSde => "dpmpp_2m_sde",
             KSamplerName::ResMultistep => "res_multistep",
             KSamplerName::Ddim => "ddim",
             KSamplerName::UniPc => "uni_pc",
@@ -107,6 +114,21 @@ pub fn sample<B: Backend>(
         };
         return super::uni_pc::sample_uni_pc(model, x, sigmas, variant, on_step);
     }
+    // SDE samplers: Brownian noise between σ_min (of the σ > 0) and σ_max, on the CPU.
+    let mut brownian =
+        matches!(sampler, KSamplerName::DpmPpSde | KSamplerName::DpmPp2mSde).then(|| {
+            let positive = sigmas.iter().copied().filter(|&s| s > 0.0);
+            let sigma_min = positive.fold(f32::INFINITY, f32::min);
+            let sigma_max = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            BrownianNoise::new(sigma_min, sigma_max, x.dims().iter().product(), seed)
+        });
+    let mut brownian_noise = |sigma: f32, sigma_next: f32, like: &Tensor<B, 4>| {
+        let values = brownian
+            .as_mut()
+            .expect("an SDE sampler")
+            .sample(sigma, sigma_next);
+        Tensor::<B, 4>::from_data(TensorData::new(values, like.dims()), &like.device())
+    };
     let mut noise = TorchGenerator::new(seed);
     let mut randn = |like: &Tensor<B, 4>| {
         let dims = like.dims();
@@ -128,6 +150,7 @@ pub fn sample<B: Backend>(
     // Multistep history: the previous x₀ and derivatives.
     let mut old_denoised: Option<Tensor<B, 4>> = None;
     let mut derivatives: Vec<Tensor<B, 4>> = Vec::new();
+    let mut h_last: Option<f32> = None;
     for i in 0..total {
         let (sigma, sigma_next) = (sigmas[i], sigmas[i + 1]);
         let denoised = model.denoise(x.clone(), sigma)?;
@@ -201,6 +224,59 @@ pub fn sample<B: Backend>(
                             - old.clone() * (1.0 / (2.0 * r));
                         x * ratio - denoised_d * (-h).exp_m1()
                     }
+                }
+            }
+            // η = 1, r = ½; λ = −ln σ and α = 1 (EPS).
+            KSamplerName::DpmPpSde => {
+                if sigma_next == 0.0 {
+                    denoised.clone()
+                } else {
+                    let (lambda_s, lambda_t) = (-sigma.ln(), -sigma_next.ln());
+                    let h = lambda_t - lambda_s;
+                    let lambda_s_1 = lambda_s + 0.5 * h;
+                    let sigma_s_1 = (-lambda_s_1).exp();
+                    let (alpha_s, alpha_s_1, alpha_t) = (
+                        sigma * lambda_s.exp(),
+                        sigma_s_1 * lambda_s_1.exp(),
+                        sigma_next * lambda_t.exp(),
+                    );
+                    // Step 1, to σ_s1.
+                    let (sd, su) = ancestral_step((-lambda_s).exp(), (-lambda_s_1).exp());
+                    let h_ = -sd.ln() - lambda_s;
+                    let x2 = x.clone() * ((alpha_s_1 / alpha_s) * (-h_).exp())
+                        - denoised.clone() * (alpha_s_1 * (-h_).exp_m1())
+                        + brownian_noise(sigma, sigma_s_1, &x) * (alpha_s_1 * su);
+                    let denoised2 = model.denoise(x2, sigma_s_1)?;
+                    // Step 2, to σ_next.
+                    let (sd, su) = ancestral_step((-lambda_s).exp(), (-lambda_t).exp());
+                    let h_ = -sd.ln() - lambda_s;
+                    // (1 − fac)·D + fac·D₂ with fac = 1/(2r) = 1.
+                    let denoised_d = denoised2;
+                    x.clone() * ((alpha_t / alpha_s) * (-h_).exp())
+                        - denoised_d * (alpha_t * (-h_).exp_m1())
+                        + brownian_noise(sigma, sigma_next, &x) * (alpha_t * su)
+                }
+            }
+            // η = 1, the midpoint solver.
+            KSamplerName::DpmPp2mSde => {
+                if sigma_next == 0.0 {
+                    denoised.clone()
+                } else {
+                    let (lambda_s, lambda_t) = (-sigma.ln(), -sigma_next.ln());
+                    let h = lambda_t - lambda_s;
+                    let h_eta = h * 2.0;
+                    let alpha_t = sigma_next * lambda_t.exp();
+                    let mut next = x.clone() * (sigma_next / sigma * (-h).exp())
+                        + denoised.clone() * (alpha_t * -(-h_eta).exp_m1());
+                    if let (Some(old), Some(h_last)) = (&old_denoised, h_last) {
+                        let r = h_last / h;
+                        next = next
+                            + (denoised.clone() - old.clone())
+                                * (0.5 * alpha_t * -(-h_eta).exp_m1() * (1.0 / r));
+                    }
+                    h_last = Some(h);
+                    next + brownian_noise(sigma, sigma_next, &x)
+                        * (sigma_next * (-(-2.0 * h).exp_m1()).sqrt())
                 }
             }
             // η = 0: σ_down = σ_next, no noise.
