@@ -69,9 +69,8 @@ pub fn seed_sequence_state(
         }
     }
     for &word in entropy_words.iter().skip(pool_size) {
-        for dst in 0..pool_size {
-            let h = hashmix(word);
-            pool[dst] = mix(pool[dst], h);
+        for slot in pool.iter_mut() {
+            *slot = mix(*slot, hashmix(word));
         }
     }
     let mut hash_const = INIT_B;
