@@ -8,19 +8,46 @@ use burn::prelude::*;
 use serde_json::{Map, Value};
 
 use super::definitions::ComboLists;
+use super::models::{GraphClip, GraphModel, GraphVae, T5Layout};
 use super::nodes::Host;
 use super::outputs::{SavedImage, save_images};
 use crate::Error;
+use crate::pipelines::flux;
 use crate::pipelines::{Flow, SdxlPipeline};
-use crate::registry::{Family, LoraLibrary, Registry};
+use crate::registry::{Family, LoraLibrary, Manifest, Registry};
+use crate::sampling::comfy::ModelSampling;
 use crate::weights::LoraFile;
+use std::sync::Arc;
 
 pub struct ComfyFolders {
     root: PathBuf,
     /// (ComfyUI name, the manifest whose checkpoint it is)
-    checkpoints: Vec<(String, crate::registry::Manifest)>,
+    checkpoints: Vec<(String, Manifest)>,
+    /// Flux-family transformers: (ComfyUI name, their manifest).
+    diffusion_models: Vec<(String, Manifest)>,
+    /// CLIP-L and T5 files: (ComfyUI name, role, a manifest naming the file).
+    text_encoders: Vec<(String, TextEncoderRole, Manifest)>,
+    /// VAE files of Flux-family manifests.
+    vaes: Vec<(String, Manifest)>,
     /// (ComfyUI name, file)
     loras: Vec<(String, PathBuf)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TextEncoderRole {
+    ClipL,
+    T5,
+}
+
+/// A file's name as a loader lists it; the first manifest naming a file wins.
+fn add_file<T>(list: &mut Vec<(String, T)>, path: Option<&PathBuf>, value: T) {
+    if let Some(name) = path
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        && !list.iter().any(|(n, _)| *n == name)
+    {
+        list.push((name, value));
+    }
 }
 
 /// The image files ComfyUI's LoadImage lists (`folder_paths.filter_files_content_types`).
@@ -31,14 +58,32 @@ impl ComfyFolders {
         for kind in ["input", "output", "temp"] {
             std::fs::create_dir_all(root.join(kind))?;
         }
-        let checkpoints = registry
-            .models()
-            .filter(|m| m.family == Family::Sdxl)
-            .filter_map(|m| {
-                let file = m.files.checkpoint.as_ref()?;
-                let name = file.file_name()?.to_string_lossy().into_owned();
-                Some((name, m.clone()))
-            })
+        let (mut checkpoints, mut diffusion_models, mut vaes) = (vec![], vec![], vec![]);
+        let mut encoders: Vec<(String, (TextEncoderRole, Manifest))> = vec![];
+        for m in registry.models() {
+            let files = &m.files;
+            match m.family {
+                Family::Sdxl => add_file(&mut checkpoints, files.checkpoint.as_ref(), m.clone()),
+                Family::FluxDev | Family::FluxSchnell | Family::Chroma => {
+                    add_file(&mut diffusion_models, files.transformer.as_ref(), m.clone());
+                    add_file(&mut vaes, files.vae.as_ref(), m.clone());
+                    add_file(
+                        &mut encoders,
+                        files.clip_l.as_ref(),
+                        (TextEncoderRole::ClipL, m.clone()),
+                    );
+                    add_file(
+                        &mut encoders,
+                        files.t5.as_ref(),
+                        (TextEncoderRole::T5, m.clone()),
+                    );
+                }
+                Family::ZImageTurbo => {}
+            }
+        }
+        let text_encoders = encoders
+            .into_iter()
+            .map(|(name, (role, m))| (name, role, m))
             .collect();
         let loras = loras
             .entries()
@@ -51,6 +96,9 @@ impl ComfyFolders {
         Ok(Self {
             root: root.to_owned(),
             checkpoints,
+            diffusion_models,
+            text_encoders,
+            vaes,
             loras,
         })
     }
@@ -83,21 +131,39 @@ impl ComfyFolders {
         names
     }
 
+    /// Each loader's file list, sorted as `folder_paths.get_filename_list` sorts.
     pub fn combo_lists(&self) -> ComboLists {
+        let sorted = |names: Vec<String>| {
+            let mut names = names;
+            names.sort();
+            names
+        };
+        let names =
+            |list: &[(String, Manifest)]| sorted(list.iter().map(|(n, _)| n.clone()).collect());
         ComboLists {
             folders: vec![
+                ("checkpoints".into(), names(&self.checkpoints)),
+                ("diffusion_models".into(), names(&self.diffusion_models)),
                 (
-                    "checkpoints".into(),
-                    self.checkpoints.iter().map(|(n, _)| n.clone()).collect(),
+                    "text_encoders".into(),
+                    sorted(self.text_encoders.iter().map(|(n, ..)| n.clone()).collect()),
                 ),
+                ("vae".into(), names(&self.vaes)),
                 (
                     "loras".into(),
-                    self.loras.iter().map(|(n, _)| n.clone()).collect(),
+                    sorted(self.loras.iter().map(|(n, _)| n.clone()).collect()),
                 ),
             ],
             input_images: self.input_images(),
         }
     }
+}
+
+fn find<'a>(list: &'a [(String, Manifest)], name: &str, what: &str) -> Result<&'a Manifest, Error> {
+    list.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, m)| m)
+        .ok_or_else(|| Error::request(format!("no {what} named {name}")))
 }
 
 /// What a running prompt tells the world.
@@ -137,6 +203,80 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
             .map(|(_, m)| m)
             .ok_or_else(|| Error::request(format!("no checkpoint named {name}")))?;
         SdxlPipeline::load(manifest, &self.device)
+    }
+
+    fn diffusion_model(&mut self, name: &str) -> Result<(GraphModel<B>, ModelSampling), Error> {
+        let manifest = find(&self.folders.diffusion_models, name, "diffusion model")?;
+        let (denoiser, rope_axes) = flux::load_denoiser(manifest, &self.device)?;
+        // supported_models: Flux and Chroma shift by a fixed 1.15, schnell samples unshifted.
+        let sampling = match manifest.family {
+            Family::FluxSchnell => ModelSampling::discrete_flow(1.0, 1.0),
+            _ => ModelSampling::flux(1.15),
+        };
+        Ok((
+            GraphModel::Flux {
+                denoiser: Arc::new(denoiser),
+                rope_axes,
+            },
+            sampling,
+        ))
+    }
+
+    fn text_encoders(&mut self, names: &[String], kind: &str) -> Result<GraphClip<B>, Error> {
+        let files: Vec<(TextEncoderRole, &Manifest)> = names
+            .iter()
+            .map(|name| {
+                self.folders
+                    .text_encoders
+                    .iter()
+                    .find(|(n, ..)| n == name)
+                    .map(|(_, role, m)| (*role, m))
+                    .ok_or_else(|| Error::request(format!("no text encoder named {name}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let of = |role: TextEncoderRole| files.iter().find(|(r, _)| *r == role).map(|(_, m)| *m);
+        let (layout, wants_clip) = match kind {
+            "flux" => (T5Layout::Flux, true),
+            "chroma" => (T5Layout::Chroma, false),
+            other => {
+                return Err(Error::request(format!(
+                    "text encoder type {other} is not supported in this build (flux, chroma)"
+                )));
+            }
+        };
+        let t5_manifest = of(TextEncoderRole::T5)
+            .ok_or_else(|| Error::request(format!("type {kind} needs a T5 file")))?;
+        let clip_l = match (wants_clip, of(TextEncoderRole::ClipL)) {
+            (true, Some(m)) => Some(flux::load_clip_l(m, &self.device)?),
+            (true, None) => {
+                return Err(Error::request(
+                    "type flux needs a CLIP-L file and a T5 file",
+                ));
+            }
+            (false, _) => None,
+        };
+        let (tokenizer, t5) = flux::load_t5(t5_manifest, &self.device)?;
+        Ok(GraphClip::T5 {
+            clip_l,
+            tokenizer,
+            t5,
+            layout,
+            device: self.device.clone(),
+        })
+    }
+
+    fn vae(&mut self, name: &str) -> Result<GraphVae<B>, Error> {
+        let manifest = find(&self.folders.vaes, name, "VAE")?;
+        let (decoder, encoder) = flux::load_vae(manifest, &self.device)?;
+        Ok(GraphVae::Flux {
+            decoder,
+            encoder,
+            device: self.device.clone(),
+        })
+    }
+
+    fn device(&self) -> B::Device {
+        self.device.clone()
     }
 
     fn lora(&mut self, name: &str) -> Result<LoraFile, Error> {

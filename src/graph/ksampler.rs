@@ -1,23 +1,29 @@
-//! ComfyUI's KSampler path for SDXL: `common_ksampler` → `comfy.sample.sample` →
-//! `CFGGuider` → `KSAMPLER.sample` (../shared/reference/comfyui/SEMANTICS.md §1–§6).
+//! ComfyUI's KSampler path: `common_ksampler` → `comfy.sample.sample` → `CFGGuider` →
+//! `KSAMPLER.sample` (../shared/reference/comfyui/SEMANTICS.md §1–§6), for SDXL's EPS UNet
+//! and the Flux family's flow transformers.
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
+use super::models::GraphModel;
 use crate::Error;
+use crate::models::flux::{AttentionMask, ROPE_THETA, Rope, position_ids};
+use crate::pipelines::flux::{pack, unpack};
 use crate::pipelines::{Flow, SdxlPipeline};
 use crate::sampling::TorchGenerator;
 use crate::sampling::comfy::{
     Denoiser, KSamplerName, ModelSampling, SamplerStep, SchedulerName, ksampler_sigmas, sample,
 };
 
-/// One entry of a CONDITIONING list: cross-attention states and SDXL's pooled vector.
+/// One entry of a CONDITIONING list.
 #[derive(Clone)]
 pub struct CondEntry<B: Backend> {
-    /// [1, L, ctx]
+    /// Cross-attention states (CLIP for SDXL, T5 for the Flux family). [1, L, ctx]
     pub context: Tensor<B, 3>,
-    /// [1, P]
-    pub pooled: Tensor<B, 2>,
+    /// SDXL's bigG projected pooled vector, Flux's CLIP-L pooled output. [1, P]
+    pub pooled: Option<Tensor<B, 2>>,
+    /// FluxGuidance's value (Flux dev's distilled guidance; 3.5 when absent).
+    pub guidance: Option<f32>,
 }
 
 /// What a KSampler node is given besides the model, conditioning and latent.
@@ -49,11 +55,11 @@ pub fn prepare_noise<B: Backend>(seed: u64, like: &Tensor<B, 4>) -> Tensor<B, 4>
     Tensor::from_data(TensorData::new(values, dims), &like.device())
 }
 
-/// Samples `latent` (VAE space, [B, 4, h, w]) as ComfyUI's KSampler does and returns the result
-/// in VAE space. `on_step` sees each step's x and x₀ (sampling space) and may cancel.
+/// Samples `latent` (VAE space, [B, C, h, w]) as ComfyUI's KSampler does and returns the
+/// result in VAE space. `on_step` sees each step's x and x₀ (sampling space) and may cancel.
 #[allow(clippy::too_many_arguments)]
-pub fn sdxl_ksample<B: Backend>(
-    pipeline: &SdxlPipeline<B>,
+pub fn ksample<B: Backend>(
+    model: &GraphModel<B>,
     ms: &ModelSampling,
     settings: &KSamplerSettings,
     positive: &[CondEntry<B>],
@@ -61,42 +67,112 @@ pub fn sdxl_ksample<B: Backend>(
     latent: Tensor<B, 4>,
     on_step: &mut dyn FnMut(SamplerStep<B>) -> Flow,
 ) -> Result<Tensor<B, 4>, Error> {
+    let format = model.latent_format();
+    let is_empty = latent.clone().abs().sum().into_scalar().elem::<f32>() == 0.0;
+    // `fix_empty_latent_channels`: an empty 4-channel latent serves 16-channel models too.
+    let channels = latent.dims()[1];
+    let latent =
+        if is_empty && channels != format.channels && format.channels.is_multiple_of(channels) {
+            latent.repeat_dim(1, format.channels / channels)
+        } else {
+            latent
+        };
+    if latent.dims()[1] != format.channels {
+        return Err(Error::request(format!(
+            "the latent has {} channels; this model samples {}",
+            latent.dims()[1],
+            format.channels
+        )));
+    }
+    if ms.is_flow() && !flow_ready(settings.sampler) {
+        return Err(Error::request(format!(
+            "sampler {} is not available for flow models (Flux, Chroma) in this build",
+            settings.sampler.name()
+        )));
+    }
     let sigmas = ksampler_node_sigmas(ms, settings)?;
     if sigmas.is_empty() {
         return Ok(latent);
     }
     let noise = prepare_noise(settings.seed, &latent);
-    let scale = pipeline.vae_scaling();
     // `inner_sample`: only a latent with content is moved into sampling space.
-    let is_empty = latent.clone().abs().sum().into_scalar().elem::<f32>() == 0.0;
     let latent_in = if is_empty {
         latent.clone()
     } else {
-        latent.clone() * scale
+        (latent.clone() - format.shift) * format.scale
     };
-    let max_denoise = ms.is_max_denoise(sigmas[0]);
-    let x = noise * ms.noise_scaling(sigmas[0], max_denoise) + latent_in;
-    let [_, _, h, w] = latent.dims();
-    // `encode_model_conds` fills width/height with the latent size × 8.
-    let (hh, ww) = ((h * 8) as f32, (w * 8) as f32);
-    let mut denoiser = SdxlCfg {
-        pipeline,
-        ms,
-        positive,
-        negative: (!is_close(settings.cfg, 1.0)).then_some(negative),
-        cfg: settings.cfg as f32,
-        time_ids: [hh, ww, 0.0, 0.0, hh, ww],
+    let (noise_factor, latent_factor) = ms.noise_scaling(sigmas[0], ms.is_max_denoise(sigmas[0]));
+    let x = noise * noise_factor + latent_in * latent_factor;
+    let negative = (!is_close(settings.cfg, 1.0)).then_some(negative);
+    let cfg = settings.cfg as f32;
+    let samples = match model {
+        GraphModel::Sdxl(pipeline) => {
+            let [_, _, h, w] = latent.dims();
+            // `encode_model_conds` fills width/height with the latent size × 8.
+            let (hh, ww) = ((h * 8) as f32, (w * 8) as f32);
+            let mut denoiser = Cfg {
+                positive,
+                negative,
+                cfg,
+                predict: SdxlEps {
+                    pipeline,
+                    ms,
+                    time_ids: [hh, ww, 0.0, 0.0, hh, ww],
+                },
+            };
+            sample(
+                settings.sampler,
+                &mut denoiser,
+                x,
+                &sigmas,
+                settings.seed,
+                on_step,
+            )?
+        }
+        GraphModel::Flux {
+            denoiser,
+            rope_axes,
+        } => {
+            let mut denoiser = Cfg {
+                positive,
+                negative,
+                cfg,
+                predict: FluxVelocity {
+                    denoiser,
+                    rope_axes,
+                    ms,
+                },
+            };
+            sample(
+                settings.sampler,
+                &mut denoiser,
+                x,
+                &sigmas,
+                settings.seed,
+                on_step,
+            )?
+        }
     };
-    let samples = sample(
-        settings.sampler,
-        &mut denoiser,
-        x,
-        &sigmas,
-        settings.seed,
-        on_step,
-    )?;
-    // `process_latent_out`.
-    Ok(samples / scale)
+    // `inverse_noise_scaling` (flow: ÷ (1 − σ_last)), then `process_latent_out`.
+    let last = *sigmas.last().expect("non-empty");
+    let samples = if ms.is_flow() && last != 0.0 {
+        samples / (1.0 - last)
+    } else {
+        samples
+    };
+    Ok(samples / format.scale + format.shift)
+}
+
+/// Samplers whose flow-model (`CONST`) variants this build has: the deterministic ones that
+/// need none.
+fn flow_ready(sampler: KSamplerName) -> bool {
+    !matches!(
+        sampler,
+        KSamplerName::EulerAncestral
+            | KSamplerName::Dpm2Ancestral
+            | KSamplerName::DpmPpSde
+            | KSamplerName::DpmPp2mSde
+    )
 }
 
 /// `math.isclose` with its default relative tolerance.
@@ -104,73 +180,27 @@ fn is_close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
 }
 
-/// `sampling_function` + `calc_cond_batch` on an EPS model: x₀ of each conditioning entry,
-/// averaged within the positive and the negative list, then `u + (c − u)·cfg`.
-struct SdxlCfg<'a, B: Backend> {
-    pipeline: &'a SdxlPipeline<B>,
-    ms: &'a ModelSampling,
-    positive: &'a [CondEntry<B>],
-    /// None at cfg 1: ComfyUI never evaluates the negative then.
-    negative: Option<&'a [CondEntry<B>]>,
-    cfg: f32,
-    time_ids: [f32; 6],
-}
-
-impl<B: Backend> SdxlCfg<'_, B> {
-    /// The x₀ of every entry: entries with the same context length share one UNet call,
-    /// negative first (ComfyUI batches `[uncond, cond]`).
+/// One model's x₀ for a batch x and several conditioning entries.
+trait PredictX0<B: Backend> {
     fn predict(
         &self,
         x: &Tensor<B, 4>,
         sigma: f32,
         entries: &[&CondEntry<B>],
-    ) -> Vec<Tensor<B, 4>> {
-        let t = self.ms.timestep(sigma);
-        let x_in = x.clone() / (sigma * sigma + 1.0).sqrt();
-        let batch = x.dims()[0];
-        let mut out: Vec<Option<Tensor<B, 4>>> = vec![None; entries.len()];
-        let mut todo: Vec<usize> = (0..entries.len()).collect();
-        while let Some(&first) = todo.first() {
-            let dims = entries[first].context.dims();
-            let group: Vec<usize> = todo
-                .iter()
-                .copied()
-                .filter(|&i| entries[i].context.dims() == dims)
-                .collect();
-            todo.retain(|i| !group.contains(i));
-            let repeat = |t3: &Tensor<B, 3>| t3.clone().repeat_dim(0, batch);
-            let context = Tensor::cat(
-                group.iter().map(|&i| repeat(&entries[i].context)).collect(),
-                0,
-            );
-            let pooled = Tensor::cat(
-                group
-                    .iter()
-                    .map(|&i| entries[i].pooled.clone().repeat_dim(0, batch))
-                    .collect(),
-                0,
-            );
-            let rows = group.len() * batch;
-            let eps = self.pipeline.predict_noise(
-                Tensor::cat(vec![x_in.clone(); group.len()], 0),
-                &vec![t; rows],
-                &context,
-                pooled,
-                &vec![self.time_ids; rows],
-            );
-            for (k, &i) in group.iter().enumerate() {
-                let eps_i = eps.clone().narrow(0, k * batch, batch);
-                // EPS `calculate_denoised`: x − ε·σ.
-                out[i] = Some(x.clone() - eps_i * sigma);
-            }
-        }
-        out.into_iter()
-            .map(|o| o.expect("every entry predicted"))
-            .collect()
-    }
+    ) -> Result<Vec<Tensor<B, 4>>, Error>;
 }
 
-impl<B: Backend> Denoiser<B> for SdxlCfg<'_, B> {
+/// `sampling_function` + `calc_cond_batch`: x₀ of each conditioning entry, averaged within the
+/// positive and the negative list, then `u + (c − u)·cfg`.
+struct Cfg<'a, B: Backend, P> {
+    positive: &'a [CondEntry<B>],
+    /// None at cfg 1: ComfyUI never evaluates the negative then.
+    negative: Option<&'a [CondEntry<B>]>,
+    cfg: f32,
+    predict: P,
+}
+
+impl<B: Backend, P: PredictX0<B>> Denoiser<B> for Cfg<'_, B, P> {
     fn denoise(&mut self, x: Tensor<B, 4>, sigma: f32) -> Result<Tensor<B, 4>, Error> {
         let mut entries: Vec<&CondEntry<B>> = Vec::new();
         if let Some(negative) = self.negative {
@@ -178,7 +208,7 @@ impl<B: Backend> Denoiser<B> for SdxlCfg<'_, B> {
         }
         let n_negative = entries.len();
         entries.extend(self.positive);
-        let predictions = self.predict(&x, sigma, &entries);
+        let predictions = self.predict.predict(&x, sigma, &entries)?;
         let mean = |p: &[Tensor<B, 4>]| {
             let n = p.len() as f32;
             p.iter()
@@ -192,5 +222,109 @@ impl<B: Backend> Denoiser<B> for SdxlCfg<'_, B> {
             Some(uncond) => uncond.clone() + (cond - uncond) * self.cfg,
             None => cond,
         })
+    }
+}
+
+/// SDXL (EPS): x_in = x/√(σ²+1), the nearest training timestep, x₀ = x − ε·σ. Entries with the
+/// same context length share one UNet call, negative first (ComfyUI batches `[uncond,
+/// cond]`).
+struct SdxlEps<'a, B: Backend> {
+    pipeline: &'a SdxlPipeline<B>,
+    ms: &'a ModelSampling,
+    time_ids: [f32; 6],
+}
+
+impl<B: Backend> PredictX0<B> for SdxlEps<'_, B> {
+    fn predict(
+        &self,
+        x: &Tensor<B, 4>,
+        sigma: f32,
+        entries: &[&CondEntry<B>],
+    ) -> Result<Vec<Tensor<B, 4>>, Error> {
+        let t = self.ms.timestep(sigma);
+        let x_in = x.clone() / (sigma * sigma + 1.0).sqrt();
+        let batch = x.dims()[0];
+        let mut out: Vec<Option<Tensor<B, 4>>> = vec![None; entries.len()];
+        let mut todo: Vec<usize> = (0..entries.len()).collect();
+        while let Some(&first) = todo.first() {
+            let dims = entries[first].context.dims();
+            let group: Vec<usize> = todo
+                .iter()
+                .copied()
+                .filter(|&i| entries[i].context.dims() == dims)
+                .collect();
+            todo.retain(|i| !group.contains(i));
+            let mut contexts = Vec::new();
+            let mut pooled = Vec::new();
+            for &i in &group {
+                let p = entries[i].pooled.clone().ok_or_else(|| {
+                    Error::request("SDXL conditioning needs the pooled output of CLIP-G")
+                })?;
+                contexts.push(entries[i].context.clone().repeat_dim(0, batch));
+                pooled.push(p.repeat_dim(0, batch));
+            }
+            let rows = group.len() * batch;
+            let eps = self.pipeline.predict_noise(
+                Tensor::cat(vec![x_in.clone(); group.len()], 0),
+                &vec![t; rows],
+                &Tensor::cat(contexts, 0),
+                Tensor::cat(pooled, 0),
+                &vec![self.time_ids; rows],
+            );
+            for (k, &i) in group.iter().enumerate() {
+                let eps_i = eps.clone().narrow(0, k * batch, batch);
+                out[i] = Some(x.clone() - eps_i * sigma);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.expect("every entry predicted"))
+            .collect())
+    }
+}
+
+/// The Flux family (CONST): the model patchifies x itself, takes σ as its timestep, and its
+/// velocity gives x₀ = x − v·σ. Each entry runs on its own (`CONDRegular` batches only equal
+/// shapes).
+struct FluxVelocity<'a, B: Backend> {
+    denoiser: &'a crate::pipelines::flux::Denoiser<B>,
+    rope_axes: &'a [usize],
+    ms: &'a ModelSampling,
+}
+
+impl<B: Backend> PredictX0<B> for FluxVelocity<'_, B> {
+    fn predict(
+        &self,
+        x: &Tensor<B, 4>,
+        sigma: f32,
+        entries: &[&CondEntry<B>],
+    ) -> Result<Vec<Tensor<B, 4>>, Error> {
+        let [batch, _, h, w] = x.dims();
+        if h % 2 != 0 || w % 2 != 0 {
+            return Err(Error::request(
+                "Flux-family latents need even sides (images in multiples of 16 pixels)",
+            ));
+        }
+        let t = vec![self.ms.timestep(sigma); batch];
+        entries
+            .iter()
+            .map(|entry| {
+                let text_len = entry.context.dims()[1];
+                let ids = position_ids(text_len, h / 2, w / 2);
+                let rope = Rope::new(&ids, self.rope_axes, ROPE_THETA, &x.device());
+                // `model_base.Flux.extra_conds`: guidance 3.5 unless FluxGuidance set one.
+                let guidance = vec![entry.guidance.unwrap_or(3.5); batch];
+                let velocity = self.denoiser.velocity(
+                    pack(x.clone()),
+                    entry.context.clone().repeat_dim(0, batch),
+                    &rope,
+                    &t,
+                    &guidance,
+                    entry.pooled.clone().map(|p| p.repeat_dim(0, batch)),
+                    &AttentionMask::None,
+                )?;
+                Ok(x.clone() - unpack(velocity, h, w) * sigma)
+            })
+            .collect()
     }
 }

@@ -3,6 +3,7 @@
 
 mod image;
 pub mod ksampler;
+pub mod models;
 
 pub use image::{to_uint8, vae_output_to_image};
 pub mod definitions;

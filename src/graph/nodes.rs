@@ -9,7 +9,8 @@ use burn::tensor::TensorData;
 use serde_json::{Map, Value, json};
 
 use super::image::{to_uint8, vae_output_to_image};
-use super::ksampler::{CondEntry, KSamplerSettings, sdxl_ksample};
+use super::ksampler::{CondEntry, KSamplerSettings, ksample};
+use super::models::{GraphClip, GraphModel, GraphVae};
 use super::outputs::SavedImage;
 use crate::Error;
 use crate::pipelines::{Flow, SdxlPipeline};
@@ -20,9 +21,18 @@ use crate::weights::LoraFile;
 /// unknown nodes).
 pub const IMPLEMENTED: &[&str] = &[
     "CheckpointLoaderSimple",
+    "UNETLoader",
+    "CLIPLoader",
+    "DualCLIPLoader",
+    "VAELoader",
     "LoraLoader",
     "CLIPTextEncode",
+    "FluxGuidance",
+    "ConditioningZeroOut",
+    "ConditioningCombine",
     "EmptyLatentImage",
+    "EmptySD3LatentImage",
+    "ModelSamplingFlux",
     "KSampler",
     "VAEDecode",
     "VAEEncode",
@@ -41,10 +51,10 @@ pub fn always_runs(class: &str) -> bool {
 #[derive(Clone)]
 pub enum NodeValue<B: Backend> {
     /// MODEL: the denoiser and how it maps σ.
-    Model(Arc<SdxlPipeline<B>>, Arc<ModelSampling>),
+    Model(Arc<GraphModel<B>>, Arc<ModelSampling>),
     /// CLIP: the text encoders.
-    Clip(Arc<SdxlPipeline<B>>),
-    Vae(Arc<SdxlPipeline<B>>),
+    Clip(Arc<GraphClip<B>>),
+    Vae(Arc<GraphVae<B>>),
     Conditioning(Arc<Vec<CondEntry<B>>>),
     /// LATENT in VAE space [B, C, h, w].
     Latent(Tensor<B, 4>),
@@ -58,6 +68,13 @@ pub enum NodeValue<B: Backend> {
 pub trait Host<B: Backend> {
     /// A checkpoint by its ComfyUI name (`ckpt_name`).
     fn checkpoint(&mut self, name: &str) -> Result<SdxlPipeline<B>, Error>;
+    /// A diffusion model file (`unet_name`) and its model sampling.
+    fn diffusion_model(&mut self, name: &str) -> Result<(GraphModel<B>, ModelSampling), Error>;
+    /// Text encoder files (`clip_name`, or `clip_name1` and `clip_name2`) as one CLIP value
+    /// laid out for `kind` ("flux", "chroma").
+    fn text_encoders(&mut self, names: &[String], kind: &str) -> Result<GraphClip<B>, Error>;
+    /// A VAE file (`vae_name`).
+    fn vae(&mut self, name: &str) -> Result<GraphVae<B>, Error>;
     /// A LoRA by its ComfyUI name (`lora_name`).
     fn lora(&mut self, name: &str) -> Result<LoraFile, Error>;
     /// An image of the input folder.
@@ -76,6 +93,8 @@ pub trait Host<B: Backend> {
     fn executing(&mut self, node: &str);
     /// A node with UI output finished (or was cached).
     fn executed(&mut self, node: &str, ui: &Value);
+    /// The device the networks run on.
+    fn device(&self) -> B::Device;
     /// SaveImageWebsocket: image `value` of `max` as PNG bytes, for the prompt's socket.
     fn image_frame(&mut self, node: &str, value: usize, max: usize, png: Vec<u8>);
     /// A sampler step of `node`; `Flow::Cancel` interrupts the prompt.
@@ -136,21 +155,21 @@ impl<B: Backend> Inputs<'_, B> {
             .ok_or_else(|| Error::request(format!("input `{name}` is not a number")))
     }
 
-    fn model(&self, name: &str) -> Result<(Arc<SdxlPipeline<B>>, Arc<ModelSampling>), Error> {
+    fn model(&self, name: &str) -> Result<(Arc<GraphModel<B>>, Arc<ModelSampling>), Error> {
         match self.link(name)? {
             NodeValue::Model(p, ms) => Ok((p.clone(), ms.clone())),
             _ => Err(type_error(name, "MODEL")),
         }
     }
 
-    fn clip(&self, name: &str) -> Result<Arc<SdxlPipeline<B>>, Error> {
+    fn clip(&self, name: &str) -> Result<Arc<GraphClip<B>>, Error> {
         match self.link(name)? {
             NodeValue::Clip(p) => Ok(p.clone()),
             _ => Err(type_error(name, "CLIP")),
         }
     }
 
-    fn vae(&self, name: &str) -> Result<Arc<SdxlPipeline<B>>, Error> {
+    fn vae(&self, name: &str) -> Result<Arc<GraphVae<B>>, Error> {
         match self.link(name)? {
             NodeValue::Vae(p) => Ok(p.clone()),
             _ => Err(type_error(name, "VAE")),
@@ -198,16 +217,38 @@ pub fn run<B: Backend>(
             let pipeline = Arc::new(host.checkpoint(&inputs.string("ckpt_name")?)?);
             NodeRun::values(vec![
                 NodeValue::Model(
-                    pipeline.clone(),
+                    Arc::new(GraphModel::Sdxl(pipeline.clone())),
                     Arc::new(ModelSampling::DiscreteEps(DiscreteSigmas::sdxl())),
                 ),
-                NodeValue::Clip(pipeline.clone()),
-                NodeValue::Vae(pipeline),
+                NodeValue::Clip(Arc::new(GraphClip::Sdxl(pipeline.clone()))),
+                NodeValue::Vae(Arc::new(GraphVae::Sdxl(pipeline))),
             ])
+        }
+        "UNETLoader" => {
+            let (model, sampling) = host.diffusion_model(&inputs.string("unet_name")?)?;
+            NodeRun::values(vec![NodeValue::Model(Arc::new(model), Arc::new(sampling))])
+        }
+        "CLIPLoader" | "DualCLIPLoader" => {
+            let names = if class == "CLIPLoader" {
+                vec![inputs.string("clip_name")?]
+            } else {
+                vec![inputs.string("clip_name1")?, inputs.string("clip_name2")?]
+            };
+            let clip = host.text_encoders(&names, &inputs.string("type")?)?;
+            NodeRun::values(vec![NodeValue::Clip(Arc::new(clip))])
+        }
+        "VAELoader" => {
+            let vae = host.vae(&inputs.string("vae_name")?)?;
+            NodeRun::values(vec![NodeValue::Vae(Arc::new(vae))])
         }
         "LoraLoader" => {
             let (model, sampling) = inputs.model("model")?;
             let clip = inputs.clip("clip")?;
+            let (GraphModel::Sdxl(model), GraphClip::Sdxl(clip)) = (&*model, &*clip) else {
+                return Err(Error::request(
+                    "LoraLoader applies LoRAs to SDXL models only in this build",
+                ));
+            };
             let file = host.lora(&inputs.string("lora_name")?)?;
             let strength_model = inputs.float("strength_model")? as f32;
             let strength_clip = inputs.float("strength_clip")? as f32;
@@ -216,27 +257,72 @@ pub fn run<B: Backend>(
             let model = model.with_loras(&[(&file, strength_model)], &[])?;
             let clip = clip.with_loras(&[], &[(&file, strength_clip)])?;
             NodeRun::values(vec![
-                NodeValue::Model(Arc::new(model), sampling),
-                NodeValue::Clip(Arc::new(clip)),
+                NodeValue::Model(Arc::new(GraphModel::Sdxl(Arc::new(model))), sampling),
+                NodeValue::Clip(Arc::new(GraphClip::Sdxl(Arc::new(clip)))),
             ])
         }
         "CLIPTextEncode" => {
             let clip = inputs.clip("clip")?;
-            let (context, pooled) = clip.comfy_encode(&inputs.string("text")?)?;
-            NodeRun::values(vec![NodeValue::Conditioning(Arc::new(vec![CondEntry {
-                context,
-                pooled,
-            }]))])
+            let entry = clip.encode(&inputs.string("text")?)?;
+            NodeRun::values(vec![NodeValue::Conditioning(Arc::new(vec![entry]))])
         }
-        "EmptyLatentImage" => {
+        // `conditioning_set_values(cond, {"guidance": g})`.
+        "FluxGuidance" => {
+            let guidance = inputs.float("guidance")? as f32;
+            let entries = inputs
+                .conditioning("conditioning")?
+                .iter()
+                .cloned()
+                .map(|mut e| {
+                    e.guidance = Some(guidance);
+                    e
+                })
+                .collect();
+            NodeRun::values(vec![NodeValue::Conditioning(Arc::new(entries))])
+        }
+        // Zeros in place of the states and the pooled vector; other keys kept.
+        "ConditioningZeroOut" => {
+            let entries = inputs
+                .conditioning("conditioning")?
+                .iter()
+                .map(|e| CondEntry {
+                    context: e.context.zeros_like(),
+                    pooled: e.pooled.as_ref().map(|p| p.zeros_like()),
+                    guidance: e.guidance,
+                })
+                .collect();
+            NodeRun::values(vec![NodeValue::Conditioning(Arc::new(entries))])
+        }
+        // List concatenation: the sampler averages the entries' predictions.
+        "ConditioningCombine" => {
+            let mut entries = inputs.conditioning("conditioning_1")?.to_vec();
+            entries.extend(inputs.conditioning("conditioning_2")?.iter().cloned());
+            NodeRun::values(vec![NodeValue::Conditioning(Arc::new(entries))])
+        }
+        "ModelSamplingFlux" => {
+            let (model, _) = inputs.model("model")?;
+            let mu = ModelSampling::flux_mu(
+                inputs.float("max_shift")?,
+                inputs.float("base_shift")?,
+                inputs.float("width")?,
+                inputs.float("height")?,
+            );
+            NodeRun::values(vec![NodeValue::Model(
+                model,
+                Arc::new(ModelSampling::flux(mu)),
+            )])
+        }
+        // zeros [B, 4 | 16, H/8, W/8] on the intermediate device.
+        "EmptyLatentImage" | "EmptySD3LatentImage" => {
             let (w, h) = (
                 inputs.int("width")? as usize,
                 inputs.int("height")? as usize,
             );
             let batch = inputs.int("batch_size")? as usize;
+            let channels = if class == "EmptyLatentImage" { 4 } else { 16 };
             let device = Default::default();
             NodeRun::values(vec![NodeValue::Latent(Tensor::zeros(
-                [batch, 4, h / 8, w / 8],
+                [batch, channels, h / 8, w / 8],
                 &device,
             ))])
         }
@@ -255,8 +341,8 @@ pub fn run<B: Backend>(
             };
             let positive = inputs.conditioning("positive")?;
             let negative = inputs.conditioning("negative")?;
-            let latent = inputs.latent("latent_image")?.to_device(model.device());
-            let out = sdxl_ksample(
+            let latent = inputs.latent("latent_image")?.to_device(&host.device());
+            let out = ksample(
                 &model,
                 &sampling,
                 &settings,
@@ -269,14 +355,14 @@ pub fn run<B: Backend>(
         }
         "VAEDecode" => {
             let vae = inputs.vae("vae")?;
-            let samples = inputs.latent("samples")?.to_device(vae.device());
+            let samples = inputs.latent("samples")?.to_device(&vae.device());
             NodeRun::values(vec![NodeValue::Image(vae_output_to_image(
                 vae.decode_raw(samples),
             ))])
         }
         "VAEEncode" => {
             let vae = inputs.vae("vae")?;
-            let pixels = crop_to_multiple(inputs.image("pixels")?, 8).to_device(vae.device());
+            let pixels = crop_to_multiple(inputs.image("pixels")?, 8).to_device(&vae.device());
             let encoded = vae.encode_image(pixels.permute([0, 3, 1, 2]) * 2.0 - 1.0);
             NodeRun::values(vec![NodeValue::Latent(encoded)])
         }

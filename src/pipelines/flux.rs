@@ -24,7 +24,7 @@ use crate::models::flux::{
     AttentionMask, FluxConditioning, FluxConfig, FluxTransformer, ROPE_THETA, Rope, position_ids,
 };
 use crate::models::t5::{T5Config, T5Encoder};
-use crate::models::vae::{Decoder, VaeConfig};
+use crate::models::vae::{Decoder, Encoder, VaeConfig};
 use crate::models::weight_bytes;
 use crate::registry::{Family, Manifest};
 use crate::sampling::{FlowMatchConfig, Linspace, TorchGenerator, euler_step};
@@ -37,11 +37,140 @@ pub(super) const FLUX_VAE_SHIFT: f32 = 0.1159;
 /// Image pixels per packed token side: 8× VAE, 2×2 patches.
 pub const TOKEN_PIXELS: usize = 16;
 
-// One denoiser per loaded pipeline: boxing the smaller variant would save nothing.
+/// A Flux-family transformer: the stage both this pipeline and graphs' UNETLoader use.
+// One denoiser per loaded model: boxing the smaller variant would save nothing.
 #[allow(clippy::large_enum_variant)]
-enum Denoiser<B: Backend> {
+pub enum Denoiser<B: Backend> {
     Flux(FluxTransformer<B>),
     Chroma(ChromaTransformer<B>),
+}
+
+impl<B: Backend> Denoiser<B> {
+    /// The velocity on packed latents [B, L, 64] with text states [B, T, D]: Flux takes σ,
+    /// its guidance (dev) and the CLIP-L pooled vector; Chroma takes σ and a text mask.
+    #[allow(clippy::too_many_arguments)]
+    pub fn velocity(
+        &self,
+        img: Tensor<B, 3>,
+        txt: Tensor<B, 3>,
+        rope: &Rope<B>,
+        timesteps: &[f32],
+        guidance: &[f32],
+        pooled: Option<Tensor<B, 2>>,
+        mask: &AttentionMask<B>,
+    ) -> Result<Tensor<B, 3>, Error> {
+        Ok(match self {
+            Denoiser::Flux(model) => {
+                let pooled = pooled.ok_or_else(|| {
+                    Error::request(
+                        "a Flux model needs the CLIP-L pooled output in its conditioning",
+                    )
+                })?;
+                let cond = FluxConditioning {
+                    timesteps,
+                    guidance: model.has_guidance().then_some(guidance),
+                    pooled,
+                };
+                model.forward(img, txt, rope, &cond)
+            }
+            Denoiser::Chroma(model) => model.forward(img, txt, rope, timesteps, mask),
+        })
+    }
+}
+
+/// A Flux-family denoiser alone, with its RoPE axes (a graph's UNETLoader).
+pub fn load_denoiser<B: Backend>(
+    manifest: &Manifest,
+    device: &B::Device,
+) -> Result<(Denoiser<B>, Vec<usize>), Error> {
+    let parts = FluxParts::from_manifest(manifest)?;
+    let (denoiser, cfg) = denoiser(&parts, manifest.family, device)?;
+    Ok((denoiser, cfg.axes_dims_rope))
+}
+
+fn denoiser<B: Backend>(
+    parts: &FluxParts,
+    family: Family,
+    device: &B::Device,
+) -> Result<(Denoiser<B>, FluxConfig), Error> {
+    let cfg = FluxConfig::detect(&parts.transformer, &parts.transformer_config)?;
+    let denoiser = if family == Family::Chroma {
+        Denoiser::Chroma(ChromaTransformer::load(&parts.transformer, &cfg, device)?)
+    } else {
+        Denoiser::Flux(FluxTransformer::load(&parts.transformer, &cfg, device)?)
+    };
+    Ok((denoiser, cfg))
+}
+
+/// The T5 encoder and its tokenizer of a Flux-family manifest.
+pub fn load_t5<B: Backend>(
+    manifest: &Manifest,
+    device: &B::Device,
+) -> Result<(T5Tokenizer, T5Encoder<B>), Error> {
+    let parts = FluxParts::from_manifest(manifest)?;
+    let cfg = T5Config::detect(&parts.t5, &parts.t5_config)?;
+    Ok((
+        t5_tokenizer(&parts, manifest)?,
+        T5Encoder::load(&parts.t5, &cfg, device)?,
+    ))
+}
+
+/// The CLIP-L encoder and its tokenizer of a Flux manifest.
+pub fn load_clip_l<B: Backend>(
+    manifest: &Manifest,
+    device: &B::Device,
+) -> Result<(ClipTokenizer, ClipTextModel<B>), Error> {
+    let parts = FluxParts::from_manifest(manifest)?;
+    clip_l(&parts, device)?.ok_or_else(|| {
+        Error::config(format!(
+            "model `{}` has no CLIP-L text encoder",
+            manifest.id
+        ))
+    })
+}
+
+/// The 16-channel VAE of a Flux-family manifest: (decoder, encoder).
+pub fn load_vae<B: Backend>(
+    manifest: &Manifest,
+    device: &B::Device,
+) -> Result<(Decoder<B>, Encoder<B>), Error> {
+    let parts = FluxParts::from_manifest(manifest)?;
+    let cfg = VaeConfig::detect(
+        &parts.vae,
+        &parts.vae_config,
+        FLUX_VAE_SCALING,
+        FLUX_VAE_SHIFT,
+    )?;
+    Ok((
+        Decoder::load(&parts.vae, &cfg, device)?,
+        Encoder::load(&parts.vae, &cfg, device)?,
+    ))
+}
+
+fn clip_l<B: Backend>(
+    parts: &FluxParts,
+    device: &B::Device,
+) -> Result<Option<(ClipTokenizer, ClipTextModel<B>)>, Error> {
+    let Some(store) = &parts.clip_l else {
+        return Ok(None);
+    };
+    let cfg = ClipConfig::detect(store, &parts.clip_l_config, Activation::QuickGelu)?;
+    let tokenizer = match &parts.tokenizer_clip_l {
+        Some(p) => ClipTokenizer::from_file(p, None)?,
+        None => ClipTokenizer::bundled(None)?,
+    };
+    Ok(Some((tokenizer, ClipTextModel::load(store, &cfg, device)?)))
+}
+
+fn t5_tokenizer(parts: &FluxParts, manifest: &Manifest) -> Result<T5Tokenizer, Error> {
+    match &parts.tokenizer_t5 {
+        Some(p) => T5Tokenizer::from_file(p),
+        None => Err(Error::config(format!(
+            "model `{}`: no T5 tokenizer; name its tokenizer.json as \
+             `tokenizer_t5` in [files] (diffusers folders have one in tokenizer_2/)",
+            manifest.id
+        ))),
+    }
 }
 
 pub struct FluxPipeline<B: Backend> {
@@ -255,20 +384,7 @@ impl<B: Backend> FluxPipeline<B> {
     pub fn load(manifest: &Manifest, device: &B::Device) -> Result<Self, Error> {
         let family = manifest.family;
         let parts = FluxParts::from_manifest(manifest)?;
-        let transformer_cfg = FluxConfig::detect(&parts.transformer, &parts.transformer_config)?;
-        let denoiser = if family == Family::Chroma {
-            Denoiser::Chroma(ChromaTransformer::load(
-                &parts.transformer,
-                &transformer_cfg,
-                device,
-            )?)
-        } else {
-            Denoiser::Flux(FluxTransformer::load(
-                &parts.transformer,
-                &transformer_cfg,
-                device,
-            )?)
-        };
+        let (denoiser, transformer_cfg) = denoiser(&parts, family, device)?;
         let t5_cfg = T5Config::detect(&parts.t5, &parts.t5_config)?;
         if t5_cfg.d_model != transformer_cfg.joint_attention_dim {
             return Err(Error::weights(format!(
@@ -276,27 +392,8 @@ impl<B: Backend> FluxPipeline<B> {
                 transformer_cfg.joint_attention_dim, t5_cfg.d_model
             )));
         }
-        let clip = match &parts.clip_l {
-            Some(store) => {
-                let cfg = ClipConfig::detect(store, &parts.clip_l_config, Activation::QuickGelu)?;
-                let tokenizer = match &parts.tokenizer_clip_l {
-                    Some(p) => ClipTokenizer::from_file(p, None)?,
-                    None => ClipTokenizer::bundled(None)?,
-                };
-                Some((tokenizer, ClipTextModel::load(store, &cfg, device)?))
-            }
-            None => None,
-        };
-        let t5_tokenizer = match &parts.tokenizer_t5 {
-            Some(p) => T5Tokenizer::from_file(p)?,
-            None => {
-                return Err(Error::config(format!(
-                    "model `{}`: no T5 tokenizer; name its tokenizer.json as \
-                     `tokenizer_t5` in [files] (diffusers folders have one in tokenizer_2/)",
-                    manifest.id
-                )));
-            }
-        };
+        let clip = clip_l(&parts, device)?;
+        let t5_tokenizer = t5_tokenizer(&parts, manifest)?;
         let vae_cfg = VaeConfig::detect(
             &parts.vae,
             &parts.vae_config,
@@ -447,26 +544,31 @@ impl<B: Backend> FluxPipeline<B> {
 
         for i in 0..params.steps {
             let t = [self.scheduler.model_time(sigmas[i])];
-            let velocity = match &self.denoiser {
-                Denoiser::Flux(model) => {
-                    let guidance = [params.guidance_scale];
-                    let cond = FluxConditioning {
-                        timesteps: &t,
-                        guidance: model.has_guidance().then_some(&guidance[..]),
-                        pooled: pooled.clone().expect("Flux has CLIP-L"),
-                    };
-                    model.forward(x.clone(), txt.clone(), &rope, &cond)
+            let guidance = [params.guidance_scale];
+            let velocity = self.denoiser.velocity(
+                x.clone(),
+                txt.clone(),
+                &rope,
+                &t,
+                &guidance,
+                pooled.clone(),
+                &cond_mask,
+            )?;
+            // Chroma: real CFG with the negative prompt.
+            let velocity = match &uncond {
+                Some((states, m)) => {
+                    let v_neg = self.denoiser.velocity(
+                        x.clone(),
+                        (*states).clone(),
+                        &rope,
+                        &t,
+                        &guidance,
+                        None,
+                        m,
+                    )?;
+                    v_neg.clone() + (velocity - v_neg) * params.guidance_scale
                 }
-                Denoiser::Chroma(model) => {
-                    let v = model.forward(x.clone(), txt.clone(), &rope, &t, &cond_mask);
-                    match &uncond {
-                        Some((states, m)) => {
-                            let v_neg = model.forward(x.clone(), (*states).clone(), &rope, &t, m);
-                            v_neg.clone() + (v - v_neg) * params.guidance_scale
-                        }
-                        None => v,
-                    }
-                }
+                None => velocity,
             };
             let (next, denoised) = euler_step(x, velocity, sigmas[i], sigmas[i + 1]);
             x = next;

@@ -38,6 +38,16 @@ impl T5Tokenizer {
         })
     }
 
+    /// A piece of text as its tokens alone, without `</s>` or padding (ComfyUI tokenizes each
+    /// weighted segment so).
+    pub fn segment_ids(&self, text: &str) -> Result<Vec<u32>, Error> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::request(format!("cannot tokenize prompt: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     /// `prompt` as exactly `length` tokens.
     pub fn encode(&self, prompt: &str, length: usize) -> Result<T5Tokens, Error> {
         let mut tokenizer = self.tokenizer.clone();

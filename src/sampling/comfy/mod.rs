@@ -54,6 +54,68 @@ fn torch_linspace_f64(start: f64, end: f64, steps: usize) -> Vec<f64> {
 pub enum ModelSampling {
     /// `ModelSamplingDiscrete` + `EPS` (SD1.5, SDXL): 1000 training σ.
     DiscreteEps(DiscreteSigmas),
+    /// `ModelSamplingFlux` + `CONST` (FLUX.1 dev, Chroma): σ(t) = eᵘ/(eᵘ + 1/t − 1) on 10000 t.
+    Flux { mu: f64, sigmas: Vec<f32> },
+    /// `ModelSamplingDiscreteFlow` + `CONST` (FLUX.1 schnell, Z-Image; the AuraFlow and SD3
+    /// nodes): σ(t) = s·t/(1 + (s − 1)·t) on 1000 t, timestep = σ · multiplier.
+    DiscreteFlow {
+        shift: f64,
+        multiplier: f64,
+        sigmas: Vec<f32>,
+    },
+}
+
+/// `arange(1, n + 1) / n` in float32, as the flow tables are built.
+fn flow_ts(n: usize) -> impl Iterator<Item = f32> {
+    (1..=n).map(move |i| i as f32 / n as f32)
+}
+
+/// `flux_time_shift(mu, 1.0, t)`: the Python float eᵘ against the float32 t.
+fn flux_time_shift(mu: f64, t: f32) -> f32 {
+    let e = mu.exp() as f32;
+    e / (e + (1.0 / t - 1.0))
+}
+
+/// `time_snr_shift(alpha, t)`.
+fn time_snr_shift(alpha: f64, t: f32) -> f32 {
+    if alpha == 1.0 {
+        return t;
+    }
+    let a = alpha as f32;
+    a * t / (1.0 + (a - 1.0) * t)
+}
+
+impl ModelSampling {
+    /// `ModelSamplingFlux.set_parameters(shift=mu)`.
+    pub fn flux(mu: f64) -> Self {
+        ModelSampling::Flux {
+            mu,
+            sigmas: flow_ts(10000).map(|t| flux_time_shift(mu, t)).collect(),
+        }
+    }
+
+    /// `ModelSamplingDiscreteFlow.set_parameters(shift, multiplier)`.
+    pub fn discrete_flow(shift: f64, multiplier: f64) -> Self {
+        ModelSampling::DiscreteFlow {
+            shift,
+            multiplier,
+            sigmas: flow_ts(1000)
+                .map(|t| time_snr_shift(shift, (t as f64 * multiplier) as f32 / multiplier as f32))
+                .collect(),
+        }
+    }
+
+    /// The `ModelSamplingFlux` node's μ: linear in the packed token count of width × height.
+    pub fn flux_mu(max_shift: f64, base_shift: f64, width: f64, height: f64) -> f64 {
+        let m = (max_shift - base_shift) / (4096.0 - 256.0);
+        let b = base_shift - m * 256.0;
+        width * height / (8.0 * 8.0 * 2.0 * 2.0) * m + b
+    }
+
+    /// Flow models predict velocity (`CONST`): x₀ = x − σ·v, x = σ·ε + (1 − σ)·x₀.
+    pub fn is_flow(&self) -> bool {
+        !matches!(self, ModelSampling::DiscreteEps(_))
+    }
 }
 
 /// `ModelSamplingDiscrete`'s tables: betas = linspace(√0.00085, √0.012, 1000)² in float64 (what
@@ -110,6 +172,9 @@ impl ModelSampling {
     pub fn sigmas(&self) -> &[f32] {
         match self {
             ModelSampling::DiscreteEps(d) => &d.sigmas,
+            ModelSampling::Flux { sigmas, .. } | ModelSampling::DiscreteFlow { sigmas, .. } => {
+                sigmas
+            }
         }
     }
 
@@ -125,6 +190,8 @@ impl ModelSampling {
     pub fn timestep(&self, sigma: f32) -> f32 {
         match self {
             ModelSampling::DiscreteEps(d) => d.timestep(sigma) as f32,
+            ModelSampling::Flux { .. } => sigma,
+            ModelSampling::DiscreteFlow { multiplier, .. } => sigma * *multiplier as f32,
         }
     }
 
@@ -132,15 +199,21 @@ impl ModelSampling {
     pub fn sigma(&self, t: f32) -> f32 {
         match self {
             ModelSampling::DiscreteEps(d) => d.sigma(t),
+            ModelSampling::Flux { mu, .. } => flux_time_shift(*mu, t),
+            ModelSampling::DiscreteFlow {
+                shift, multiplier, ..
+            } => time_snr_shift(*shift, t / *multiplier as f32),
         }
     }
 
-    /// The sampler's starting x (`noise_scaling`): EPS models start from ε·√(1+σ₀²) + latent
-    /// when the schedule starts at the table's σ_max (`max_denoise`), else ε·σ₀ + latent.
-    pub fn noise_scaling(&self, sigma0: f32, max_denoise: bool) -> f32 {
+    /// The sampler's starting x (`noise_scaling`) as (noise factor, latent factor): EPS
+    /// models start from ε·√(1+σ₀²) + latent when the schedule starts at the table's σ_max
+    /// (`max_denoise`), else ε·σ₀ + latent; flow models from σ₀·ε + (1 − σ₀)·latent.
+    pub fn noise_scaling(&self, sigma0: f32, max_denoise: bool) -> (f32, f32) {
         match self {
-            ModelSampling::DiscreteEps(_) if max_denoise => (1.0 + sigma0 * sigma0).sqrt(),
-            ModelSampling::DiscreteEps(_) => sigma0,
+            ModelSampling::DiscreteEps(_) if max_denoise => ((1.0 + sigma0 * sigma0).sqrt(), 1.0),
+            ModelSampling::DiscreteEps(_) => (sigma0, 1.0),
+            _ => (sigma0, 1.0 - sigma0),
         }
     }
 
