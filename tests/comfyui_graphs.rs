@@ -263,3 +263,173 @@ fn bad_graphs_get_comfyuis_errors() {
         .collect();
     assert!(!cycle.is_empty(), "{node_errors}");
 }
+
+/// Runs `prompt` and returns its SaveImage ("9") PNGs.
+fn run_images(
+    executor: &mut Executor<B>,
+    folders: &ComfyFolders,
+    prompt: &Map<String, Value>,
+) -> Vec<image::RgbImage> {
+    let defs = node_defs(IMPLEMENTED, &folders.combo_lists());
+    let accepted = validate(prompt, &defs, None).unwrap();
+    let mut ignore = |_: GraphEvent<B>| Flow::Continue;
+    let mut host = FolderHost {
+        folders,
+        device: Default::default(),
+        on_event: &mut ignore,
+    };
+    let run = executor.run(prompt, &accepted.outputs, &mut host).unwrap();
+    run.outputs["9"]["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|saved| {
+            let path = folders
+                .dir("output")
+                .unwrap()
+                .join(saved["filename"].as_str().unwrap());
+            image::open(path).unwrap().to_rgb8()
+        })
+        .collect()
+}
+
+fn comfyui_image(id: &str) -> image::RgbImage {
+    image::open(fixtures().join("comfyui").join(id).join("image.png"))
+        .unwrap()
+        .to_rgb8()
+}
+
+/// The custom-sampling nodes and KSamplerAdvanced against ComfyUI's KSampler images: by
+/// ComfyUI's code these graphs compute what the recorded KSampler graphs compute
+/// (`common_ksampler` is `CFGGuider.sample` over `KSampler.sigmas` with `prepare_noise`;
+/// BasicScheduler is `calculate_sigmas` at denoise 1; BasicGuider at cfg 1 is KSampler with a
+/// negative that is never evaluated), and a run split by KSamplerAdvanced at step 2 with the
+/// leftover noise kept continues to the same image.
+#[test]
+fn custom_sampling_graphs_give_the_recorded_ksampler_images() {
+    let folders = folders("graph-custom");
+    let mut executor = Executor::<B>::default();
+
+    // SDXL euler / normal through SamplerCustomAdvanced.
+    let mut p = case_json("euler_normal_64x64")["workflow_api"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let k = p["3"]["inputs"].clone();
+    p.remove("3");
+    p.insert(
+        "20".into(),
+        json!({"class_type": "RandomNoise", "inputs": {"noise_seed": k["seed"]}}),
+    );
+    p.insert(
+        "21".into(),
+        json!({"class_type": "CFGGuider", "inputs": {
+        "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "cfg": k["cfg"]}}),
+    );
+    p.insert(
+        "22".into(),
+        json!({"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}),
+    );
+    p.insert(
+        "23".into(),
+        json!({"class_type": "BasicScheduler", "inputs": {
+        "model": ["4", 0], "scheduler": "normal", "steps": k["steps"], "denoise": 1.0}}),
+    );
+    p.insert(
+        "24".into(),
+        json!({"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["20", 0], "guider": ["21", 0], "sampler": ["22", 0], "sigmas": ["23", 0],
+        "latent_image": ["5", 0]}}),
+    );
+    p["8"]["inputs"]["samples"] = json!(["24", 0]);
+    let theirs = comfyui_image("euler_normal_64x64");
+    let ours = run_images(&mut executor, &folders, &p);
+    assert!(
+        common::max_pixel_diff(&ours[0], &theirs) <= 2,
+        "SamplerCustomAdvanced"
+    );
+
+    // The same through SamplerCustom (its own noise and CFG).
+    p.insert(
+        "25".into(),
+        json!({"class_type": "SamplerCustom", "inputs": {
+        "model": ["4", 0], "add_noise": true, "noise_seed": k["seed"], "cfg": k["cfg"],
+        "positive": ["6", 0], "negative": ["7", 0], "sampler": ["22", 0], "sigmas": ["23", 0],
+        "latent_image": ["5", 0]}}),
+    );
+    p["8"]["inputs"]["samples"] = json!(["25", 0]);
+    let ours = run_images(&mut executor, &folders, &p);
+    assert!(
+        common::max_pixel_diff(&ours[0], &theirs) <= 2,
+        "SamplerCustom"
+    );
+
+    // KSamplerAdvanced over all steps, then split at step 2: the first half keeps its
+    // leftover noise, the second adds none.
+    let mut p = case_json("euler_normal_64x64")["workflow_api"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let advanced = |start: u64, end: u64, add: &str, leftover: &str, latent: Value| {
+        json!({"class_type": "KSamplerAdvanced", "inputs": {
+            "model": ["4", 0], "add_noise": add, "noise_seed": k["seed"], "steps": k["steps"],
+            "cfg": k["cfg"], "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["6", 0], "negative": ["7", 0], "latent_image": latent,
+            "start_at_step": start, "end_at_step": end, "return_with_leftover_noise": leftover}})
+    };
+    p["3"] = advanced(0, 10000, "enable", "disable", json!(["5", 0]));
+    let ours = run_images(&mut executor, &folders, &p);
+    assert!(
+        common::max_pixel_diff(&ours[0], &theirs) <= 2,
+        "KSamplerAdvanced"
+    );
+    p.insert(
+        "30".into(),
+        advanced(0, 2, "enable", "enable", json!(["5", 0])),
+    );
+    p["3"] = advanced(2, 10000, "disable", "disable", json!(["30", 0]));
+    let ours = run_images(&mut executor, &folders, &p);
+    assert!(
+        common::max_pixel_diff(&ours[0], &theirs) <= 2,
+        "KSamplerAdvanced in two halves"
+    );
+
+    // FLUX.1 dev through BasicGuider (the recorded graph's negative is never evaluated).
+    let mut p = case_json("flux-dev_euler_simple_64x64")["workflow_api"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let k = p["3"]["inputs"].clone();
+    p.remove("3");
+    p.insert(
+        "20".into(),
+        json!({"class_type": "RandomNoise", "inputs": {"noise_seed": k["seed"]}}),
+    );
+    p.insert(
+        "21".into(),
+        json!({"class_type": "BasicGuider", "inputs": {
+        "model": k["model"], "conditioning": k["positive"]}}),
+    );
+    p.insert(
+        "22".into(),
+        json!({"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}),
+    );
+    p.insert(
+        "23".into(),
+        json!({"class_type": "BasicScheduler", "inputs": {
+        "model": k["model"], "scheduler": "simple", "steps": k["steps"], "denoise": 1.0}}),
+    );
+    p.insert(
+        "24".into(),
+        json!({"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["20", 0], "guider": ["21", 0], "sampler": ["22", 0], "sigmas": ["23", 0],
+        "latent_image": k["latent_image"]}}),
+    );
+    p["8"]["inputs"]["samples"] = json!(["24", 0]);
+    let ours = run_images(&mut executor, &folders, &p);
+    let theirs = comfyui_image("flux-dev_euler_simple_64x64");
+    assert!(
+        common::max_pixel_diff(&ours[0], &theirs) <= 2,
+        "Flux SamplerCustomAdvanced"
+    );
+}

@@ -5,6 +5,8 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
+use std::sync::Arc;
+
 use super::models::GraphModel;
 use crate::Error;
 use crate::models::flux::{AttentionMask, ROPE_THETA, Rope, position_ids};
@@ -55,8 +57,33 @@ pub fn prepare_noise<B: Backend>(seed: u64, like: &Tensor<B, 4>) -> Tensor<B, 4>
     Tensor::from_data(TensorData::new(values, dims), &like.device())
 }
 
-/// Samples `latent` (VAE space, [B, C, h, w]) as ComfyUI's KSampler does and returns the
-/// result in VAE space. `on_step` sees each step's x and x₀ (sampling space) and may cancel.
+/// A GUIDER value, and what a KSampler node guides with: the model, its conditioning and the
+/// CFG scale (`CFGGuider`; `BasicGuider` is the positive alone at cfg 1).
+#[derive(Clone)]
+pub struct Guider<B: Backend> {
+    pub model: Arc<GraphModel<B>>,
+    pub sampling: Arc<ModelSampling>,
+    pub positive: Arc<Vec<CondEntry<B>>>,
+    pub negative: Option<Arc<Vec<CondEntry<B>>>>,
+    pub cfg: f64,
+}
+
+/// The initial noise: `RandomNoise(seed)` / `prepare_noise`, or zeros (`DisableNoise`,
+/// `add_noise` off).
+#[derive(Clone, Copy, Debug)]
+pub enum NoiseSource {
+    Random(u64),
+    Disabled,
+}
+
+/// A sampler's result in VAE space, and the last step's x₀ (SamplerCustom's
+/// `denoised_output`; the result itself when no step ran).
+pub struct Sampled<B: Backend> {
+    pub samples: Tensor<B, 4>,
+    pub denoised: Tensor<B, 4>,
+}
+
+/// Samples `latent` (VAE space, [B, C, h, w]) as ComfyUI's KSampler node does.
 #[allow(clippy::too_many_arguments)]
 pub fn ksample<B: Backend>(
     model: &GraphModel<B>,
@@ -67,6 +94,40 @@ pub fn ksample<B: Backend>(
     latent: Tensor<B, 4>,
     on_step: &mut dyn FnMut(SamplerStep<B>) -> Flow,
 ) -> Result<Tensor<B, 4>, Error> {
+    let sigmas = ksampler_node_sigmas(ms, settings)?;
+    let sampled = guide(
+        model,
+        ms,
+        positive,
+        Some(negative),
+        settings.cfg,
+        settings.sampler,
+        &sigmas,
+        NoiseSource::Random(settings.seed),
+        settings.seed,
+        latent,
+        on_step,
+    )?;
+    Ok(sampled.samples)
+}
+
+/// `CFGGuider.sample` → `KSAMPLER.sample`: noise, start scaling and the sampler over
+/// `sigmas`, on any model; `seed` feeds the samplers' own noise. The negative is never
+/// evaluated at cfg 1 (nor given by a BasicGuider).
+#[allow(clippy::too_many_arguments)]
+pub fn guide<B: Backend>(
+    model: &GraphModel<B>,
+    ms: &ModelSampling,
+    positive: &[CondEntry<B>],
+    negative: Option<&[CondEntry<B>]>,
+    cfg: f64,
+    sampler: KSamplerName,
+    sigmas: &[f32],
+    noise: NoiseSource,
+    seed: u64,
+    latent: Tensor<B, 4>,
+    on_step: &mut dyn FnMut(SamplerStep<B>) -> Flow,
+) -> Result<Sampled<B>, Error> {
     let format = model.latent_format();
     let is_empty = latent.clone().abs().sum().into_scalar().elem::<f32>() == 0.0;
     // `fix_empty_latent_channels`: an empty 4-channel latent serves 16-channel models too.
@@ -84,17 +145,22 @@ pub fn ksample<B: Backend>(
             format.channels
         )));
     }
-    if ms.is_flow() && !flow_ready(settings.sampler) {
+    if ms.is_flow() && !flow_ready(sampler) {
         return Err(Error::request(format!(
             "sampler {} is not available for flow models (Flux, Chroma) in this build",
-            settings.sampler.name()
+            sampler.name()
         )));
     }
-    let sigmas = ksampler_node_sigmas(ms, settings)?;
     if sigmas.is_empty() {
-        return Ok(latent);
+        return Ok(Sampled {
+            samples: latent.clone(),
+            denoised: latent,
+        });
     }
-    let noise = prepare_noise(settings.seed, &latent);
+    let noise = match noise {
+        NoiseSource::Random(seed) => prepare_noise(seed, &latent),
+        NoiseSource::Disabled => latent.zeros_like(),
+    };
     // `inner_sample`: only a latent with content is moved into sampling space.
     let latent_in = if is_empty {
         latent.clone()
@@ -103,8 +169,13 @@ pub fn ksample<B: Backend>(
     };
     let (noise_factor, latent_factor) = ms.noise_scaling(sigmas[0], ms.is_max_denoise(sigmas[0]));
     let x = noise * noise_factor + latent_in * latent_factor;
-    let negative = (!is_close(settings.cfg, 1.0)).then_some(negative);
-    let cfg = settings.cfg as f32;
+    let negative = negative.filter(|_| !is_close(cfg, 1.0));
+    let cfg = cfg as f32;
+    let mut last_denoised = None;
+    let mut on_step = |step: SamplerStep<B>| {
+        last_denoised = Some(step.denoised.clone());
+        on_step(step)
+    };
     let samples = match model {
         GraphModel::Sdxl(pipeline) => {
             let [_, _, h, w] = latent.dims();
@@ -120,14 +191,7 @@ pub fn ksample<B: Backend>(
                     time_ids: [hh, ww, 0.0, 0.0, hh, ww],
                 },
             };
-            sample(
-                settings.sampler,
-                &mut denoiser,
-                x,
-                &sigmas,
-                settings.seed,
-                on_step,
-            )?
+            sample(sampler, &mut denoiser, x, sigmas, seed, &mut on_step)?
         }
         GraphModel::Flux {
             denoiser,
@@ -143,14 +207,7 @@ pub fn ksample<B: Backend>(
                     ms,
                 },
             };
-            sample(
-                settings.sampler,
-                &mut denoiser,
-                x,
-                &sigmas,
-                settings.seed,
-                on_step,
-            )?
+            sample(sampler, &mut denoiser, x, sigmas, seed, &mut on_step)?
         }
     };
     // `inverse_noise_scaling` (flow: ÷ (1 − σ_last)), then `process_latent_out`.
@@ -160,7 +217,10 @@ pub fn ksample<B: Backend>(
     } else {
         samples
     };
-    Ok(samples / format.scale + format.shift)
+    let out = |x: Tensor<B, 4>| x / format.scale + format.shift;
+    let samples = out(samples);
+    let denoised = last_denoised.map_or_else(|| samples.clone(), out);
+    Ok(Sampled { samples, denoised })
 }
 
 /// Samplers whose flow-model (`CONST`) variants this build has: the deterministic ones that

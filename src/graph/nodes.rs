@@ -9,12 +9,14 @@ use burn::tensor::TensorData;
 use serde_json::{Map, Value, json};
 
 use super::image::{to_uint8, vae_output_to_image};
-use super::ksampler::{CondEntry, KSamplerSettings, ksample};
+use super::ksampler::{
+    CondEntry, Guider, KSamplerSettings, NoiseSource, guide, ksample, ksampler_node_sigmas,
+};
 use super::models::{GraphClip, GraphModel, GraphVae};
 use super::outputs::SavedImage;
 use crate::Error;
 use crate::pipelines::{Flow, SdxlPipeline};
-use crate::sampling::comfy::{DiscreteSigmas, KSamplerName, ModelSampling, SchedulerName};
+use crate::sampling::comfy::{DiscreteSigmas, KSamplerName, ModelSampling, SchedulerName, karras};
 use crate::weights::LoraFile;
 
 /// The node classes this build runs (the others of ComfyUI are refused at validation as
@@ -34,6 +36,16 @@ pub const IMPLEMENTED: &[&str] = &[
     "EmptySD3LatentImage",
     "ModelSamplingFlux",
     "KSampler",
+    "KSamplerAdvanced",
+    "SamplerCustom",
+    "SamplerCustomAdvanced",
+    "KSamplerSelect",
+    "BasicScheduler",
+    "KarrasScheduler",
+    "BasicGuider",
+    "CFGGuider",
+    "RandomNoise",
+    "DisableNoise",
     "VAEDecode",
     "VAEEncode",
     "LoadImage",
@@ -62,6 +74,10 @@ pub enum NodeValue<B: Backend> {
     Image(Tensor<B, 4>),
     /// MASK [B, H, W].
     Mask(Tensor<B, 3>),
+    Noise(NoiseSource),
+    Guider(Arc<Guider<B>>),
+    Sampler(KSamplerName),
+    Sigmas(Arc<Vec<f32>>),
 }
 
 /// What the executor needs from the server around it.
@@ -148,6 +164,18 @@ impl<B: Backend> Inputs<'_, B> {
             .ok_or_else(|| Error::request(format!("input `{name}` is not an integer")))
     }
 
+    /// BOOLEAN inputs: Python's `bool(val)`, as validation coerces them.
+    fn boolean(&self, name: &str) -> Result<bool, Error> {
+        Ok(match self.literal(name)? {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::Number(n) => n.as_f64() != Some(0.0),
+            Value::String(s) => !s.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+        })
+    }
+
     fn float(&self, name: &str) -> Result<f64, Error> {
         let v = self.literal(name)?;
         v.as_f64()
@@ -188,6 +216,44 @@ impl<B: Backend> Inputs<'_, B> {
             NodeValue::Latent(l) => Ok(l.clone()),
             _ => Err(type_error(name, "LATENT")),
         }
+    }
+
+    fn noise(&self, name: &str) -> Result<NoiseSource, Error> {
+        match self.link(name)? {
+            NodeValue::Noise(n) => Ok(*n),
+            _ => Err(type_error(name, "NOISE")),
+        }
+    }
+
+    fn guider(&self, name: &str) -> Result<Arc<Guider<B>>, Error> {
+        match self.link(name)? {
+            NodeValue::Guider(g) => Ok(g.clone()),
+            _ => Err(type_error(name, "GUIDER")),
+        }
+    }
+
+    fn sampler(&self, name: &str) -> Result<KSamplerName, Error> {
+        match self.link(name)? {
+            NodeValue::Sampler(s) => Ok(*s),
+            _ => Err(type_error(name, "SAMPLER")),
+        }
+    }
+
+    fn sigmas(&self, name: &str) -> Result<Arc<Vec<f32>>, Error> {
+        match self.link(name)? {
+            NodeValue::Sigmas(s) => Ok(s.clone()),
+            _ => Err(type_error(name, "SIGMAS")),
+        }
+    }
+
+    fn sampler_name(&self, name: &str) -> Result<KSamplerName, Error> {
+        KSamplerName::parse(&self.string(name)?)
+            .ok_or_else(|| Error::request(format!("unknown sampler in `{name}`")))
+    }
+
+    fn scheduler_name(&self, name: &str) -> Result<SchedulerName, Error> {
+        SchedulerName::parse(&self.string(name)?)
+            .ok_or_else(|| Error::request(format!("unknown scheduler in `{name}`")))
     }
 
     fn image(&self, name: &str) -> Result<Tensor<B, 4>, Error> {
@@ -328,15 +394,12 @@ pub fn run<B: Backend>(
         }
         "KSampler" => {
             let (model, sampling) = inputs.model("model")?;
-            let name = |input: &str| inputs.string(input);
             let settings = KSamplerSettings {
                 seed: inputs.int("seed")?,
                 steps: inputs.int("steps")? as usize,
                 cfg: inputs.float("cfg")?,
-                sampler: KSamplerName::parse(&name("sampler_name")?)
-                    .ok_or_else(|| Error::request("unknown sampler"))?,
-                scheduler: SchedulerName::parse(&name("scheduler")?)
-                    .ok_or_else(|| Error::request("unknown scheduler"))?,
+                sampler: inputs.sampler_name("sampler_name")?,
+                scheduler: inputs.scheduler_name("scheduler")?,
                 denoise: inputs.float("denoise")?,
             };
             let positive = inputs.conditioning("positive")?;
@@ -352,6 +415,156 @@ pub fn run<B: Backend>(
                 &mut |step| host.progress(id, step.index + 1, step.total, step.denoised),
             )?;
             NodeRun::values(vec![NodeValue::Latent(out)])
+        }
+        // `common_ksampler` with start/end steps: the full schedule, cut to
+        // [start_at_step, end_at_step]; the last σ forced to 0 unless the leftover noise is
+        // returned; no noise added when `add_noise` is off.
+        "KSamplerAdvanced" => {
+            let (model, sampling) = inputs.model("model")?;
+            let seed = inputs.int("noise_seed")?;
+            let settings = KSamplerSettings {
+                seed,
+                steps: inputs.int("steps")? as usize,
+                cfg: inputs.float("cfg")?,
+                sampler: inputs.sampler_name("sampler_name")?,
+                scheduler: inputs.scheduler_name("scheduler")?,
+                denoise: 1.0,
+            };
+            let mut sigmas = ksampler_node_sigmas(&sampling, &settings)?;
+            let (start, end) = (
+                inputs.int("start_at_step")? as usize,
+                inputs.int("end_at_step")? as usize,
+            );
+            if end + 1 < sigmas.len() {
+                sigmas.truncate(end + 1);
+                if inputs.string("return_with_leftover_noise")? == "disable" {
+                    *sigmas.last_mut().expect("non-empty") = 0.0;
+                }
+            }
+            let latent = inputs.latent("latent_image")?.to_device(&host.device());
+            if start + 1 >= sigmas.len() {
+                return Ok(NodeRun::values(vec![NodeValue::Latent(latent)]));
+            }
+            let sigmas = sigmas[start..].to_vec();
+            let noise = match inputs.string("add_noise")?.as_str() {
+                "disable" => NoiseSource::Disabled,
+                _ => NoiseSource::Random(seed),
+            };
+            let positive = inputs.conditioning("positive")?;
+            let negative = inputs.conditioning("negative")?;
+            let sampled = guide(
+                &model,
+                &sampling,
+                &positive,
+                Some(&negative),
+                settings.cfg,
+                settings.sampler,
+                &sigmas,
+                noise,
+                seed,
+                latent,
+                &mut |step| host.progress(id, step.index + 1, step.total, step.denoised),
+            )?;
+            NodeRun::values(vec![NodeValue::Latent(sampled.samples)])
+        }
+        "KSamplerSelect" => NodeRun::values(vec![NodeValue::Sampler(
+            inputs.sampler_name("sampler_name")?,
+        )]),
+        // `calculate_sigmas` for int(steps / denoise) steps, the last steps + 1 kept (no σ
+        // dropped for dpm_2 / uni_pc, unlike KSampler).
+        "BasicScheduler" => {
+            let (_, sampling) = inputs.model("model")?;
+            let scheduler = inputs.scheduler_name("scheduler")?;
+            let steps = inputs.int("steps")? as usize;
+            let denoise = inputs.float("denoise")?;
+            let sigmas = if denoise >= 1.0 {
+                scheduler.sigmas(&sampling, steps)
+            } else if denoise <= 0.0 {
+                vec![]
+            } else {
+                let all = scheduler.sigmas(&sampling, (steps as f64 / denoise) as usize);
+                all[all.len().saturating_sub(steps + 1)..].to_vec()
+            };
+            NodeRun::values(vec![NodeValue::Sigmas(Arc::new(sigmas))])
+        }
+        "KarrasScheduler" => {
+            let sigmas = karras(
+                inputs.int("steps")? as usize,
+                inputs.float("sigma_min")?,
+                inputs.float("sigma_max")?,
+                inputs.float("rho")?,
+            );
+            NodeRun::values(vec![NodeValue::Sigmas(Arc::new(sigmas))])
+        }
+        "RandomNoise" => NodeRun::values(vec![NodeValue::Noise(NoiseSource::Random(
+            inputs.int("noise_seed")?,
+        ))]),
+        "DisableNoise" => NodeRun::values(vec![NodeValue::Noise(NoiseSource::Disabled)]),
+        "BasicGuider" | "CFGGuider" => {
+            let (model, sampling) = inputs.model("model")?;
+            let guider = if class == "BasicGuider" {
+                Guider {
+                    model,
+                    sampling,
+                    positive: inputs.conditioning("conditioning")?,
+                    negative: None,
+                    cfg: 1.0,
+                }
+            } else {
+                Guider {
+                    model,
+                    sampling,
+                    positive: inputs.conditioning("positive")?,
+                    negative: Some(inputs.conditioning("negative")?),
+                    cfg: inputs.float("cfg")?,
+                }
+            };
+            NodeRun::values(vec![NodeValue::Guider(Arc::new(guider))])
+        }
+        "SamplerCustom" | "SamplerCustomAdvanced" => {
+            let (guider, noise, seed) = if class == "SamplerCustomAdvanced" {
+                let noise = inputs.noise("noise")?;
+                let seed = match noise {
+                    NoiseSource::Random(seed) => seed,
+                    NoiseSource::Disabled => 0,
+                };
+                (inputs.guider("guider")?, noise, seed)
+            } else {
+                let (model, sampling) = inputs.model("model")?;
+                let seed = inputs.int("noise_seed")?;
+                let add_noise = inputs.boolean("add_noise")?;
+                let guider = Guider {
+                    model,
+                    sampling,
+                    positive: inputs.conditioning("positive")?,
+                    negative: Some(inputs.conditioning("negative")?),
+                    cfg: inputs.float("cfg")?,
+                };
+                let noise = if add_noise {
+                    NoiseSource::Random(seed)
+                } else {
+                    NoiseSource::Disabled
+                };
+                (Arc::new(guider), noise, seed)
+            };
+            let latent = inputs.latent("latent_image")?.to_device(&host.device());
+            let sampled = guide(
+                &guider.model,
+                &guider.sampling,
+                &guider.positive,
+                guider.negative.as_deref().map(|n| &n[..]),
+                guider.cfg,
+                inputs.sampler("sampler")?,
+                &inputs.sigmas("sigmas")?,
+                noise,
+                seed,
+                latent,
+                &mut |step| host.progress(id, step.index + 1, step.total, step.denoised),
+            )?;
+            NodeRun::values(vec![
+                NodeValue::Latent(sampled.samples),
+                NodeValue::Latent(sampled.denoised),
+            ])
         }
         "VAEDecode" => {
             let vae = inputs.vae("vae")?;

@@ -14,7 +14,7 @@ mod uni_pc;
 
 pub use brownian::{BrownianNoise, seed_sequence_state};
 pub use samplers::{Denoiser, KSamplerName, SamplerStep, sample};
-pub use schedulers::{SchedulerName, ksampler_sigmas};
+pub use schedulers::{SchedulerName, karras, ksampler_sigmas};
 
 /// `torch.linspace(start, end, steps)` as ATen's CPU kernel computes it: the first half from
 /// `start`, the second half back from `end`, in the output's precision.

@@ -57,7 +57,7 @@ impl SchedulerName {
             SchedulerName::Simple => simple(ms, steps),
             SchedulerName::SgmUniform => normal(ms, steps, true),
             SchedulerName::Normal => normal(ms, steps, false),
-            SchedulerName::Karras => karras(steps, sigma_min, sigma_max),
+            SchedulerName::Karras => karras(steps, sigma_min, sigma_max, 7.0),
             SchedulerName::Exponential => exponential(steps, sigma_min, sigma_max),
             SchedulerName::DdimUniform => ddim_uniform(ms, steps),
             SchedulerName::Beta => beta(ms, steps, 0.6, 0.6),
@@ -134,9 +134,9 @@ fn normal(ms: &ModelSampling, steps: usize, sgm: bool) -> Vec<f32> {
     sigmas
 }
 
-/// k-diffusion `get_sigmas_karras` (ρ = 7): the ramp in float32, its ends from Python floats.
-fn karras(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f32> {
-    let rho = 7.0f64;
+/// k-diffusion `get_sigmas_karras` (the karras scheduler uses ρ = 7): the ramp in float32,
+/// its ends from Python floats.
+pub fn karras(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f32> {
     let min_inv_rho = sigma_min.powf(1.0 / rho);
     let max_inv_rho = sigma_max.powf(1.0 / rho);
     let span = (min_inv_rho - max_inv_rho) as f32;
