@@ -433,3 +433,49 @@ fn custom_sampling_graphs_give_the_recorded_ksampler_images() {
         "Flux SamplerCustomAdvanced"
     );
 }
+
+/// LoraLoaderModelOnly is LoraLoader with the text encoders left alone, and
+/// ModelSamplingAuraFlow(shift 1) is schnell's own model sampling.
+#[test]
+fn model_only_lora_and_auraflow_shift_agree_with_their_equivalents() {
+    let folders = folders("graph-model-patches");
+    let mut executor = Executor::<B>::default();
+    let mut p = case_json("lora_euler_normal_64x64_s0.8")["workflow_api"]
+        .as_object()
+        .unwrap()
+        .clone();
+    p["10"]["inputs"]["strength_clip"] = json!(0.0);
+    let both = run_images(&mut executor, &folders, &p);
+    p.insert(
+        "11".into(),
+        json!({"class_type": "LoraLoaderModelOnly", "inputs": {
+            "model": ["4", 0], "lora_name": p["10"]["inputs"]["lora_name"],
+            "strength_model": p["10"]["inputs"]["strength_model"]}}),
+    );
+    p["3"]["inputs"]["model"] = json!(["11", 0]);
+    for node in ["6", "7"] {
+        p[node]["inputs"]["clip"] = json!(["4", 1]);
+    }
+    let model_only = run_images(&mut executor, &folders, &p);
+    assert_eq!(common::max_pixel_diff(&both[0], &model_only[0]), 0);
+    // The LoRA does change the image.
+    assert!(common::max_pixel_diff(&both[0], &comfyui_image("euler_normal_64x64")) > 2);
+
+    let mut p = case_json("flux-schnell_euler_simple_64x64")["workflow_api"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let model = p["3"]["inputs"]["model"].clone();
+    p.insert(
+        "40".into(),
+        json!({"class_type": "ModelSamplingAuraFlow", "inputs": {"model": model, "shift": 1.0}}),
+    );
+    p["3"]["inputs"]["model"] = json!(["40", 0]);
+    let ours = run_images(&mut executor, &folders, &p);
+    let theirs = comfyui_image("flux-schnell_euler_simple_64x64");
+    assert!(common::max_pixel_diff(&ours[0], &theirs) <= 2);
+    // A larger shift moves the schedule, and the image with it.
+    p["40"]["inputs"]["shift"] = json!(3.0);
+    let shifted = run_images(&mut executor, &folders, &p);
+    assert!(common::max_pixel_diff(&shifted[0], &theirs) > 2);
+}

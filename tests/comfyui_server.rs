@@ -518,3 +518,150 @@ fn websocket_images_and_latent_previews_come_as_binary_frames() {
     let history = get(port, &format!("/history/{prompt_id}")).json();
     assert_eq!(history[&prompt_id]["outputs"], json!({}));
 }
+
+/// A slow ComfyUI prompt: the demo model at 512×512 for 60 steps.
+fn slow_prompt() -> Value {
+    let mut prompt = case_json("euler_normal_64x64")["workflow_api"].clone();
+    prompt["5"]["inputs"] = json!({"width": 512, "height": 512, "batch_size": 1});
+    prompt["3"]["inputs"]["steps"] = json!(60);
+    prompt
+}
+
+fn wait_history(port: u16, prompt_id: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let history = get(port, &format!("/history/{prompt_id}")).json();
+        if let Some(item) = history.get(prompt_id) {
+            return item.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{prompt_id} did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// One queue and one store: a prompt accepted before a crash runs after the restart, and a
+/// running prompt stops when either API cancels it.
+#[test]
+fn prompts_survive_a_crash_and_either_api_cancels_them() {
+    let dir = common::temp_dir("comfyui-restart");
+    let server = Server::start(&dir, &[]);
+    let port = server.comfyui_port;
+    // Keep the runner busy, then queue a prompt behind it.
+    let mut busy_prompt = slow_prompt();
+    busy_prompt["5"]["inputs"] = json!({"width": 256, "height": 256, "batch_size": 1});
+    let busy = queue_prompt(port, &json!({"prompt": busy_prompt, "prompt_id": "busy"}));
+    assert_eq!(busy.status, 200, "{}", busy.text());
+    let case = case_json("euler_normal_64x64");
+    let queued = queue_prompt(
+        port,
+        &json!({"prompt": case["workflow_api"], "prompt_id": "after-crash", "client_id": "c1"}),
+    );
+    assert_eq!(queued.status, 200);
+    let queue = get(port, "/queue").json();
+    let pending: Vec<&Value> = queue["queue_pending"].as_array().unwrap().iter().collect();
+    assert!(
+        pending.iter().any(|item| item[1] == "after-crash"),
+        "{queue}"
+    );
+    server.kill();
+
+    let server = Server::start(&dir, &[]);
+    let (port, native) = (server.comfyui_port, server.port);
+    let item = wait_history(port, "after-crash");
+    assert_eq!(item["status"]["status_str"], "success", "{item}");
+    let image = &item["outputs"]["9"]["images"][0];
+    let view = get(
+        port,
+        &format!(
+            "/view?filename={}&type=output",
+            image["filename"].as_str().unwrap()
+        ),
+    );
+    let ours = image::load_from_memory(&view.body).unwrap().to_rgb8();
+    let theirs = image::open(fixtures().join("comfyui/euler_normal_64x64/image.png"))
+        .unwrap()
+        .to_rgb8();
+    assert!(common::max_pixel_diff(&ours, &theirs) <= 2);
+
+    // Cancelled from the native API while it runs.
+    let mut ws = connect(port, "canceller");
+    let answer = queue_prompt(
+        port,
+        &json!({"prompt": slow_prompt(), "prompt_id": "slow-1", "client_id": "canceller"}),
+    );
+    assert_eq!(answer.status, 200);
+    loop {
+        let Message::Text(text) = ws.read().unwrap() else {
+            continue;
+        };
+        let message: Value = serde_json::from_str(text.as_str()).unwrap();
+        if message["type"] == "progress" && message["data"]["prompt_id"] == "slow-1" {
+            break;
+        }
+    }
+    assert_eq!(
+        request(native, "DELETE", "/api/jobs/slow-1", None, &[]).status,
+        200
+    );
+    let messages = until_done(&mut ws, "slow-1");
+    let interrupted = messages
+        .iter()
+        .find(|m| m["type"] == "execution_interrupted")
+        .expect("execution_interrupted");
+    assert_eq!(interrupted["data"]["node_id"], "3");
+    let item = wait_history(port, "slow-1");
+    assert_eq!(item["status"]["status_str"], "error");
+    assert_eq!(
+        get(native, "/api/jobs/slow-1").json()["status"],
+        "cancelled"
+    );
+
+    // Interrupted through ComfyUI's /interrupt, naming the prompt.
+    let answer = queue_prompt(
+        port,
+        &json!({"prompt": slow_prompt(), "prompt_id": "slow-2", "client_id": "canceller"}),
+    );
+    assert_eq!(answer.status, 200);
+    loop {
+        let Message::Text(text) = ws.read().unwrap() else {
+            continue;
+        };
+        let message: Value = serde_json::from_str(text.as_str()).unwrap();
+        if message["type"] == "progress" && message["data"]["prompt_id"] == "slow-2" {
+            break;
+        }
+    }
+    let other = request(
+        port,
+        "POST",
+        "/interrupt",
+        Some(br#"{"prompt_id": "not-running"}"#),
+        &[],
+    );
+    assert_eq!(other.status, 200);
+    assert_eq!(
+        get(native, "/api/jobs/slow-2").json()["status"],
+        "processing"
+    );
+    assert_eq!(
+        request(
+            port,
+            "POST",
+            "/interrupt",
+            Some(br#"{"prompt_id": "slow-2"}"#),
+            &[]
+        )
+        .status,
+        200
+    );
+    let messages = until_done(&mut ws, "slow-2");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["type"] == "execution_interrupted")
+    );
+    assert_eq!(wait_history(port, "slow-2")["status"]["completed"], false);
+}

@@ -28,6 +28,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "DualCLIPLoader",
     "VAELoader",
     "LoraLoader",
+    "LoraLoaderModelOnly",
     "CLIPTextEncode",
     "FluxGuidance",
     "ConditioningZeroOut",
@@ -35,6 +36,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "EmptyLatentImage",
     "EmptySD3LatentImage",
     "ModelSamplingFlux",
+    "ModelSamplingAuraFlow",
     "KSampler",
     "KSamplerAdvanced",
     "SamplerCustom",
@@ -327,6 +329,21 @@ pub fn run<B: Backend>(
                 NodeValue::Clip(Arc::new(GraphClip::Sdxl(Arc::new(clip)))),
             ])
         }
+        "LoraLoaderModelOnly" => {
+            let (model, sampling) = inputs.model("model")?;
+            let GraphModel::Sdxl(model) = &*model else {
+                return Err(Error::request(
+                    "LoraLoaderModelOnly applies LoRAs to SDXL models only in this build",
+                ));
+            };
+            let file = host.lora(&inputs.string("lora_name")?)?;
+            let strength = inputs.float("strength_model")? as f32;
+            let model = model.with_loras(&[(&file, strength)], &[])?;
+            NodeRun::values(vec![NodeValue::Model(
+                Arc::new(GraphModel::Sdxl(Arc::new(model))),
+                sampling,
+            )])
+        }
         "CLIPTextEncode" => {
             let clip = inputs.clip("clip")?;
             let entry = clip.encode(&inputs.string("text")?)?;
@@ -391,6 +408,15 @@ pub fn run<B: Backend>(
                 [batch, channels, h / 8, w / 8],
                 &device,
             ))])
+        }
+        // `ModelSamplingSD3.patch(shift, multiplier=1.0)`: a discrete flow table.
+        "ModelSamplingAuraFlow" => {
+            let (model, _) = inputs.model("model")?;
+            let shift = inputs.float("shift")?;
+            NodeRun::values(vec![NodeValue::Model(
+                model,
+                Arc::new(ModelSampling::discrete_flow(shift, 1.0)),
+            )])
         }
         "KSampler" => {
             let (model, sampling) = inputs.model("model")?;
