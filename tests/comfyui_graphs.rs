@@ -35,8 +35,12 @@ const CASES: [&str; 16] = [
 
 fn folders(name: &str) -> ComfyFolders {
     let root = temp_dir(name);
-    let registry =
-        Registry::scan(&[repo().join("model_manifests"), fixtures().join("flux")]).unwrap();
+    let registry = Registry::scan(&[
+        repo().join("model_manifests"),
+        fixtures().join("flux"),
+        fixtures().join("zimage"),
+    ])
+    .unwrap();
     let loras = LoraLibrary::scan(&[fixtures().join("sdxl/lora")]);
     ComfyFolders::new(&root, &registry, &loras).unwrap()
 }
@@ -478,4 +482,57 @@ fn model_only_lora_and_auraflow_shift_agree_with_their_equivalents() {
     p["40"]["inputs"]["shift"] = json!(3.0);
     let shifted = run_images(&mut executor, &folders, &p);
     assert!(common::max_pixel_diff(&shifted[0], &theirs) > 2);
+}
+
+/// Z-Image Turbo graphs as ComfyUI's template builds them (UNETLoader, CLIPLoader lumina2,
+/// ModelSamplingAuraFlow shift 3, ConditioningZeroOut, EmptySD3LatentImage, KSampler at cfg
+/// 1). ComfyUI records no Z-Image run (its reference commit predates Z-Image), so: with
+/// euler / simple the graph computes what diffusers' ZImagePipeline computes (the same shifted
+/// σ, noise, chat-template Qwen3 states and model time 1 − σ; ComfyUI truncates to 8 bits
+/// where diffusers rounds), which its recorded image checks; and ComfyUI's other samplers
+/// (res_multistep, the template's) run over the same networks to an image.
+#[test]
+fn z_image_graphs_run_comfyuis_samplers() {
+    let folders = folders("graph-zimage");
+    let mut executor = Executor::<B>::default();
+    let graph = |sampler: &str| {
+        json!({
+            "1": {"class_type": "UNETLoader", "inputs": {
+                "unet_name": "z_image_turbo-tiny.safetensors", "weight_dtype": "default"}},
+            "2": {"class_type": "CLIPLoader", "inputs": {
+                "clip_name": "qwen3-tiny.safetensors", "type": "lumina2", "device": "default"}},
+            "3": {"class_type": "VAELoader", "inputs": {"vae_name": "ae.safetensors"}},
+            "4": {"class_type": "ModelSamplingAuraFlow", "inputs": {"model": ["1", 0], "shift": 3.0}},
+            "5": {"class_type": "CLIPTextEncode", "inputs": {
+                "text": "a photo of a cat sitting on a red sofa", "clip": ["2", 0]}},
+            "6": {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": ["5", 0]}},
+            "7": {"class_type": "EmptySD3LatentImage", "inputs": {
+                "width": 64, "height": 64, "batch_size": 1}},
+            "10": {"class_type": "KSampler", "inputs": {
+                "seed": 0, "steps": 4, "cfg": 1.0, "sampler_name": sampler, "scheduler": "simple",
+                "denoise": 1.0, "model": ["4", 0], "positive": ["5", 0], "negative": ["6", 0],
+                "latent_image": ["7", 0]}},
+            "8": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["3", 0]}},
+            "9": {"class_type": "SaveImage", "inputs": {
+                "filename_prefix": "zimage", "images": ["8", 0]}}
+        })
+        .as_object()
+        .unwrap()
+        .clone()
+    };
+    let euler = run_images(&mut executor, &folders, &graph("euler"));
+    let diffusers = image::open(fixtures().join("zimage/cases/z-image-turbo_64x64/image.png"))
+        .unwrap()
+        .to_rgb8();
+    let worst = common::max_pixel_diff(&euler[0], &diffusers);
+    assert!(
+        worst <= 2,
+        "euler differs from diffusers' image by {worst}/255"
+    );
+    for sampler in ["res_multistep", "dpmpp_2m", "uni_pc"] {
+        let image = &run_images(&mut executor, &folders, &graph(sampler))[0];
+        assert_eq!(image.dimensions(), (64, 64), "{sampler}");
+        // A different solver over the same 4 steps lands elsewhere.
+        assert!(common::max_pixel_diff(image, &euler[0]) > 0, "{sampler}");
+    }
 }

@@ -12,8 +12,8 @@ use super::models::{GraphClip, GraphModel, GraphVae, T5Layout};
 use super::nodes::Host;
 use super::outputs::{SavedImage, save_images};
 use crate::Error;
-use crate::pipelines::flux;
 use crate::pipelines::{Flow, SdxlPipeline};
+use crate::pipelines::{flux, zimage};
 use crate::registry::{Family, LoraLibrary, Manifest, Registry};
 use crate::sampling::comfy::ModelSampling;
 use crate::weights::LoraFile;
@@ -37,6 +37,7 @@ pub struct ComfyFolders {
 enum TextEncoderRole {
     ClipL,
     T5,
+    Qwen3,
 }
 
 /// A file's name as a loader lists it; the first manifest naming a file wins.
@@ -78,7 +79,15 @@ impl ComfyFolders {
                         (TextEncoderRole::T5, m.clone()),
                     );
                 }
-                Family::ZImageTurbo => {}
+                Family::ZImageTurbo => {
+                    add_file(&mut diffusion_models, files.transformer.as_ref(), m.clone());
+                    add_file(&mut vaes, files.vae.as_ref(), m.clone());
+                    add_file(
+                        &mut encoders,
+                        files.qwen3.as_ref(),
+                        (TextEncoderRole::Qwen3, m.clone()),
+                    );
+                }
             }
         }
         let text_encoders = encoders
@@ -207,6 +216,14 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
 
     fn diffusion_model(&mut self, name: &str) -> Result<(GraphModel<B>, ModelSampling), Error> {
         let manifest = find(&self.folders.diffusion_models, name, "diffusion model")?;
+        if manifest.family == Family::ZImageTurbo {
+            // supported_models.ZImage: ModelSamplingDiscreteFlow with shift 3.
+            let transformer = zimage::load_transformer(manifest, &self.device)?;
+            return Ok((
+                GraphModel::ZImage(Arc::new(transformer)),
+                ModelSampling::discrete_flow(3.0, 1.0),
+            ));
+        }
         let (denoiser, rope_axes) = flux::load_denoiser(manifest, &self.device)?;
         // supported_models: Flux and Chroma shift by a fixed 1.15, schnell samples unshifted.
         let sampling = match manifest.family {
@@ -235,12 +252,23 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
             })
             .collect::<Result<_, _>>()?;
         let of = |role: TextEncoderRole| files.iter().find(|(r, _)| *r == role).map(|(_, m)| *m);
+        if kind == "lumina2" {
+            let manifest = of(TextEncoderRole::Qwen3)
+                .ok_or_else(|| Error::request("type lumina2 needs a Qwen3 file"))?;
+            let (tokenizer, encoder) = zimage::load_text_encoder(manifest, &self.device)?;
+            return Ok(GraphClip::Qwen3 {
+                tokenizer,
+                encoder,
+                device: self.device.clone(),
+            });
+        }
         let (layout, wants_clip) = match kind {
             "flux" => (T5Layout::Flux, true),
             "chroma" => (T5Layout::Chroma, false),
             other => {
                 return Err(Error::request(format!(
-                    "text encoder type {other} is not supported in this build (flux, chroma)"
+                    "text encoder type {other} is not supported in this build (flux, chroma, \
+                     lumina2)"
                 )));
             }
         };
@@ -267,7 +295,10 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
 
     fn vae(&mut self, name: &str) -> Result<GraphVae<B>, Error> {
         let manifest = find(&self.folders.vaes, name, "VAE")?;
-        let (decoder, encoder) = flux::load_vae(manifest, &self.device)?;
+        let (decoder, encoder) = match manifest.family {
+            Family::ZImageTurbo => zimage::load_vae(manifest, &self.device)?,
+            _ => flux::load_vae(manifest, &self.device)?,
+        };
         Ok(GraphVae::Flux {
             decoder,
             encoder,

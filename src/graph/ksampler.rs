@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::models::GraphModel;
 use crate::Error;
 use crate::models::flux::{AttentionMask, ROPE_THETA, Rope, position_ids};
+use crate::models::zimage::ZImageTransformer;
 use crate::pipelines::flux::{pack, unpack};
 use crate::pipelines::{Flow, SdxlPipeline};
 use crate::sampling::TorchGenerator;
@@ -147,7 +148,7 @@ pub fn guide<B: Backend>(
     }
     if ms.is_flow() && !flow_ready(sampler) {
         return Err(Error::request(format!(
-            "sampler {} is not available for flow models (Flux, Chroma) in this build",
+            "sampler {} is not available for flow models (Flux, Chroma, Z-Image) in this build",
             sampler.name()
         )));
     }
@@ -206,6 +207,15 @@ pub fn guide<B: Backend>(
                     rope_axes,
                     ms,
                 },
+            };
+            sample(sampler, &mut denoiser, x, sigmas, seed, &mut on_step)?
+        }
+        GraphModel::ZImage(transformer) => {
+            let mut denoiser = Cfg {
+                positive,
+                negative,
+                cfg,
+                predict: ZImageVelocity { transformer, ms },
             };
             sample(sampler, &mut denoiser, x, sigmas, seed, &mut on_step)?
         }
@@ -384,6 +394,40 @@ impl<B: Backend> PredictX0<B> for FluxVelocity<'_, B> {
                     &AttentionMask::None,
                 )?;
                 Ok(x.clone() - unpack(velocity, h, w) * sigma)
+            })
+            .collect()
+    }
+}
+
+/// Z-Image (CONST): ComfyUI's NextDiT runs at time 1 − t and negates its output, so
+/// x₀ = x − σ·(−out) (`comfy/ldm/lumina/model.py`), one image and entry at a time.
+struct ZImageVelocity<'a, B: Backend> {
+    transformer: &'a ZImageTransformer<B>,
+    ms: &'a ModelSampling,
+}
+
+impl<B: Backend> PredictX0<B> for ZImageVelocity<'_, B> {
+    fn predict(
+        &self,
+        x: &Tensor<B, 4>,
+        sigma: f32,
+        entries: &[&CondEntry<B>],
+    ) -> Result<Vec<Tensor<B, 4>>, Error> {
+        let [batch, c, h, w] = x.dims();
+        let t = 1.0 - self.ms.timestep(sigma);
+        entries
+            .iter()
+            .map(|entry| {
+                let [_, len, d] = entry.context.dims();
+                let caption = entry.context.clone().reshape([len, d]);
+                let rows: Vec<Tensor<B, 4>> = (0..batch)
+                    .map(|b| {
+                        let row = x.clone().narrow(0, b, 1).reshape([c, h, w]);
+                        let out = self.transformer.forward(row, t, caption.clone());
+                        out.reshape([1, c, h, w])
+                    })
+                    .collect();
+                Ok(x.clone() + Tensor::cat(rows, 0) * sigma)
             })
             .collect()
     }

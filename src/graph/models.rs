@@ -9,11 +9,14 @@ use burn::tensor::TensorData;
 use super::ksampler::CondEntry;
 use crate::Error;
 use crate::models::clip::ClipTextModel;
+use crate::models::qwen3::Qwen3Encoder;
 use crate::models::t5::T5Encoder;
 use crate::models::vae::{Decoder, Encoder};
+use crate::models::zimage::ZImageTransformer;
 use crate::pipelines::SdxlPipeline;
 use crate::pipelines::flux::Denoiser as FluxDenoiser;
-use crate::text::{ClipTokenizer, T5Tokenizer, comfy_token_weights};
+use crate::pipelines::zimage::encode_caption;
+use crate::text::{ClipTokenizer, Qwen3Tokenizer, T5Tokenizer, comfy_token_weights};
 
 /// ComfyUI's `latent_format`: channels, and `process_in(z) = (z − shift)·scale`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -43,13 +46,14 @@ pub enum GraphModel<B: Backend> {
         denoiser: Arc<FluxDenoiser<B>>,
         rope_axes: Vec<usize>,
     },
+    ZImage(Arc<ZImageTransformer<B>>),
 }
 
 impl<B: Backend> GraphModel<B> {
     pub fn latent_format(&self) -> LatentFormat {
         match self {
             GraphModel::Sdxl(_) => SDXL_LATENT,
-            GraphModel::Flux { .. } => FLUX_LATENT,
+            GraphModel::Flux { .. } | GraphModel::ZImage(_) => FLUX_LATENT,
         }
     }
 }
@@ -74,6 +78,12 @@ pub enum GraphClip<B: Backend> {
         tokenizer: T5Tokenizer,
         t5: T5Encoder<B>,
         layout: T5Layout,
+        device: B::Device,
+    },
+    /// Z-Image's Qwen3 (CLIPLoader type lumina2).
+    Qwen3 {
+        tokenizer: Qwen3Tokenizer,
+        encoder: Qwen3Encoder<B>,
         device: B::Device,
     },
 }
@@ -120,6 +130,17 @@ impl<B: Backend> GraphClip<B> {
                     guidance: None,
                 })
             }
+            // `z_image.py`: the chat template, weights disabled, no truncation.
+            GraphClip::Qwen3 {
+                tokenizer,
+                encoder,
+                device,
+            } => Ok(CondEntry {
+                context: encode_caption(tokenizer, encoder, text, usize::MAX, device)?
+                    .unsqueeze::<3>(),
+                pooled: None,
+                guidance: None,
+            }),
         }
     }
 }

@@ -135,15 +135,19 @@ pub fn load_vae<B: Backend>(
     device: &B::Device,
 ) -> Result<(Decoder<B>, Encoder<B>), Error> {
     let parts = FluxParts::from_manifest(manifest)?;
-    let cfg = VaeConfig::detect(
-        &parts.vae,
-        &parts.vae_config,
-        FLUX_VAE_SCALING,
-        FLUX_VAE_SHIFT,
-    )?;
+    flux_vae(&parts.vae, &parts.vae_config, device)
+}
+
+/// The 16-channel VAE (Flux, Chroma, Z-Image) from its tensors: (decoder, encoder).
+pub(super) fn flux_vae<B: Backend>(
+    store: &TensorStore,
+    config: &serde_json::Value,
+    device: &B::Device,
+) -> Result<(Decoder<B>, Encoder<B>), Error> {
+    let cfg = VaeConfig::detect(store, config, FLUX_VAE_SCALING, FLUX_VAE_SHIFT)?;
     Ok((
-        Decoder::load(&parts.vae, &cfg, device)?,
-        Encoder::load(&parts.vae, &cfg, device)?,
+        Decoder::load(store, &cfg, device)?,
+        Encoder::load(store, &cfg, device)?,
     ))
 }
 

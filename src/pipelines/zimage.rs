@@ -20,7 +20,7 @@ use super::text_encoder::OnDemand;
 use super::{Flow, GenerationParams, StepProgress, check_size, initial_noise, report_step};
 use crate::Error;
 use crate::models::qwen3::{Qwen3Config, Qwen3Encoder};
-use crate::models::vae::{Decoder, VaeConfig};
+use crate::models::vae::{Decoder, Encoder, VaeConfig};
 use crate::models::weight_bytes;
 use crate::models::zimage::{ZImageConfig, ZImageTransformer};
 use crate::registry::Manifest;
@@ -147,6 +147,69 @@ fn default_scheduler() -> FlowMatchConfig {
     }
 }
 
+/// The Z-Image transformer alone (a graph's UNETLoader).
+pub fn load_transformer<B: Backend>(
+    manifest: &Manifest,
+    device: &B::Device,
+) -> Result<ZImageTransformer<B>, Error> {
+    let parts = ZImageParts::from_manifest(manifest)?;
+    let cfg = ZImageConfig::detect(&parts.transformer, &parts.transformer_config)?;
+    ZImageTransformer::load(&parts.transformer, &cfg, device)
+}
+
+/// The Qwen3 text encoder and its tokenizer (a graph's CLIPLoader, type lumina2).
+pub fn load_text_encoder<B: Backend>(
+    manifest: &Manifest,
+    device: &B::Device,
+) -> Result<(Qwen3Tokenizer, Qwen3Encoder<B>), Error> {
+    let parts = ZImageParts::from_manifest(manifest)?;
+    let cfg = Qwen3Config::detect(&parts.text_encoder, &parts.text_encoder_config)?;
+    Ok((
+        tokenizer(&parts, manifest)?,
+        Qwen3Encoder::load(&parts.text_encoder, &cfg, device)?,
+    ))
+}
+
+/// The Flux VAE of a Z-Image manifest: (decoder, encoder).
+pub fn load_vae<B: Backend>(
+    manifest: &Manifest,
+    device: &B::Device,
+) -> Result<(Decoder<B>, Encoder<B>), Error> {
+    let parts = ZImageParts::from_manifest(manifest)?;
+    super::flux::flux_vae(&parts.vae, &parts.vae_config, device)
+}
+
+fn tokenizer(parts: &ZImageParts, manifest: &Manifest) -> Result<Qwen3Tokenizer, Error> {
+    match &parts.tokenizer {
+        Some(p) => Qwen3Tokenizer::from_file(p),
+        None => Err(Error::config(format!(
+            "model `{}`: no Qwen3 tokenizer; name its tokenizer.json as \
+             `tokenizer_qwen3` in [files] (diffusers folders have one in tokenizer/)",
+            manifest.id
+        ))),
+    }
+}
+
+/// The Qwen3 states of a prompt's chat-template tokens [L, D] (the stage the pipeline and
+/// graphs share): causal attention makes the right padding the reference adds irrelevant to
+/// the real tokens, so none is added.
+pub fn encode_caption<B: Backend>(
+    tokenizer: &Qwen3Tokenizer,
+    encoder: &Qwen3Encoder<B>,
+    prompt: &str,
+    max_len: usize,
+    device: &B::Device,
+) -> Result<Tensor<B, 2>, Error> {
+    let ids = tokenizer.encode_chat(prompt, max_len)?;
+    let len = ids.len();
+    let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), device);
+    let mask = Tensor::<B, 2>::ones([1, len], device);
+    let states = encoder.forward(ids, mask);
+    let d = states.dims()[2];
+    Ok(states.reshape([len, d]))
+}
+
 impl<B: Backend> ZImagePipeline<B> {
     pub fn load(manifest: &Manifest, device: &B::Device) -> Result<Self, Error> {
         let parts = ZImageParts::from_manifest(manifest)?;
@@ -158,16 +221,7 @@ impl<B: Backend> ZImagePipeline<B> {
                 transformer_cfg.cap_feat_dim, text_cfg.hidden_size
             )));
         }
-        let tokenizer = match &parts.tokenizer {
-            Some(p) => Qwen3Tokenizer::from_file(p)?,
-            None => {
-                return Err(Error::config(format!(
-                    "model `{}`: no Qwen3 tokenizer; name its tokenizer.json as \
-                     `tokenizer_qwen3` in [files] (diffusers folders have one in tokenizer/)",
-                    manifest.id
-                )));
-            }
-        };
+        let tokenizer = tokenizer(&parts, manifest)?;
         let vae_cfg = VaeConfig::detect(
             &parts.vae,
             &parts.vae_config,
@@ -194,19 +248,12 @@ impl<B: Backend> ZImagePipeline<B> {
         })
     }
 
-    /// The Qwen3 states of the prompt's real tokens [L, D]: causal attention makes the right
-    /// padding the reference adds irrelevant to them, so none is added.
+    /// The Qwen3 states of the prompt's real tokens [L, D] ([`encode_caption`]), kept per
+    /// prompt.
     pub fn encode_prompt(&mut self, prompt: &str) -> Result<Tensor<B, 2>, Error> {
-        let ids = self.tokenizer.encode_chat(prompt, MAX_SEQUENCE_LENGTH)?;
-        let device = &self.device;
+        let (tokenizer, device) = (&self.tokenizer, &self.device);
         self.text_encoder.encode(prompt, |encoder| {
-            let len = ids.len();
-            let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
-            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), device);
-            let mask = Tensor::<B, 2>::ones([1, len], device);
-            let states = encoder.forward(ids, mask);
-            let d = states.dims()[2];
-            Ok(states.reshape([len, d]))
+            encode_caption(tokenizer, encoder, prompt, MAX_SEQUENCE_LENGTH, device)
         })
     }
 
