@@ -338,7 +338,8 @@ fn run_workflow<B: Backend>(
         serde_json::json!({"prompt_id": prompt_id, "timestamp": now_ms()}),
         false,
     );
-    let folders = shared.comfy_folders.read().expect("folders lock");
+    // A copy, so that a LoRA rescan does not wait for the prompt.
+    let folders = shared.comfy_folders.read().expect("folders lock").clone();
     let mut previews = Previews::new(config.preview_interval);
     let mut last_step = Instant::now();
     let result = {

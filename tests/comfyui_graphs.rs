@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::comfyui::{CASES, case_json, comfyui_image, recorded_images};
 use common::{B, fixtures, repo, temp_dir};
 use hanga::graph::definitions::node_defs;
 use hanga::graph::execute::Executor;
@@ -13,25 +14,6 @@ use hanga::graph::validate::validate;
 use hanga::pipelines::Flow;
 use hanga::registry::{LoraLibrary, Registry};
 use serde_json::{Map, Value, json};
-
-const CASES: [&str; 16] = [
-    "euler_normal_64x64",
-    "euler_ancestral_karras_64x64_batch2",
-    "dpmpp_2m_karras_96x64",
-    "heun_normal_64x64_long-weighted",
-    "ddim_ddim-uniform_64x64_cfg1",
-    "img2img_dpmpp_2m_sgm-uniform_64x64_d0.6",
-    "lora_euler_normal_64x64_s0.8",
-    "uni_pc_simple_80x64",
-    "dpmpp_2m_sde_karras_64x64_neg-empty",
-    "dpmpp_sde_exponential_64x64",
-    "flux-dev_euler_simple_64x64",
-    "flux-dev_euler_simple_96x64_msflux",
-    "flux-schnell_euler_simple_64x64",
-    "flux-schnell_euler_simple_96x64_guidance-ignored",
-    "chroma_euler_simple_64x64_cfg4",
-    "chroma_euler_simple_96x64_neg-empty",
-];
 
 fn folders(name: &str) -> ComfyFolders {
     let root = temp_dir(name);
@@ -43,26 +25,6 @@ fn folders(name: &str) -> ComfyFolders {
     .unwrap();
     let loras = LoraLibrary::scan(&[fixtures().join("sdxl/lora")]);
     ComfyFolders::new(&root, &registry, &loras).unwrap()
-}
-
-/// The PNGs ComfyUI's SaveImage wrote for a case (the Flux cases record one `file`).
-fn recorded_images(case: &Value) -> Vec<String> {
-    match case["saveimage"]["files"].as_array() {
-        Some(files) => files
-            .iter()
-            .map(|f| f["fixture_file"].as_str().unwrap().to_owned())
-            .collect(),
-        None => vec!["image.png".to_owned()],
-    }
-}
-
-fn case_json(id: &str) -> Value {
-    let path = fixtures().join("comfyui").join(id).join("case.json");
-    // Python's json writes NaN for the Flux cases' unused `multiplier`.
-    let text = std::fs::read_to_string(path)
-        .unwrap()
-        .replace(": NaN", ": null");
-    serde_json::from_str(&text).unwrap()
 }
 
 fn png_text(bytes: &[u8], key: &str) -> Option<String> {
@@ -84,7 +46,7 @@ fn recorded_workflows_give_comfyuis_images_and_cache_between_prompts() {
     std::fs::copy(&input, folders.dir("input").unwrap().join("input.png")).unwrap();
     let defs = node_defs(IMPLEMENTED, &folders.combo_lists());
     let mut executor = Executor::<B>::default();
-    for id in CASES {
+    for id in CASES.iter().copied() {
         let case = case_json(id);
         let prompt = case["workflow_api"].as_object().unwrap().clone();
         let accepted = validate(&prompt, &defs, None).unwrap();
@@ -119,9 +81,7 @@ fn recorded_workflows_give_comfyuis_images_and_cache_between_prompts() {
                 .join(saved["filename"].as_str().unwrap());
             let bytes = std::fs::read(&path).unwrap();
             let ours = image::load_from_memory(&bytes).unwrap().to_rgb8();
-            let theirs = image::open(fixtures().join("comfyui").join(id).join(recorded))
-                .unwrap()
-                .to_rgb8();
+            let theirs = comfyui_image(id, &recorded);
             let worst = common::max_pixel_diff(&ours, &theirs);
             assert!(
                 worst <= 2,
@@ -297,10 +257,43 @@ fn run_images(
         .collect()
 }
 
-fn comfyui_image(id: &str) -> image::RgbImage {
-    image::open(fixtures().join("comfyui").join(id).join("image.png"))
-        .unwrap()
-        .to_rgb8()
+/// A recorded graph with its KSampler ("3") replaced by SamplerCustomAdvanced ("24"): the
+/// same seed, euler, the KSampler's steps on `scheduler`, and the guider `guider` builds from
+/// the KSampler's inputs. Returns the graph and those inputs.
+fn with_custom_sampler(
+    case: &str,
+    scheduler: &str,
+    guider: impl Fn(&Value) -> Value,
+) -> (Map<String, Value>, Value) {
+    let mut p = case_json(case)["workflow_api"].as_object().unwrap().clone();
+    let k = p.remove("3").unwrap()["inputs"].clone();
+    let nodes = [
+        (
+            "20",
+            json!({"class_type": "RandomNoise", "inputs": {"noise_seed": k["seed"]}}),
+        ),
+        ("21", guider(&k)),
+        (
+            "22",
+            json!({"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}),
+        ),
+        (
+            "23",
+            json!({"class_type": "BasicScheduler", "inputs": {
+            "model": k["model"], "scheduler": scheduler, "steps": k["steps"], "denoise": 1.0}}),
+        ),
+        (
+            "24",
+            json!({"class_type": "SamplerCustomAdvanced", "inputs": {
+            "noise": ["20", 0], "guider": ["21", 0], "sampler": ["22", 0],
+            "sigmas": ["23", 0], "latent_image": k["latent_image"]}}),
+        ),
+    ];
+    for (id, node) in nodes {
+        p.insert(id.into(), node);
+    }
+    p["8"]["inputs"]["samples"] = json!(["24", 0]);
+    (p, k)
 }
 
 /// The custom-sampling nodes and KSamplerAdvanced against ComfyUI's KSampler images: by
@@ -315,38 +308,12 @@ fn custom_sampling_graphs_give_the_recorded_ksampler_images() {
     let mut executor = Executor::<B>::default();
 
     // SDXL euler / normal through SamplerCustomAdvanced.
-    let mut p = case_json("euler_normal_64x64")["workflow_api"]
-        .as_object()
-        .unwrap()
-        .clone();
-    let k = p["3"]["inputs"].clone();
-    p.remove("3");
-    p.insert(
-        "20".into(),
-        json!({"class_type": "RandomNoise", "inputs": {"noise_seed": k["seed"]}}),
-    );
-    p.insert(
-        "21".into(),
+    let (mut p, k) = with_custom_sampler("euler_normal_64x64", "normal", |k| {
         json!({"class_type": "CFGGuider", "inputs": {
-        "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0], "cfg": k["cfg"]}}),
-    );
-    p.insert(
-        "22".into(),
-        json!({"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}),
-    );
-    p.insert(
-        "23".into(),
-        json!({"class_type": "BasicScheduler", "inputs": {
-        "model": ["4", 0], "scheduler": "normal", "steps": k["steps"], "denoise": 1.0}}),
-    );
-    p.insert(
-        "24".into(),
-        json!({"class_type": "SamplerCustomAdvanced", "inputs": {
-        "noise": ["20", 0], "guider": ["21", 0], "sampler": ["22", 0], "sigmas": ["23", 0],
-        "latent_image": ["5", 0]}}),
-    );
-    p["8"]["inputs"]["samples"] = json!(["24", 0]);
-    let theirs = comfyui_image("euler_normal_64x64");
+            "model": k["model"], "positive": k["positive"], "negative": k["negative"],
+            "cfg": k["cfg"]}})
+    });
+    let theirs = comfyui_image("euler_normal_64x64", "image.png");
     let ours = run_images(&mut executor, &folders, &p);
     assert!(
         common::max_pixel_diff(&ours[0], &theirs) <= 2,
@@ -399,39 +366,12 @@ fn custom_sampling_graphs_give_the_recorded_ksampler_images() {
     );
 
     // FLUX.1 dev through BasicGuider (the recorded graph's negative is never evaluated).
-    let mut p = case_json("flux-dev_euler_simple_64x64")["workflow_api"]
-        .as_object()
-        .unwrap()
-        .clone();
-    let k = p["3"]["inputs"].clone();
-    p.remove("3");
-    p.insert(
-        "20".into(),
-        json!({"class_type": "RandomNoise", "inputs": {"noise_seed": k["seed"]}}),
-    );
-    p.insert(
-        "21".into(),
+    let (p, _) = with_custom_sampler("flux-dev_euler_simple_64x64", "simple", |k| {
         json!({"class_type": "BasicGuider", "inputs": {
-        "model": k["model"], "conditioning": k["positive"]}}),
-    );
-    p.insert(
-        "22".into(),
-        json!({"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}}),
-    );
-    p.insert(
-        "23".into(),
-        json!({"class_type": "BasicScheduler", "inputs": {
-        "model": k["model"], "scheduler": "simple", "steps": k["steps"], "denoise": 1.0}}),
-    );
-    p.insert(
-        "24".into(),
-        json!({"class_type": "SamplerCustomAdvanced", "inputs": {
-        "noise": ["20", 0], "guider": ["21", 0], "sampler": ["22", 0], "sigmas": ["23", 0],
-        "latent_image": k["latent_image"]}}),
-    );
-    p["8"]["inputs"]["samples"] = json!(["24", 0]);
+            "model": k["model"], "conditioning": k["positive"]}})
+    });
     let ours = run_images(&mut executor, &folders, &p);
-    let theirs = comfyui_image("flux-dev_euler_simple_64x64");
+    let theirs = comfyui_image("flux-dev_euler_simple_64x64", "image.png");
     assert!(
         common::max_pixel_diff(&ours[0], &theirs) <= 2,
         "Flux SamplerCustomAdvanced"
@@ -463,7 +403,9 @@ fn model_only_lora_and_auraflow_shift_agree_with_their_equivalents() {
     let model_only = run_images(&mut executor, &folders, &p);
     assert_eq!(common::max_pixel_diff(&both[0], &model_only[0]), 0);
     // The LoRA does change the image.
-    assert!(common::max_pixel_diff(&both[0], &comfyui_image("euler_normal_64x64")) > 2);
+    assert!(
+        common::max_pixel_diff(&both[0], &comfyui_image("euler_normal_64x64", "image.png")) > 2
+    );
 
     let mut p = case_json("flux-schnell_euler_simple_64x64")["workflow_api"]
         .as_object()
@@ -476,7 +418,7 @@ fn model_only_lora_and_auraflow_shift_agree_with_their_equivalents() {
     );
     p["3"]["inputs"]["model"] = json!(["40", 0]);
     let ours = run_images(&mut executor, &folders, &p);
-    let theirs = comfyui_image("flux-schnell_euler_simple_64x64");
+    let theirs = comfyui_image("flux-schnell_euler_simple_64x64", "image.png");
     assert!(common::max_pixel_diff(&ours[0], &theirs) <= 2);
     // A larger shift moves the schedule, and the image with it.
     p["40"]["inputs"]["shift"] = json!(3.0);

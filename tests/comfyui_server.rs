@@ -10,30 +10,12 @@ mod common;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use common::comfyui::{CASES, case_json, comfyui_image, recorded_images};
 use common::fixtures;
 use common::http::{Response, Server, get, request};
 use serde_json::{Value, json};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
-
-const CASES: [&str; 16] = [
-    "euler_normal_64x64",
-    "euler_ancestral_karras_64x64_batch2",
-    "dpmpp_2m_karras_96x64",
-    "heun_normal_64x64_long-weighted",
-    "ddim_ddim-uniform_64x64_cfg1",
-    "img2img_dpmpp_2m_sgm-uniform_64x64_d0.6",
-    "lora_euler_normal_64x64_s0.8",
-    "uni_pc_simple_80x64",
-    "dpmpp_2m_sde_karras_64x64_neg-empty",
-    "dpmpp_sde_exponential_64x64",
-    "flux-dev_euler_simple_64x64",
-    "flux-dev_euler_simple_96x64_msflux",
-    "flux-schnell_euler_simple_64x64",
-    "flux-schnell_euler_simple_96x64_guidance-ignored",
-    "chroma_euler_simple_64x64_cfg4",
-    "chroma_euler_simple_96x64_neg-empty",
-];
 
 fn start(name: &str) -> Server {
     let dir = common::temp_dir(name);
@@ -54,26 +36,6 @@ fn start(name: &str) -> Server {
             flux.to_str().unwrap(),
         ],
     )
-}
-
-/// The PNGs ComfyUI's SaveImage wrote for a case (the Flux cases record one `file`).
-fn recorded_images(case: &Value) -> Vec<String> {
-    match case["saveimage"]["files"].as_array() {
-        Some(files) => files
-            .iter()
-            .map(|f| f["fixture_file"].as_str().unwrap().to_owned())
-            .collect(),
-        None => vec!["image.png".to_owned()],
-    }
-}
-
-fn case_json(id: &str) -> Value {
-    let path = fixtures().join("comfyui").join(id).join("case.json");
-    // Python's json writes NaN for the Flux cases' unused `multiplier`.
-    let text = std::fs::read_to_string(path)
-        .unwrap()
-        .replace(": NaN", ": null");
-    serde_json::from_str(&text).unwrap()
 }
 
 type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
@@ -175,7 +137,7 @@ fn comfyuis_websocket_example_gets_comfyuis_images() {
         "input (1).png"
     );
 
-    for (n, id) in CASES.iter().enumerate() {
+    for (n, &id) in CASES.iter().enumerate() {
         let case = case_json(id);
         let prompt_id = format!("00000000-0000-4000-8000-{n:012}");
         let answer = queue_prompt(
@@ -232,9 +194,7 @@ fn comfyuis_websocket_example_gets_comfyuis_images() {
             assert_eq!(view.status, 200, "{query}");
             assert_eq!(view.header("content-type"), Some("image/png"));
             let ours = image::load_from_memory(&view.body).unwrap().to_rgb8();
-            let theirs = image::open(fixtures().join("comfyui").join(id).join(file))
-                .unwrap()
-                .to_rgb8();
+            let theirs = comfyui_image(id, &file);
             let worst = common::max_pixel_diff(&ours, &theirs);
             assert!(worst <= 2, "{id}: {query} differs by {worst}/255");
         }
@@ -510,9 +470,7 @@ fn websocket_images_and_latent_previews_come_as_binary_frames() {
     assert_eq!(previews, 4, "one preview per step");
     assert_eq!(images.len(), 1);
     let ours = image::load_from_memory(&images[0]).unwrap().to_rgb8();
-    let theirs = image::open(fixtures().join("comfyui/euler_normal_64x64/image.png"))
-        .unwrap()
-        .to_rgb8();
+    let theirs = comfyui_image("euler_normal_64x64", "image.png");
     assert!(common::max_pixel_diff(&ours, &theirs) <= 2);
     // Nothing was written: the node streams only.
     let history = get(port, &format!("/history/{prompt_id}")).json();
@@ -525,6 +483,24 @@ fn slow_prompt() -> Value {
     prompt["5"]["inputs"] = json!({"width": 512, "height": 512, "batch_size": 1});
     prompt["3"]["inputs"]["steps"] = json!(60);
     prompt
+}
+
+/// Queues a slow prompt for the socket's client and waits until it is sampling.
+fn start_slow_prompt(port: u16, ws: &mut Socket, prompt_id: &str) {
+    let answer = queue_prompt(
+        port,
+        &json!({"prompt": slow_prompt(), "prompt_id": prompt_id, "client_id": "canceller"}),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    loop {
+        let Message::Text(text) = ws.read().unwrap() else {
+            continue;
+        };
+        let message: Value = serde_json::from_str(text.as_str()).unwrap();
+        if message["type"] == "progress" && message["data"]["prompt_id"] == prompt_id {
+            return;
+        }
+    }
 }
 
 fn wait_history(port: u16, prompt_id: &str) -> Value {
@@ -581,27 +557,12 @@ fn prompts_survive_a_crash_and_either_api_cancels_them() {
         ),
     );
     let ours = image::load_from_memory(&view.body).unwrap().to_rgb8();
-    let theirs = image::open(fixtures().join("comfyui/euler_normal_64x64/image.png"))
-        .unwrap()
-        .to_rgb8();
+    let theirs = comfyui_image("euler_normal_64x64", "image.png");
     assert!(common::max_pixel_diff(&ours, &theirs) <= 2);
 
     // Cancelled from the native API while it runs.
     let mut ws = connect(port, "canceller");
-    let answer = queue_prompt(
-        port,
-        &json!({"prompt": slow_prompt(), "prompt_id": "slow-1", "client_id": "canceller"}),
-    );
-    assert_eq!(answer.status, 200);
-    loop {
-        let Message::Text(text) = ws.read().unwrap() else {
-            continue;
-        };
-        let message: Value = serde_json::from_str(text.as_str()).unwrap();
-        if message["type"] == "progress" && message["data"]["prompt_id"] == "slow-1" {
-            break;
-        }
-    }
+    start_slow_prompt(port, &mut ws, "slow-1");
     assert_eq!(
         request(native, "DELETE", "/api/jobs/slow-1", None, &[]).status,
         200
@@ -620,20 +581,7 @@ fn prompts_survive_a_crash_and_either_api_cancels_them() {
     );
 
     // Interrupted through ComfyUI's /interrupt, naming the prompt.
-    let answer = queue_prompt(
-        port,
-        &json!({"prompt": slow_prompt(), "prompt_id": "slow-2", "client_id": "canceller"}),
-    );
-    assert_eq!(answer.status, 200);
-    loop {
-        let Message::Text(text) = ws.read().unwrap() else {
-            continue;
-        };
-        let message: Value = serde_json::from_str(text.as_str()).unwrap();
-        if message["type"] == "progress" && message["data"]["prompt_id"] == "slow-2" {
-            break;
-        }
-    }
+    start_slow_prompt(port, &mut ws, "slow-2");
     let other = request(
         port,
         "POST",

@@ -8,6 +8,7 @@ mod common;
 use std::collections::HashMap;
 
 use burn::prelude::*;
+use common::comfyui::{case_dir, case_json, flux_cases, sdxl_cases};
 use common::{B, Recorded, assert_close, fixtures, load, repo, values};
 use std::sync::Arc;
 
@@ -25,19 +26,6 @@ use hanga::sampling::comfy::{
 };
 use hanga::text::ClipTokenizer;
 use hanga::weights::LoraFile;
-
-const CASES: [&str; 10] = [
-    "euler_normal_64x64",
-    "euler_ancestral_karras_64x64_batch2",
-    "dpmpp_2m_karras_96x64",
-    "heun_normal_64x64_long-weighted",
-    "ddim_ddim-uniform_64x64_cfg1",
-    "img2img_dpmpp_2m_sgm-uniform_64x64_d0.6",
-    "lora_euler_normal_64x64_s0.8",
-    "uni_pc_simple_80x64",
-    "dpmpp_2m_sde_karras_64x64_neg-empty",
-    "dpmpp_sde_exponential_64x64",
-];
 
 fn pipeline() -> SdxlPipeline<B> {
     let manifest =
@@ -92,16 +80,71 @@ struct Case {
 
 impl Case {
     fn load(id: &'static str) -> Self {
-        let dir = fixtures().join("comfyui").join(id);
-        // Python's json writes NaN for the Flux cases' unused `multiplier`.
-        let text = std::fs::read_to_string(dir.join("case.json"))
-            .unwrap()
-            .replace(": NaN", ": null");
-        let json = serde_json::from_str(&text).unwrap();
         Self {
-            json,
-            t: load(&dir.join("case.safetensors")),
+            json: case_json(id),
+            t: load(&case_dir(id).join("case.safetensors")),
         }
+    }
+
+    /// `prepare_noise` for the case's seed and latent against the record.
+    fn check_noise(&self, id: &str, latent: &Tensor<B, 4>) {
+        let noise = prepare_noise(self.ksampler().seed, latent);
+        assert_close(
+            &format!("{id} noise"),
+            &values(noise),
+            &self.t["noise"].f32(),
+            1e-6,
+        );
+    }
+
+    /// Each step's x and x₀ as the sampler reported them (k-diffusion: x entering step i;
+    /// UniPC: its VP x after step i), then the result, against the record; returns the
+    /// result's error.
+    fn check_steps(
+        &self,
+        id: &str,
+        seen: &[(Vec<f32>, Vec<f32>)],
+        out: Tensor<B, 4>,
+        tol: f32,
+    ) -> f32 {
+        let t = &self.t;
+        assert_eq!(seen.len(), self.ksampler().steps, "{id}: callbacks");
+        for (i, (x, denoised)) in seen.iter().enumerate() {
+            let entering = if t.contains_key("callback.0.x") {
+                format!("callback.{i}.x")
+            } else if i == 0 {
+                "x.init".to_string()
+            } else {
+                format!("steps.{}", i - 1)
+            };
+            assert_close(&format!("{id} {entering}"), x, &t[&entering].f32(), tol);
+            let key = format!("steps.{i}.denoised");
+            assert_close(&format!("{id} {key}"), denoised, &t[&key].f32(), tol);
+        }
+        assert_close(
+            &format!("{id} latent.final"),
+            &values(out),
+            &t["latent.final"].f32(),
+            tol,
+        )
+    }
+
+    /// SaveImage's pixels of the VAE's output against ComfyUI's, within 2/255.
+    fn check_image(&self, id: &str, decoded: Tensor<B, 4>, latent_error: f32) {
+        let pixels = saved_pixels(decoded);
+        let expected: Vec<u8> = self.t["image.uint8"]
+            .values
+            .iter()
+            .map(|&v| v as u8)
+            .collect();
+        let worst = pixels
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(worst <= 2, "{id}: image differs by {worst}/255");
+        eprintln!("{id}: latent.final max error {latent_error:e}, image within {worst}/255");
     }
 
     fn setting(&self, name: &str) -> &serde_json::Value {
@@ -160,7 +203,7 @@ fn comfyui_tokenization_of_every_prompt() {
     let tokenizer =
         ClipTokenizer::from_file(&repo().join("assets/demo/tokenizer/tokenizer.json"), None)
             .unwrap();
-    for id in CASES {
+    for &id in sdxl_cases() {
         let case = Case::load(id);
         for (side, text) in [("positive", "prompt"), ("negative", "negative")] {
             let text = case.setting(text).as_str().unwrap();
@@ -185,7 +228,7 @@ fn comfyui_tokenization_of_every_prompt() {
 fn sdxl_ksampler_cases_match_comfyui_step_by_step() {
     let base = pipeline();
     let ms = ModelSampling::DiscreteEps(DiscreteSigmas::sdxl());
-    for id in CASES {
+    for &id in sdxl_cases() {
         let case = Case::load(id);
         let t = &case.t;
         let settings = case.ksampler();
@@ -247,13 +290,7 @@ fn sdxl_ksampler_cases_match_comfyui_step_by_step() {
                 encoded
             }
         };
-        let noise = prepare_noise(settings.seed, &latent);
-        assert_close(
-            &format!("{id} noise"),
-            &values(noise),
-            &t["noise"].f32(),
-            1e-6,
-        );
+        case.check_noise(id, &latent);
 
         let mut seen = Vec::new();
         let model = GraphModel::Sdxl(Arc::new(pipeline.clone()));
@@ -270,48 +307,10 @@ fn sdxl_ksampler_cases_match_comfyui_step_by_step() {
             },
         )
         .unwrap();
-        assert_eq!(seen.len(), settings.steps, "{id}: callbacks");
-        for (i, (x, denoised)) in seen.iter().enumerate() {
-            // k-diffusion reports x entering step i; UniPC its VP x after step i.
-            let entering = if t.contains_key("callback.0.x") {
-                format!("callback.{i}.x")
-            } else if i == 0 {
-                "x.init".to_string()
-            } else {
-                format!("steps.{}", i - 1)
-            };
-            assert_close(&format!("{id} {entering}"), x, &t[&entering].f32(), 1e-4);
-            let key = format!("steps.{i}.denoised");
-            assert_close(&format!("{id} {key}"), denoised, &t[&key].f32(), 1e-4);
-        }
-        let err = assert_close(
-            &format!("{id} latent.final"),
-            &values(out.clone()),
-            &t["latent.final"].f32(),
-            1e-4,
-        );
-
-        let pixels = saved_pixels(pipeline.decode_raw(out));
-        let expected: Vec<u8> = t["image.uint8"].values.iter().map(|&v| v as u8).collect();
-        let worst = pixels
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
-        assert!(worst <= 2, "{id}: image differs by {worst}/255");
-        eprintln!("{id}: latent.final max error {err:e}, image within {worst}/255");
+        let err = case.check_steps(id, &seen, out.clone(), 1e-4);
+        case.check_image(id, pipeline.decode_raw(out), err);
     }
 }
-
-const FLUX_CASES: [&str; 6] = [
-    "flux-dev_euler_simple_64x64",
-    "flux-dev_euler_simple_96x64_msflux",
-    "flux-schnell_euler_simple_64x64",
-    "flux-schnell_euler_simple_96x64_guidance-ignored",
-    "chroma_euler_simple_64x64_cfg4",
-    "chroma_euler_simple_96x64_neg-empty",
-];
 
 /// ComfyUI's UNETLoader / DualCLIPLoader / CLIPLoader / VAELoader graphs on the tiny Flux,
 /// schnell and Chroma files (README "Flux-family determinism and tolerances"): cond and
@@ -332,7 +331,7 @@ fn flux_family_cases_match_comfyui_step_by_step() {
         device: Default::default(),
         on_event: &mut ignore,
     };
-    for id in FLUX_CASES {
+    for &id in flux_cases() {
         let case = Case::load(id);
         let t = &case.t;
         let graph = &case.json["workflow_api"];
@@ -389,13 +388,7 @@ fn flux_family_cases_match_comfyui_step_by_step() {
         let sigmas = ksampler_node_sigmas(&sampling, &settings).unwrap();
         assert_close(&format!("{id} sigmas"), &sigmas, &t["sigmas"].f32(), 1e-6);
         let latent: Tensor<B, 4> = t["latent_image"].tensor();
-        let noise = prepare_noise(settings.seed, &latent);
-        assert_close(
-            &format!("{id} noise"),
-            &values(noise),
-            &t["noise"].f32(),
-            1e-6,
-        );
+        case.check_noise(id, &latent);
 
         let mut seen = Vec::new();
         let out = ksample(
@@ -411,34 +404,10 @@ fn flux_family_cases_match_comfyui_step_by_step() {
             },
         )
         .unwrap();
-        assert_eq!(seen.len(), settings.steps, "{id}: callbacks");
-        for (i, (x, denoised)) in seen.iter().enumerate() {
-            let entering = match i {
-                0 => "x.init".to_string(),
-                i => format!("steps.{}", i - 1),
-            };
-            assert_close(&format!("{id} {entering}"), x, &t[&entering].f32(), 1e-5);
-            let key = format!("steps.{i}.denoised");
-            assert_close(&format!("{id} {key}"), denoised, &t[&key].f32(), 1e-5);
-        }
-        let err = assert_close(
-            &format!("{id} latent.final"),
-            &values(out.clone()),
-            &t["latent.final"].f32(),
-            1e-5,
-        );
+        let err = case.check_steps(id, &seen, out.clone(), 1e-5);
         let vae = host
             .vae(graph["10"]["inputs"]["vae_name"].as_str().unwrap())
             .unwrap();
-        let pixels = saved_pixels(vae.decode_raw(out));
-        let expected: Vec<u8> = t["image.uint8"].values.iter().map(|&v| v as u8).collect();
-        let worst = pixels
-            .iter()
-            .zip(&expected)
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
-        assert!(worst <= 2, "{id}: image differs by {worst}/255");
-        eprintln!("{id}: latent.final max error {err:e}, image within {worst}/255");
+        case.check_image(id, vae.decode_raw(out), err);
     }
 }

@@ -19,6 +19,7 @@ use crate::sampling::comfy::ModelSampling;
 use crate::weights::LoraFile;
 use std::sync::Arc;
 
+#[derive(Clone)]
 pub struct ComfyFolders {
     root: PathBuf,
     /// (ComfyUI name, the manifest whose checkpoint it is)

@@ -168,14 +168,7 @@ impl<B: Backend> Inputs<'_, B> {
 
     /// BOOLEAN inputs: Python's `bool(val)`, as validation coerces them.
     fn boolean(&self, name: &str) -> Result<bool, Error> {
-        Ok(match self.literal(name)? {
-            Value::Null => false,
-            Value::Bool(b) => *b,
-            Value::Number(n) => n.as_f64() != Some(0.0),
-            Value::String(s) => !s.is_empty(),
-            Value::Array(a) => !a.is_empty(),
-            Value::Object(o) => !o.is_empty(),
-        })
+        Ok(super::validate::python_truthy(self.literal(name)?))
     }
 
     fn float(&self, name: &str) -> Result<f64, Error> {

@@ -423,6 +423,18 @@ fn coerce_float(v: &Value) -> Result<f64, String> {
     }
 }
 
+/// Python's `bool(v)` of a JSON value (BOOLEAN inputs, and flags of ComfyUI's bodies).
+pub fn python_truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
 fn python_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "NoneType",

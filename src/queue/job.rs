@@ -113,6 +113,31 @@ pub struct Workflow {
     pub messages: Vec<serde_json::Value>,
 }
 
+impl Job {
+    /// A job about to be submitted, with nothing run yet; callers set what it makes.
+    pub fn new(job_id: String, model: String, priority: i32) -> Self {
+        Self {
+            job_id,
+            status: JobStatus::Queued,
+            priority,
+            seq: 0,
+            model,
+            params: None,
+            workflow: None,
+            num_images: 1,
+            loras: Vec::new(),
+            step: 0,
+            total_steps: 0,
+            images: Vec::new(),
+            error: None,
+            created_at: now_ms(),
+            started_at: None,
+            finished_at: None,
+            timings: JobTimings::default(),
+        }
+    }
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -56,11 +56,11 @@ impl SchedulerConfig {
     fn training_sigmas(&self) -> Result<Vec<f32>, Error> {
         let n = self.num_train_timesteps;
         let betas: Vec<f32> = match self.beta_schedule.as_str() {
-            "scaled_linear" => linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
+            "scaled_linear" => torch_linspace(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
                 .into_iter()
                 .map(|b| b * b)
                 .collect(),
-            "linear" => linspace_f32(self.beta_start, self.beta_end, n),
+            "linear" => torch_linspace(self.beta_start, self.beta_end, n),
             other => {
                 return Err(Error::config(format!(
                     "beta_schedule `{other}` is not supported"
@@ -176,20 +176,43 @@ impl SchedulerConfig {
     }
 }
 
-/// `torch.linspace(start, end, n, dtype=float32)`: the first half counts up from `start`, the
-/// second half down from `end`.
-fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
+/// The float types `torch.linspace` is run in here.
+pub(crate) trait LinspaceFloat:
+    Copy
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+{
+    fn from_count(n: usize) -> Self;
+}
+
+impl LinspaceFloat for f32 {
+    fn from_count(n: usize) -> Self {
+        n as f32
+    }
+}
+
+impl LinspaceFloat for f64 {
+    fn from_count(n: usize) -> Self {
+        n as f64
+    }
+}
+
+/// `torch.linspace(start, end, n)` as ATen's CPU kernel computes it, in the output's
+/// precision: the first half counts up from `start`, the second half down from `end`.
+pub(crate) fn torch_linspace<T: LinspaceFloat>(start: T, end: T, n: usize) -> Vec<T> {
     if n == 1 {
         return vec![start];
     }
-    let step = (end - start) / (n - 1) as f32;
+    let step = (end - start) / T::from_count(n - 1);
     let half = n / 2;
     (0..n)
         .map(|i| {
             if i < half {
-                start + step * i as f32
+                start + step * T::from_count(i)
             } else {
-                end - step * (n - 1 - i) as f32
+                end - step * T::from_count(n - 1 - i)
             }
         })
         .collect()

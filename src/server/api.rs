@@ -19,7 +19,7 @@ use super::openapi::GENERATE_BODY;
 use super::schemas::*;
 use super::sse;
 use super::validation::{ValidationErrors, parameter_schema, validate};
-use crate::queue::{Job, JobStatus, QueueError, new_job_id, now_ms};
+use crate::queue::{Job, JobStatus, QueueError, new_job_id};
 use crate::registry::LoraLibrary;
 
 pub struct Api(pub Arc<AppState>);
@@ -375,23 +375,11 @@ impl Api {
             Err(errors) => return GenerateResponse::Invalid(Json(errors)),
         };
         let job = Job {
-            job_id: new_job_id(),
-            status: JobStatus::Queued,
-            priority: validated.priority,
-            seq: 0,
-            model: validated.model,
             total_steps: validated.params.steps as u32 * validated.num_images,
             params: Some(validated.params),
-            workflow: None,
             num_images: validated.num_images,
             loras: validated.loras,
-            step: 0,
-            images: Vec::new(),
-            error: None,
-            created_at: now_ms(),
-            started_at: None,
-            finished_at: None,
-            timings: Default::default(),
+            ..Job::new(new_job_id(), validated.model, validated.priority)
         };
         match state.shared.queue.submit(job) {
             Ok((job, position)) => {

@@ -1,6 +1,7 @@
 //! Reading the reference fixtures (tensors recorded from diffusers / transformers runs).
 #![allow(dead_code)]
 
+pub mod comfyui;
 pub mod http;
 
 use std::collections::HashMap;

@@ -12,42 +12,11 @@ mod samplers;
 mod schedulers;
 mod uni_pc;
 
+use super::schedule::torch_linspace;
+
 pub use brownian::{BrownianNoise, seed_sequence_state};
 pub use samplers::{Denoiser, KSamplerName, SamplerStep, sample};
 pub use schedulers::{SchedulerName, karras, ksampler_sigmas};
-
-/// `torch.linspace(start, end, steps)` as ATen's CPU kernel computes it: the first half from
-/// `start`, the second half back from `end`, in the output's precision.
-pub(crate) fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
-    if steps == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (steps - 1) as f32;
-    let halfway = steps / 2;
-    (0..steps)
-        .map(|i| {
-            if i < halfway {
-                start + step * i as f32
-            } else {
-                end - step * (steps - i - 1) as f32
-            }
-        })
-        .collect()
-}
-
-fn torch_linspace_f64(start: f64, end: f64, steps: usize) -> Vec<f64> {
-    let step = (end - start) / (steps - 1) as f64;
-    let halfway = steps / 2;
-    (0..steps)
-        .map(|i| {
-            if i < halfway {
-                start + step * i as f64
-            } else {
-                end - step * (steps - i - 1) as f64
-            }
-        })
-        .collect()
-}
 
 /// How a model maps σ to its input and its output to x₀ (ComfyUI `model_sampling`).
 #[derive(Clone, Debug)]
@@ -128,7 +97,7 @@ pub struct DiscreteSigmas {
 
 impl DiscreteSigmas {
     pub fn sdxl() -> Self {
-        let betas: Vec<f64> = torch_linspace_f64(0.00085f64.sqrt(), 0.012f64.sqrt(), 1000)
+        let betas: Vec<f64> = torch_linspace(0.00085f64.sqrt(), 0.012f64.sqrt(), 1000)
             .into_iter()
             .map(|b| b * b)
             .collect();

@@ -1,8 +1,9 @@
 //! ComfyUI's schedulers: which σ a run of N steps visits (`comfy/samplers.py`
 //! `SCHEDULER_HANDLERS`, `KSampler.calculate_sigmas` / `set_steps`).
 
-use super::{ModelSampling, torch_linspace_f32};
+use super::ModelSampling;
 use crate::Error;
+use crate::sampling::schedule::torch_linspace;
 
 /// `SCHEDULER_NAMES`, in ComfyUI's order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,7 +117,7 @@ fn normal(ms: &ModelSampling, steps: usize, sgm: bool) -> Vec<f32> {
     let end = ms.timestep(ms.sigma_min());
     let mut append_zero = true;
     let timesteps = if sgm {
-        let mut t = torch_linspace_f32(start, end, steps + 1);
+        let mut t = torch_linspace(start, end, steps + 1);
         t.pop();
         t
     } else {
@@ -125,7 +126,7 @@ fn normal(ms: &ModelSampling, steps: usize, sgm: bool) -> Vec<f32> {
             steps += 1;
             append_zero = false;
         }
-        torch_linspace_f32(start, end, steps)
+        torch_linspace(start, end, steps)
     };
     let mut sigmas: Vec<f32> = timesteps.into_iter().map(|t| ms.sigma(t)).collect();
     if append_zero {
@@ -140,7 +141,7 @@ pub fn karras(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f32> {
     let min_inv_rho = sigma_min.powf(1.0 / rho);
     let max_inv_rho = sigma_max.powf(1.0 / rho);
     let span = (min_inv_rho - max_inv_rho) as f32;
-    let mut sigmas: Vec<f32> = torch_linspace_f32(0.0, 1.0, n)
+    let mut sigmas: Vec<f32> = torch_linspace(0.0, 1.0, n)
         .into_iter()
         .map(|r| (max_inv_rho as f32 + r * span).powf(rho as f32))
         .collect();
@@ -150,7 +151,7 @@ pub fn karras(n: usize, sigma_min: f64, sigma_max: f64, rho: f64) -> Vec<f32> {
 
 /// k-diffusion `get_sigmas_exponential`: evenly spaced in ln σ.
 fn exponential(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f32> {
-    let mut sigmas: Vec<f32> = torch_linspace_f32(sigma_max.ln() as f32, sigma_min.ln() as f32, n)
+    let mut sigmas: Vec<f32> = torch_linspace(sigma_max.ln() as f32, sigma_min.ln() as f32, n)
         .into_iter()
         .map(f32::exp)
         .collect();

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{ComfyState, bare, json_response, prompt_error};
-use crate::graph::validate::validate;
-use crate::queue::{Job, JobStatus, QueueError, Workflow, now_ms, status_data};
+use crate::graph::validate::{python_truthy as truthy, validate};
+use crate::queue::{Job, JobStatus, QueueError, Workflow, status_data};
 
 /// Keys of `extra_data` that never reach history (`SENSITIVE_EXTRA_DATA_KEYS`).
 const SENSITIVE_EXTRA_DATA_KEYS: [&str; 2] = ["auth_token_comfy_org", "api_key_comfy_org"];
@@ -108,13 +108,6 @@ pub async fn post_prompt(state: Data<&Arc<ComfyState>>, body: Body) -> Response 
         extra_data.remove(key);
     }
     let job = Job {
-        job_id: prompt_id.clone(),
-        status: JobStatus::Queued,
-        // `front` jumps ahead of prompts and of default-priority native jobs.
-        priority: front as i32,
-        seq: 0,
-        model: "comfyui".into(),
-        params: None,
         workflow: Some(Workflow {
             prompt,
             extra_data: Value::Object(extra_data),
@@ -124,16 +117,8 @@ pub async fn post_prompt(state: Data<&Arc<ComfyState>>, body: Body) -> Response 
             ui_outputs: Map::new(),
             messages: Vec::new(),
         }),
-        num_images: 1,
-        loras: Vec::new(),
-        step: 0,
-        total_steps: 0,
-        images: Vec::new(),
-        error: None,
-        created_at: now_ms(),
-        started_at: None,
-        finished_at: None,
-        timings: Default::default(),
+        // `front` jumps ahead of prompts and of default-priority native jobs.
+        ..Job::new(prompt_id.clone(), "comfyui".into(), front as i32)
     };
     match state.shared.queue.submit(job) {
         Ok(_) => {
@@ -157,18 +142,6 @@ pub async fn post_prompt(state: Data<&Arc<ComfyState>>, body: Body) -> Response 
             json!({"error": {"type": "server_error", "message": format!("{e:?}"),
                              "details": "", "extra_info": {}}, "node_errors": {}}),
         ),
-    }
-}
-
-/// Python truthiness of a JSON value.
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64() != Some(0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
     }
 }
 
