@@ -342,6 +342,7 @@ fn run_workflow<B: Backend>(
     let folders = shared.comfy_folders.read().expect("folders lock").clone();
     let mut previews = Previews::new(config.preview_interval);
     let mut last_step = Instant::now();
+    let mut progress = NodeProgress::new(&prompt_id);
     let result = {
         let mut on_event = |event: GraphEvent<B>| {
             match event {
@@ -354,6 +355,14 @@ fn run_workflow<B: Backend>(
                     );
                 }
                 GraphEvent::Executing(node) => {
+                    if let Some(state) = progress.finish_running() {
+                        events.send(client, "progress_state", state);
+                    }
+                    events.send(
+                        client,
+                        "progress_state",
+                        progress.set(node, 0.0, 1.0, "running"),
+                    );
                     events.send(
                         client,
                         "executing",
@@ -398,6 +407,11 @@ fn run_workflow<B: Backend>(
                         serde_json::json!({"value": value, "max": max, "prompt_id": prompt_id,
                                            "node": node}),
                     );
+                    events.send(
+                        client,
+                        "progress_state",
+                        progress.set(node, value as f64, max as f64, "running"),
+                    );
                     if config.comfyui_previews {
                         let image = latent_preview(denoised, &SDXL_LATENT_RGB);
                         events.send_binary(client, preview_frame(JPEG_FRAME, &jpeg(&image, 95)));
@@ -425,6 +439,9 @@ fn run_workflow<B: Backend>(
     };
     let outcome = match result {
         Ok(execution) => {
+            if let Some(state) = progress.finish_running() {
+                events.send(client, "progress_state", state);
+            }
             record(
                 "execution_success",
                 serde_json::json!({"prompt_id": prompt_id, "timestamp": now_ms()}),
@@ -462,6 +479,56 @@ fn run_workflow<B: Backend>(
     job.workflow.as_mut().expect("a graph job").messages = messages;
     job.timings.generate_ms = Some(millis(start.elapsed()));
     outcome
+}
+
+/// ComfyUI's `ProgressRegistry` as `WebUIProgressHandler` reports it: every node that has
+/// started, in order, with its value, max and state (`comfy_execution/progress.py`).
+struct NodeProgress {
+    prompt_id: String,
+    nodes: Vec<(String, f64, f64, &'static str)>,
+}
+
+impl NodeProgress {
+    fn new(prompt_id: &str) -> Self {
+        Self {
+            prompt_id: prompt_id.to_owned(),
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Sets a node's progress and returns the `progress_state` message data.
+    fn set(&mut self, node: &str, value: f64, max: f64, state: &'static str) -> serde_json::Value {
+        match self.nodes.iter_mut().find(|n| n.0 == node) {
+            Some(entry) => *entry = (node.to_owned(), value, max, state),
+            None => self.nodes.push((node.to_owned(), value, max, state)),
+        }
+        self.message()
+    }
+
+    /// `finish_progress` of the running node, if one runs: its value becomes its max.
+    fn finish_running(&mut self) -> Option<serde_json::Value> {
+        let entry = self.nodes.iter_mut().find(|n| n.3 == "running")?;
+        entry.1 = entry.2;
+        entry.3 = "finished";
+        Some(self.message())
+    }
+
+    fn message(&self) -> serde_json::Value {
+        let nodes: serde_json::Map<String, serde_json::Value> = self
+            .nodes
+            .iter()
+            .map(|(id, value, max, state)| {
+                (
+                    id.clone(),
+                    serde_json::json!({"value": value, "max": max, "state": state,
+                                       "node_id": id, "prompt_id": self.prompt_id,
+                                       "display_node_id": id, "parent_node_id": null,
+                                       "real_node_id": id}),
+                )
+            })
+            .collect();
+        serde_json::json!({"prompt_id": self.prompt_id, "nodes": nodes})
+    }
 }
 
 /// The image formats of ComfyUI's PREVIEW_IMAGE frames.

@@ -161,6 +161,7 @@ fn comfyuis_websocket_example_gets_comfyuis_images() {
             "execution_cached",
             "executing",
             "progress",
+            "progress_state",
             "executed",
             "execution_success",
         ] {
@@ -171,6 +172,21 @@ fn comfyuis_websocket_example_gets_comfyuis_images() {
         }
         let steps = case["settings"]["steps"].as_u64().unwrap() as usize;
         assert_eq!(kinds.iter().filter(|k| **k == "progress").count(), steps);
+        // progress_state: the sampler running at its last step, then every node finished.
+        let states: Vec<&Value> = messages
+            .iter()
+            .filter(|m| m["type"] == "progress_state")
+            .map(|m| &m["data"]["nodes"])
+            .collect();
+        let last_step = states
+            .iter()
+            .rev()
+            .find(|n| n["3"]["state"] == "running")
+            .expect("the sampler's progress");
+        assert_eq!(last_step["3"]["value"], json!(steps as f64));
+        let last = states.last().unwrap().as_object().unwrap();
+        assert!(last.values().all(|n| n["state"] == "finished"), "{last:?}");
+        assert_eq!(last["9"]["prompt_id"], prompt_id);
         // The last two: the queue's status, then the end of the prompt.
         assert_eq!(kinds[kinds.len() - 2], "status");
 
