@@ -98,11 +98,15 @@ pub struct NodeDef {
 
 /// Every node class this server runs, resolved against `lists`.
 pub fn node_defs(implemented: &[&str], lists: &ComboLists) -> Vec<NodeDef> {
-    let all: Vec<Value> = serde_json::from_str(include_str!("../../assets/comfyui/nodes.json"))
-        .expect("nodes.json is valid JSON");
-    all.into_iter()
+    // Parsed once; the file lists change, the interface does not.
+    static NODES: std::sync::LazyLock<Vec<Value>> = std::sync::LazyLock::new(|| {
+        serde_json::from_str(include_str!("../../assets/comfyui/nodes.json"))
+            .expect("nodes.json is valid JSON")
+    });
+    NODES
+        .iter()
         .filter(|n| implemented.contains(&n["name"].as_str().unwrap_or_default()))
-        .map(|raw| resolve_node(raw, lists))
+        .map(|raw| resolve_node(raw.clone(), lists))
         .collect()
 }
 

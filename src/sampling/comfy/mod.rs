@@ -68,8 +68,12 @@ impl ModelSampling {
         ModelSampling::DiscreteFlow {
             shift,
             multiplier,
+            // sigma((arange(1, 1001) / 1000) * multiplier), all in float32.
             sigmas: flow_ts(1000)
-                .map(|t| time_snr_shift(shift, (t as f64 * multiplier) as f32 / multiplier as f32))
+                .map(|t| {
+                    let m = multiplier as f32;
+                    time_snr_shift(shift, t * m / m)
+                })
                 .collect(),
         }
     }

@@ -79,24 +79,14 @@ pub async fn embeddings() -> Json<Value> {
 
 #[handler]
 pub async fn model_folders(state: Data<&Arc<ComfyState>>) -> Json<Value> {
-    let lists = state
-        .shared
-        .comfy_folders
-        .read()
-        .expect("folders lock")
-        .combo_lists();
+    let lists = state.lists();
     let names: Vec<&String> = lists.folders.iter().map(|(n, _)| n).collect();
     Json(json!(names))
 }
 
 #[handler]
 pub async fn model_folder(state: Data<&Arc<ComfyState>>, Path(folder): Path<String>) -> Response {
-    let lists = state
-        .shared
-        .comfy_folders
-        .read()
-        .expect("folders lock")
-        .combo_lists();
+    let lists = state.lists();
     match lists.folders.iter().find(|(n, _)| *n == folder) {
         Some((_, files)) => Json(json!(files)).into_response(),
         None => bare(StatusCode::NOT_FOUND),

@@ -15,7 +15,7 @@ use poem::web::Json;
 use poem::{EndpointExt, IntoResponse, Response, Route, get, post};
 use serde_json::{Value, json};
 
-use crate::graph::definitions::{NodeDef, node_defs};
+use crate::graph::definitions::{ComboLists, NodeDef, node_defs};
 use crate::graph::nodes::IMPLEMENTED;
 use crate::runner::Shared;
 
@@ -31,15 +31,18 @@ pub struct ComfyState {
 }
 
 impl ComfyState {
-    /// The node definitions with today's file lists.
-    fn defs(&self) -> Vec<NodeDef> {
-        let lists = self
-            .shared
+    /// Today's file lists of the loaders (and LoadImage).
+    fn lists(&self) -> ComboLists {
+        self.shared
             .comfy_folders
             .read()
             .expect("folders lock")
-            .combo_lists();
-        node_defs(IMPLEMENTED, &lists)
+            .combo_lists()
+    }
+
+    /// The node definitions with today's file lists.
+    fn defs(&self) -> Vec<NodeDef> {
+        node_defs(IMPLEMENTED, &self.lists())
     }
 }
 
