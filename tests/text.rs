@@ -99,3 +99,37 @@ fn emphasis_weights_tokens() {
     assert!(chunk.is_weighted());
     assert!(!tokenizer.chunks("score: 9", LongPrompt::Chunk).unwrap()[0].is_weighted());
 }
+
+/// The T5 and Qwen tokenizers built into the binary give the ids transformers'
+/// `T5TokenizerFast` and `Qwen2Tokenizer` give (the classes ComfyUI tokenizes with), on
+/// prompts with spaces, punctuation, CJK, emoji and special-token text.
+#[test]
+fn bundled_t5_and_qwen_tokenizers_match_transformers() {
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tokenizers/builtin_ids.json")).unwrap(),
+    )
+    .unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let t5 = hanga::text::T5Tokenizer::bundled().unwrap();
+    let qwen = hanga::text::Qwen3Tokenizer::bundled().unwrap();
+    let cases = expected["cases"].as_array().unwrap();
+    assert!(cases.len() >= 5);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want = ids(&case["t5"]);
+        let got = t5.encode(text, want.len()).unwrap();
+        assert_eq!(got.ids, want, "T5 {text:?}");
+        assert!(got.mask.iter().all(|&m| m == 1));
+        assert_eq!(
+            qwen.encode_chat(text, usize::MAX).unwrap(),
+            ids(&case["qwen_chat"]),
+            "Qwen {text:?}"
+        );
+    }
+}

@@ -15,13 +15,28 @@ pub struct Qwen3Tokenizer {
 }
 
 impl Qwen3Tokenizer {
+    /// Qwen's byte-level BPE (Qwen/Qwen2.5, Apache-2.0, the `qwen25_tokenizer` ComfyUI ships
+    /// and tokenizes Qwen3 prompts with), built into the binary: split Qwen3 files carry no
+    /// tokenizer. Made by `assets/make_builtin_tokenizers.py` with transformers'
+    /// `Qwen2Tokenizer`. Its added tokens end with `<|img|>` ... where Qwen3's own tokenizer
+    /// has `<think>` ...; the chat template uses neither.
+    pub fn bundled() -> Result<Self, Error> {
+        const QWEN_TOKENIZER: &[u8] = include_bytes!("../../assets/qwen_tokenizer.json");
+        let tokenizer = Tokenizer::from_bytes(QWEN_TOKENIZER)
+            .map_err(|e| Error::config(format!("bundled Qwen tokenizer: {e}")))?;
+        Self::new(tokenizer, "the bundled Qwen tokenizer")
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, Error> {
         let tokenizer = Tokenizer::from_file(path)
             .map_err(|e| Error::config(format!("cannot read tokenizer {}: {e}", path.display())))?;
+        Self::new(tokenizer, &path.display().to_string())
+    }
+
+    fn new(tokenizer: Tokenizer, origin: &str) -> Result<Self, Error> {
         if tokenizer.token_to_id("<|im_start|>").is_none() {
             return Err(Error::config(format!(
-                "{} is not a Qwen tokenizer: no <|im_start|>",
-                path.display()
+                "{origin} is not a Qwen tokenizer: no <|im_start|>"
             )));
         }
         Ok(Self { tokenizer })

@@ -21,16 +21,27 @@ pub struct T5Tokens {
 }
 
 impl T5Tokenizer {
+    /// The T5 v1.1 / T5-XXL tokenizer FLUX.1 and Chroma use (google/t5-v1_1-xxl, Apache-2.0,
+    /// as ComfyUI ships it in `comfy/text_encoders/t5_tokenizer/`), built into the binary:
+    /// split T5 files carry no tokenizer. Made by `assets/make_builtin_tokenizers.py`.
+    pub fn bundled() -> Result<Self, Error> {
+        const T5_TOKENIZER: &[u8] = include_bytes!("../../assets/t5_tokenizer.json");
+        let tokenizer = Tokenizer::from_bytes(T5_TOKENIZER)
+            .map_err(|e| Error::config(format!("bundled T5 tokenizer: {e}")))?;
+        Self::new(tokenizer, "the bundled T5 tokenizer")
+    }
+
     pub fn from_file(path: &Path) -> Result<Self, Error> {
         let tokenizer = Tokenizer::from_file(path)
             .map_err(|e| Error::config(format!("cannot read tokenizer {}: {e}", path.display())))?;
+        Self::new(tokenizer, &path.display().to_string())
+    }
+
+    fn new(tokenizer: Tokenizer, origin: &str) -> Result<Self, Error> {
         let pad_token = "<pad>".to_owned();
-        let pad_id = tokenizer.token_to_id(&pad_token).ok_or_else(|| {
-            Error::config(format!(
-                "{} is not a T5 tokenizer: no <pad>",
-                path.display()
-            ))
-        })?;
+        let pad_id = tokenizer
+            .token_to_id(&pad_token)
+            .ok_or_else(|| Error::config(format!("{origin} is not a T5 tokenizer: no <pad>")))?;
         Ok(Self {
             tokenizer,
             pad_id,
