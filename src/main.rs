@@ -53,6 +53,11 @@ struct ServeArgs {
     /// Extra directories of model manifests (`model_manifests/` is always read if present).
     #[arg(long = "manifests", env = "HANGA_MANIFESTS", value_delimiter = ',')]
     manifests: Vec<PathBuf>,
+    /// ComfyUI `models/` folders (checkpoints/, diffusion_models/, text_encoders/, vae/,
+    /// loras/): their files become models, each read from its tensors; a `<stem>.toml`
+    /// beside a file adds what tensors cannot tell.
+    #[arg(long = "models-dir", env = "HANGA_MODELS_DIR", value_delimiter = ',')]
+    models_dirs: Vec<PathBuf>,
     /// cpu, or a GPU backend this binary was built with (cuda, wgpu).
     #[arg(long, env = "HANGA_DEVICE")]
     device: Option<DeviceKind>,
@@ -94,7 +99,12 @@ struct GenerateArgs {
     /// Extra directories of model manifests (`model_manifests/` is always read if present).
     #[arg(long = "manifests", env = "HANGA_MANIFESTS", value_delimiter = ',')]
     manifests: Vec<PathBuf>,
-    /// Model id (a manifest's `id`).
+    /// ComfyUI `models/` folders (checkpoints/, diffusion_models/, text_encoders/, vae/,
+    /// loras/): their files become models, each read from its tensors; a `<stem>.toml`
+    /// beside a file adds what tensors cannot tell.
+    #[arg(long = "models-dir", env = "HANGA_MODELS_DIR", value_delimiter = ',')]
+    models_dirs: Vec<PathBuf>,
+    /// Model id (a manifest's `id`, or a models folder file's stem).
     #[arg(long)]
     model: String,
     #[arg(long)]
@@ -148,14 +158,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn manifest_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
+/// The manifests of `model_manifests/` (when present) and `manifests`, then the models of
+/// `models_dirs`.
+fn registry(manifests: &[PathBuf], models_dirs: &[PathBuf]) -> Result<Registry, Error> {
     let mut dirs = Vec::new();
     let default = PathBuf::from("model_manifests");
-    if default.is_dir() && !extra.contains(&default) {
+    if default.is_dir() && !manifests.contains(&default) {
         dirs.push(default);
     }
-    dirs.extend(extra.iter().cloned());
-    dirs
+    dirs.extend(manifests.iter().cloned());
+    let mut registry = Registry::scan(&dirs)?;
+    for dir in models_dirs {
+        registry.add_models_dir(dir)?;
+    }
+    Ok(registry)
 }
 
 fn init_logs(json: bool) {
@@ -189,7 +205,7 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
         loras_dir: args.loras.unwrap_or_else(|| args.data_dir.join("loras")),
         data_dir: args.data_dir,
         thumbnails_dir: args.thumbnails_dir,
-        registry: Registry::scan(&manifest_dirs(&args.manifests))?,
+        registry: registry(&args.manifests, &args.models_dirs)?,
         device,
         precision: args
             .precision
@@ -206,7 +222,7 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
 }
 
 fn generate(args: GenerateArgs) -> Result<(), Error> {
-    let registry = Registry::scan(&manifest_dirs(&args.manifests))?;
+    let registry = registry(&args.manifests, &args.models_dirs)?;
     let manifest = registry.get(&args.model)?;
     let request = GenerationRequest {
         prompt: args.prompt,

@@ -106,6 +106,55 @@ fn upload(port: u16, name: &str, bytes: Vec<u8>, fields: &[(&str, &str)]) -> Res
     }
 }
 
+/// Posts `workflow` as prompt `prompt_id` of the recorded case `id`, waits for its end on
+/// `ws`, and checks its history item and that every image `/view` serves is within 2/255 of
+/// ComfyUI's. Returns the prompt's WebSocket messages.
+fn run_case(
+    port: u16,
+    ws: &mut Socket,
+    client_id: &str,
+    prompt_id: &str,
+    id: &str,
+    workflow: &Value,
+) -> Vec<Value> {
+    let case = case_json(id);
+    let answer = queue_prompt(
+        port,
+        &json!({"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}),
+    );
+    assert_eq!(answer.status, 200, "{id}: {}", answer.text());
+    let answer = answer.json();
+    assert_eq!(answer["prompt_id"], prompt_id);
+    assert_eq!(answer["node_errors"], json!({}));
+    assert!(answer["number"].is_i64());
+    let messages = until_done(ws, prompt_id);
+    let history = get(port, &format!("/history/{prompt_id}")).json();
+    let item = &history[prompt_id];
+    assert_eq!(item["status"]["status_str"], "success", "{id}: {item}");
+    assert_eq!(item["status"]["completed"], true);
+    assert_eq!(item["prompt"][1], prompt_id);
+    assert_eq!(item["prompt"][2], *workflow);
+    let images = item["outputs"]["9"]["images"].as_array().unwrap();
+    let recorded = recorded_images(&case);
+    assert_eq!(images.len(), recorded.len(), "{id}");
+    for (image, file) in images.iter().zip(recorded) {
+        let query = format!(
+            "/view?filename={}&subfolder={}&type={}",
+            image["filename"].as_str().unwrap(),
+            image["subfolder"].as_str().unwrap(),
+            image["type"].as_str().unwrap()
+        );
+        let view = get(port, &query);
+        assert_eq!(view.status, 200, "{query}");
+        assert_eq!(view.header("content-type"), Some("image/png"));
+        let ours = image::load_from_memory(&view.body).unwrap().to_rgb8();
+        let theirs = comfyui_image(id, &file);
+        let worst = common::max_pixel_diff(&ours, &theirs);
+        assert!(worst <= 2, "{id}: {query} differs by {worst}/255");
+    }
+    messages
+}
+
 #[test]
 fn comfyuis_websocket_example_gets_comfyuis_images() {
     let server = start("comfyui-example");
@@ -140,18 +189,14 @@ fn comfyuis_websocket_example_gets_comfyuis_images() {
     for (n, &id) in CASES.iter().enumerate() {
         let case = case_json(id);
         let prompt_id = format!("00000000-0000-4000-8000-{n:012}");
-        let answer = queue_prompt(
+        let messages = run_case(
             port,
-            &json!({"prompt": case["workflow_api"], "client_id": client_id,
-                    "prompt_id": prompt_id}),
+            &mut ws,
+            client_id,
+            &prompt_id,
+            id,
+            &case["workflow_api"],
         );
-        assert_eq!(answer.status, 200, "{id}: {}", answer.text());
-        let answer = answer.json();
-        assert_eq!(answer["prompt_id"], prompt_id);
-        assert_eq!(answer["node_errors"], json!({}));
-        assert!(answer["number"].is_i64());
-
-        let messages = until_done(&mut ws, &prompt_id);
         let kinds: Vec<&str> = messages
             .iter()
             .map(|m| m["type"].as_str().unwrap())
@@ -190,30 +235,6 @@ fn comfyuis_websocket_example_gets_comfyuis_images() {
         // The last two: the queue's status, then the end of the prompt.
         assert_eq!(kinds[kinds.len() - 2], "status");
 
-        let history = get(port, &format!("/history/{prompt_id}")).json();
-        let item = &history[&prompt_id];
-        assert_eq!(item["status"]["status_str"], "success", "{id}: {item}");
-        assert_eq!(item["status"]["completed"], true);
-        assert_eq!(item["prompt"][1], prompt_id);
-        assert_eq!(item["prompt"][2], case["workflow_api"]);
-        let images = item["outputs"]["9"]["images"].as_array().unwrap();
-        let recorded = recorded_images(&case);
-        assert_eq!(images.len(), recorded.len(), "{id}");
-        for (image, file) in images.iter().zip(recorded) {
-            let query = format!(
-                "/view?filename={}&subfolder={}&type={}",
-                image["filename"].as_str().unwrap(),
-                image["subfolder"].as_str().unwrap(),
-                image["type"].as_str().unwrap()
-            );
-            let view = get(port, &query);
-            assert_eq!(view.status, 200, "{query}");
-            assert_eq!(view.header("content-type"), Some("image/png"));
-            let ours = image::load_from_memory(&view.body).unwrap().to_rgb8();
-            let theirs = comfyui_image(id, &file);
-            let worst = common::max_pixel_diff(&ours, &theirs);
-            assert!(worst <= 2, "{id}: {query} differs by {worst}/255");
-        }
         // One queue, one store: the prompt is a job of the native API too.
         let job = get(server.port, &format!("/api/jobs/{prompt_id}")).json();
         assert_eq!(job["kind"], "comfyui");
@@ -628,4 +649,117 @@ fn prompts_survive_a_crash_and_either_api_cancels_them() {
             .any(|m| m["type"] == "execution_interrupted")
     );
     assert_eq!(wait_history(port, "slow-2")["status"]["completed"], false);
+}
+
+/// A ComfyUI `models/` folder and nothing else: `--models-dir` lists its files (subfolder
+/// paths included) in the loaders, runs ComfyUI's graphs on them to ComfyUI's images, and
+/// makes them models of the native API that give the manifest models' images.
+#[test]
+fn a_comfyui_models_folder_needs_no_manifest() {
+    let dir = common::temp_dir("comfyui-models-dir");
+    let models = common::tiny_models_dir(&dir);
+    let server = Server::start(&dir, &["--models-dir", models.to_str().unwrap()]);
+    let port = server.comfyui_port;
+
+    let info = get(port, "/object_info").json();
+    let list = |class: &str, input: &str| -> Vec<String> {
+        info[class]["input"]["required"][input][0]
+            .as_array()
+            .unwrap_or_else(|| panic!("{class}.{input}: {}", info[class]))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    // The demo manifest's checkpoint, then the folder's under its subfolder.
+    assert_eq!(
+        list("CheckpointLoaderSimple", "ckpt_name"),
+        ["sd_xl_tiny.safetensors", "tiny/sd_xl_tiny.safetensors"]
+    );
+    assert_eq!(
+        list("UNETLoader", "unet_name"),
+        [
+            "chroma-tiny.safetensors",
+            "flux1-dev-tiny.safetensors",
+            "z_image_turbo-tiny.safetensors"
+        ]
+    );
+    assert_eq!(
+        list("DualCLIPLoader", "clip_name1"),
+        [
+            "clip_l.safetensors",
+            "qwen3-tiny.safetensors",
+            "t5xxl-tiny.safetensors"
+        ]
+    );
+    assert_eq!(list("VAELoader", "vae_name"), ["ae.safetensors"]);
+    assert_eq!(
+        list("LoraLoader", "lora_name"),
+        ["styles/sdxl_lora_kohya_sdscripts-equivalent.safetensors"]
+    );
+    let folder = get(port, "/models/diffusion_models").json();
+    assert_eq!(folder, json!(list("UNETLoader", "unet_name")));
+
+    let client_id = "models-folder";
+    let mut ws = connect(port, client_id);
+    let checkpoint = "tiny/sd_xl_tiny.safetensors";
+    for (n, id) in [
+        "euler_normal_64x64",
+        "lora_euler_normal_64x64_s0.8",
+        "flux-dev_euler_simple_64x64",
+        "chroma_euler_simple_64x64_cfg4",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut workflow = case_json(id)["workflow_api"].clone();
+        for node in workflow.as_object_mut().unwrap().values_mut() {
+            let inputs = node["inputs"].as_object_mut().unwrap();
+            if inputs.contains_key("ckpt_name") {
+                inputs.insert("ckpt_name".into(), json!(checkpoint));
+            }
+            if let Some(Value::String(name)) = inputs.get("lora_name").cloned() {
+                inputs.insert("lora_name".into(), json!(format!("styles/{name}")));
+            }
+        }
+        let prompt_id = format!("00000000-0000-4000-9000-{n:012}");
+        run_case(port, &mut ws, client_id, &prompt_id, id, &workflow);
+    }
+
+    // The native API: each checkpoint, and each transformer with the folder's encoders and
+    // VAE, is a model named by its file stem.
+    let api = server.port;
+    let models: Vec<Value> = get(api, "/api/info").json()["models"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let family = |id: &str| {
+        models
+            .iter()
+            .find(|m| m["id"] == id)
+            .map(|m| m["family"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(family("sd_xl_tiny").as_deref(), Some("sdxl"));
+    assert_eq!(family("flux1-dev-tiny").as_deref(), Some("flux-dev"));
+    assert_eq!(family("chroma-tiny").as_deref(), Some("chroma"));
+    assert_eq!(
+        family("z_image_turbo-tiny").as_deref(),
+        Some("z-image-turbo")
+    );
+    // The same weights give the same image through a manifest and through the folder.
+    let pixels = |model: &str| {
+        let body = json!({"model": model, "prompt": "a red fox", "width": 64, "height": 64,
+                          "steps": 3, "seed": 11});
+        let submitted = common::http::post_json(api, "/api/generate", &body);
+        assert_eq!(submitted.status, 202, "{}", submitted.text());
+        let job_id = submitted.json()["job_id"].as_str().unwrap().to_owned();
+        let job = common::http::wait_finished(api, &job_id, Duration::from_secs(120));
+        assert_eq!(job["status"], "completed", "{model}: {job}");
+        let name = job["images"][0].as_str().unwrap().to_owned();
+        let png = get(api, &format!("/api/images/{name}"));
+        image::load_from_memory(&png.body).unwrap().to_rgb8()
+    };
+    assert_eq!(pixels("sd_xl_tiny"), pixels("sdxl-tiny-demo"));
+    for model in ["flux1-dev-tiny", "chroma-tiny", "z_image_turbo-tiny"] {
+        assert_eq!(pixels(model).dimensions(), (64, 64));
+    }
 }

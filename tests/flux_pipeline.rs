@@ -7,14 +7,21 @@ mod common;
 
 use common::{B, PipelineCase, assert_close, fixtures, max_abs_diff, values};
 use hanga::pipelines::{Flow, FluxPipeline, GenerationParams};
-use hanga::registry::Manifest;
+use hanga::registry::{Family, Manifest, Registry};
 use hanga::sampling::{SamplerKind, ScheduleKind};
 use image::RgbImage;
 
 fn run_family(family: &str, cases: &[&str]) {
     for manifest in [format!("{family}.toml"), format!("{family}-diffusers.toml")] {
         let manifest = Manifest::from_file(&fixtures().join("flux").join(&manifest)).unwrap();
-        let mut pipeline = FluxPipeline::<B>::load(&manifest, &Default::default()).unwrap();
+        run_cases(&manifest, family, cases);
+    }
+}
+
+/// diffusers' recorded runs `cases` of `family` on the model of `manifest`.
+fn run_cases(manifest: &Manifest, family: &str, cases: &[&str]) {
+    {
+        let mut pipeline = FluxPipeline::<B>::load(manifest, &Default::default()).unwrap();
         for id in cases {
             let label = format!("{}/{id}", manifest.id);
             let dir = fixtures().join("flux").join(family).join("cases").join(id);
@@ -36,6 +43,40 @@ fn run_family(family: &str, cases: &[&str]) {
             println!("{label}: noise {noise_err:e}, worst step {worst_step:e}, image {pixels}/255");
         }
     }
+}
+
+/// The files of a ComfyUI models folder, read from their tensors and `<stem>.toml`s, make
+/// models that reproduce diffusers' runs as the manifests' do.
+#[test]
+fn models_folder_files_match_diffusers() {
+    let dir = common::temp_dir("flux-models-dir");
+    let mut registry = Registry::default();
+    registry
+        .add_models_dir(&common::tiny_models_dir(&dir))
+        .unwrap();
+    let ids: Vec<(&str, Family)> = registry
+        .models()
+        .map(|m| (m.id.as_str(), m.family))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("chroma-tiny", Family::Chroma),
+            ("flux1-dev-tiny", Family::FluxDev),
+            ("sd_xl_tiny", Family::Sdxl),
+            ("z_image_turbo-tiny", Family::ZImageTurbo),
+        ]
+    );
+    run_cases(
+        registry.get("flux1-dev-tiny").unwrap(),
+        "flux-dev",
+        &["flux-dev_64x64"],
+    );
+    run_cases(
+        registry.get("chroma-tiny").unwrap(),
+        "chroma",
+        &["chroma_64x64_neg"],
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! ComfyUI's folders as this server lays them out: `input/`, `output/` and `temp/` under one
-//! root in the data directory, and the model files graphs may name (each manifest's
-//! checkpoint under its file name, each LoRA file under its file name).
+//! root in the data directory, and the model files graphs may name: each manifest's files
+//! under their file names, the files of `--models-dir` folders and LoRA directories under
+//! their paths there.
 
 use std::path::{Path, PathBuf};
 
@@ -12,9 +13,10 @@ use super::models::{GraphClip, GraphModel, GraphVae, T5Layout};
 use super::nodes::Host;
 use super::outputs::{SavedImage, save_images};
 use crate::Error;
-use crate::pipelines::{Flow, SdxlPipeline};
+use crate::pipelines::{ComponentFile, Flow, SdxlPipeline};
 use crate::pipelines::{flux, zimage};
-use crate::registry::{Family, LoraLibrary, Manifest, Registry};
+use crate::registry::models_dir::{self, architecture_key};
+use crate::registry::{Family, LoraLibrary, Manifest, Registry, Role};
 use crate::sampling::comfy::ModelSampling;
 use crate::weights::LoraFile;
 use std::sync::Arc;
@@ -22,34 +24,41 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct ComfyFolders {
     root: PathBuf,
-    /// (ComfyUI name, the manifest whose checkpoint it is)
+    /// (ComfyUI name, a manifest whose checkpoint it is)
     checkpoints: Vec<(String, Manifest)>,
-    /// Flux-family transformers: (ComfyUI name, their manifest).
-    diffusion_models: Vec<(String, Manifest)>,
-    /// CLIP-L and T5 files: (ComfyUI name, role, a manifest naming the file).
-    text_encoders: Vec<(String, TextEncoderRole, Manifest)>,
-    /// VAE files of Flux-family manifests.
-    vaes: Vec<(String, Manifest)>,
+    /// Diffusion transformers: (ComfyUI name, (family, file)).
+    diffusion_models: Vec<(String, (Family, ComponentFile))>,
+    /// CLIP-L, T5 and Qwen3 files: (ComfyUI name, (role, file)).
+    text_encoders: Vec<(String, (Role, ComponentFile))>,
+    /// 16-channel VAE files.
+    vaes: Vec<(String, ComponentFile)>,
     /// (ComfyUI name, file)
     loras: Vec<(String, PathBuf)>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TextEncoderRole {
-    ClipL,
-    T5,
-    Qwen3,
+/// Adds `entry` under `name` unless the name is listed already: the first source of a name
+/// wins (manifests come before models folders).
+fn add<T>(list: &mut Vec<(String, T)>, name: String, entry: T) {
+    if !list.iter().any(|(n, _)| *n == name) {
+        list.push((name, entry));
+    }
 }
 
-/// A file's name as a loader lists it; the first manifest naming a file wins.
-fn add_file<T>(list: &mut Vec<(String, T)>, path: Option<&PathBuf>, value: T) {
-    if let Some(name) = path
-        .and_then(|p| p.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        && !list.iter().any(|(n, _)| *n == name)
-    {
-        list.push((name, value));
-    }
+/// A manifest's file as loaders list it (by file name), with the manifest's table for it.
+fn manifest_file(
+    manifest: &Manifest,
+    path: Option<&PathBuf>,
+    role: Role,
+    tokenizer: Option<&PathBuf>,
+) -> Option<(String, ComponentFile)> {
+    let path = manifest.resolve(path?);
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    let file = ComponentFile {
+        config: manifest.architecture(architecture_key(manifest.family, role)),
+        tokenizer: tokenizer.map(|t| manifest.resolve(t)),
+        path,
+    };
+    Some((name, file))
 }
 
 /// The image files ComfyUI's LoadImage lists (`folder_paths.filter_files_content_types`).
@@ -60,57 +69,71 @@ impl ComfyFolders {
         for kind in ["input", "output", "temp"] {
             std::fs::create_dir_all(root.join(kind))?;
         }
-        let (mut checkpoints, mut diffusion_models, mut vaes) = (vec![], vec![], vec![]);
-        let mut encoders: Vec<(String, (TextEncoderRole, Manifest))> = vec![];
-        for m in registry.models() {
+        let mut folders = Self {
+            root: root.to_owned(),
+            checkpoints: vec![],
+            diffusion_models: vec![],
+            text_encoders: vec![],
+            vaes: vec![],
+            loras: vec![],
+        };
+        for m in registry.models().filter(|m| !m.from_models_dir) {
             let files = &m.files;
-            match m.family {
-                Family::Sdxl => add_file(&mut checkpoints, files.checkpoint.as_ref(), m.clone()),
-                Family::FluxDev | Family::FluxSchnell | Family::Chroma => {
-                    add_file(&mut diffusion_models, files.transformer.as_ref(), m.clone());
-                    add_file(&mut vaes, files.vae.as_ref(), m.clone());
-                    add_file(
-                        &mut encoders,
-                        files.clip_l.as_ref(),
-                        (TextEncoderRole::ClipL, m.clone()),
-                    );
-                    add_file(
-                        &mut encoders,
-                        files.t5.as_ref(),
-                        (TextEncoderRole::T5, m.clone()),
+            if m.family == Family::Sdxl {
+                if let Some(name) = files.checkpoint.as_ref().and_then(|p| p.file_name()) {
+                    add(
+                        &mut folders.checkpoints,
+                        name.to_string_lossy().into_owned(),
+                        m.clone(),
                     );
                 }
-                Family::ZImageTurbo => {
-                    add_file(&mut diffusion_models, files.transformer.as_ref(), m.clone());
-                    add_file(&mut vaes, files.vae.as_ref(), m.clone());
-                    add_file(
-                        &mut encoders,
-                        files.qwen3.as_ref(),
-                        (TextEncoderRole::Qwen3, m.clone()),
-                    );
+                continue;
+            }
+            let transformer = Role::Transformer(m.family);
+            if let Some((name, file)) =
+                manifest_file(m, files.transformer.as_ref(), transformer, None)
+            {
+                add(&mut folders.diffusion_models, name, (m.family, file));
+            }
+            if let Some((name, file)) = manifest_file(m, files.vae.as_ref(), Role::Vae, None) {
+                add(&mut folders.vaes, name, file);
+            }
+            for (path, role, tokenizer) in [
+                (&files.clip_l, Role::ClipL, &files.tokenizer_clip_l),
+                (&files.t5, Role::T5, &files.tokenizer_t5),
+                (&files.qwen3, Role::Qwen3, &files.tokenizer_qwen3),
+            ] {
+                if let Some((name, file)) =
+                    manifest_file(m, path.as_ref(), role, tokenizer.as_ref())
+                {
+                    add(&mut folders.text_encoders, name, (role, file));
                 }
             }
         }
-        let text_encoders = encoders
-            .into_iter()
-            .map(|(name, (role, m))| (name, role, m))
-            .collect();
-        let loras = loras
-            .entries()
-            .filter(|e| e.error.is_none())
-            .filter_map(|e| {
-                let name = e.path.file_name()?.to_string_lossy().into_owned();
-                Some((name, e.path.clone()))
-            })
-            .collect();
-        Ok(Self {
-            root: root.to_owned(),
-            checkpoints,
-            diffusion_models,
-            text_encoders,
-            vaes,
-            loras,
-        })
+        for f in registry.model_files() {
+            let name = f.name.clone();
+            let file = ComponentFile {
+                path: f.path.clone(),
+                config: f.config(),
+                tokenizer: f.tokenizer(),
+            };
+            match f.role {
+                Role::Checkpoint => {
+                    for manifest in models_dir::manifests(std::slice::from_ref(f)) {
+                        add(&mut folders.checkpoints, name.clone(), manifest);
+                    }
+                }
+                Role::Transformer(family) => {
+                    add(&mut folders.diffusion_models, name, (family, file))
+                }
+                Role::Vae => add(&mut folders.vaes, name, file),
+                role => add(&mut folders.text_encoders, name, (role, file)),
+            }
+        }
+        for e in loras.entries().filter(|e| e.error.is_none()) {
+            add(&mut folders.loras, e.name.clone(), e.path.clone());
+        }
+        Ok(folders)
     }
 
     /// The folder holding input/, output/ and temp/.
@@ -143,36 +166,29 @@ impl ComfyFolders {
 
     /// Each loader's file list, sorted as `folder_paths.get_filename_list` sorts.
     pub fn combo_lists(&self) -> ComboLists {
-        let sorted = |names: Vec<String>| {
-            let mut names = names;
+        fn names<T>(list: &[(String, T)]) -> Vec<String> {
+            let mut names: Vec<String> = list.iter().map(|(n, _)| n.clone()).collect();
             names.sort();
             names
-        };
-        let names =
-            |list: &[(String, Manifest)]| sorted(list.iter().map(|(n, _)| n.clone()).collect());
+        }
         ComboLists {
             folders: vec![
                 ("checkpoints".into(), names(&self.checkpoints)),
                 ("diffusion_models".into(), names(&self.diffusion_models)),
-                (
-                    "text_encoders".into(),
-                    sorted(self.text_encoders.iter().map(|(n, ..)| n.clone()).collect()),
-                ),
+                ("text_encoders".into(), names(&self.text_encoders)),
                 ("vae".into(), names(&self.vaes)),
-                (
-                    "loras".into(),
-                    sorted(self.loras.iter().map(|(n, _)| n.clone()).collect()),
-                ),
+                ("loras".into(), names(&self.loras)),
             ],
             input_images: self.input_images(),
         }
     }
 }
 
-fn find<'a>(list: &'a [(String, Manifest)], name: &str, what: &str) -> Result<&'a Manifest, Error> {
+/// The entry listed as `name`, or "no such file" as a request error.
+fn find<'a, T>(list: &'a [(String, T)], name: &str, what: &str) -> Result<&'a T, Error> {
     list.iter()
         .find(|(n, _)| n == name)
-        .map(|(_, m)| m)
+        .map(|(_, entry)| entry)
         .ok_or_else(|| Error::request(format!("no {what} named {name}")))
 }
 
@@ -205,29 +221,23 @@ pub struct FolderHost<'a, B: Backend> {
 
 impl<B: Backend> Host<B> for FolderHost<'_, B> {
     fn checkpoint(&mut self, name: &str) -> Result<SdxlPipeline<B>, Error> {
-        let manifest = self
-            .folders
-            .checkpoints
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, m)| m)
-            .ok_or_else(|| Error::request(format!("no checkpoint named {name}")))?;
+        let manifest = find(&self.folders.checkpoints, name, "checkpoint")?;
         SdxlPipeline::load(manifest, &self.device)
     }
 
     fn diffusion_model(&mut self, name: &str) -> Result<(GraphModel<B>, ModelSampling), Error> {
-        let manifest = find(&self.folders.diffusion_models, name, "diffusion model")?;
-        if manifest.family == Family::ZImageTurbo {
+        let (family, file) = find(&self.folders.diffusion_models, name, "diffusion model")?;
+        if *family == Family::ZImageTurbo {
             // supported_models.ZImage: ModelSamplingDiscreteFlow with shift 3.
-            let transformer = zimage::load_transformer(manifest, &self.device)?;
+            let transformer = zimage::load_transformer(file, &self.device)?;
             return Ok((
                 GraphModel::ZImage(Arc::new(transformer)),
                 ModelSampling::discrete_flow(3.0, 1.0),
             ));
         }
-        let (denoiser, rope_axes) = flux::load_denoiser(manifest, &self.device)?;
+        let (denoiser, rope_axes) = flux::load_denoiser(file, *family, &self.device)?;
         // supported_models: Flux and Chroma shift by a fixed 1.15, schnell samples unshifted.
-        let sampling = match manifest.family {
+        let sampling = match family {
             Family::FluxSchnell => ModelSampling::discrete_flow(1.0, 1.0),
             _ => ModelSampling::flux(1.15),
         };
@@ -241,22 +251,15 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
     }
 
     fn text_encoders(&mut self, names: &[String], kind: &str) -> Result<GraphClip<B>, Error> {
-        let files: Vec<(TextEncoderRole, &Manifest)> = names
+        let files: Vec<&(Role, ComponentFile)> = names
             .iter()
-            .map(|name| {
-                self.folders
-                    .text_encoders
-                    .iter()
-                    .find(|(n, ..)| n == name)
-                    .map(|(_, role, m)| (*role, m))
-                    .ok_or_else(|| Error::request(format!("no text encoder named {name}")))
-            })
+            .map(|name| find(&self.folders.text_encoders, name, "text encoder"))
             .collect::<Result<_, _>>()?;
-        let of = |role: TextEncoderRole| files.iter().find(|(r, _)| *r == role).map(|(_, m)| *m);
+        let of = |role: Role| files.iter().find(|(r, _)| *r == role).map(|(_, f)| f);
         if kind == "lumina2" {
-            let manifest = of(TextEncoderRole::Qwen3)
-                .ok_or_else(|| Error::request("type lumina2 needs a Qwen3 file"))?;
-            let (tokenizer, encoder) = zimage::load_text_encoder(manifest, &self.device)?;
+            let file =
+                of(Role::Qwen3).ok_or_else(|| Error::request("type lumina2 needs a Qwen3 file"))?;
+            let (tokenizer, encoder) = zimage::load_text_encoder(file, &self.device)?;
             return Ok(GraphClip::Qwen3 {
                 tokenizer,
                 encoder,
@@ -273,10 +276,10 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
                 )));
             }
         };
-        let t5_manifest = of(TextEncoderRole::T5)
-            .ok_or_else(|| Error::request(format!("type {kind} needs a T5 file")))?;
-        let clip_l = match (wants_clip, of(TextEncoderRole::ClipL)) {
-            (true, Some(m)) => Some(flux::load_clip_l(m, &self.device)?),
+        let t5_file =
+            of(Role::T5).ok_or_else(|| Error::request(format!("type {kind} needs a T5 file")))?;
+        let clip_l = match (wants_clip, of(Role::ClipL)) {
+            (true, Some(file)) => Some(flux::load_clip_l(file, &self.device)?),
             (true, None) => {
                 return Err(Error::request(
                     "type flux needs a CLIP-L file and a T5 file",
@@ -284,7 +287,7 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
             }
             (false, _) => None,
         };
-        let (tokenizer, t5) = flux::load_t5(t5_manifest, &self.device)?;
+        let (tokenizer, t5) = flux::load_t5(t5_file, &self.device)?;
         Ok(GraphClip::T5 {
             clip_l,
             tokenizer,
@@ -295,11 +298,8 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
     }
 
     fn vae(&mut self, name: &str) -> Result<GraphVae<B>, Error> {
-        let manifest = find(&self.folders.vaes, name, "VAE")?;
-        let (decoder, encoder) = match manifest.family {
-            Family::ZImageTurbo => zimage::load_vae(manifest, &self.device)?,
-            _ => flux::load_vae(manifest, &self.device)?,
-        };
+        let file = find(&self.folders.vaes, name, "VAE")?;
+        let (decoder, encoder) = flux::load_vae(file, &self.device)?;
         Ok(GraphVae::Flux {
             decoder,
             encoder,
@@ -312,14 +312,7 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
     }
 
     fn lora(&mut self, name: &str) -> Result<LoraFile, Error> {
-        let path = self
-            .folders
-            .loras
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, p)| p)
-            .ok_or_else(|| Error::request(format!("no LoRA named {name}")))?;
-        LoraFile::open(path)
+        LoraFile::open(find(&self.folders.loras, name, "LoRA")?)
     }
 
     fn input_image(&mut self, name: &str) -> Result<image::DynamicImage, Error> {

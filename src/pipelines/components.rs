@@ -11,6 +11,17 @@ use crate::Error;
 use crate::registry::Manifest;
 use crate::weights::{SafetensorsFile, TensorStore, describe};
 
+/// One file holding one network, as a ComfyUI loader names it (UNETLoader, CLIPLoader,
+/// VAELoader), with what its manifest or `<stem>.toml` says of it.
+#[derive(Clone, Debug)]
+pub struct ComponentFile {
+    pub path: PathBuf,
+    /// Its `[architecture.<component>]` table (`{}` when none).
+    pub config: serde_json::Value,
+    /// Its tokenizer.json, for text encoders whose vocabulary is not the built-in one.
+    pub tokenizer: Option<PathBuf>,
+}
+
 /// The tensors of one diffusers component folder (`unet/`, `vae/`, `text_encoder/`): the
 /// unsharded default file, or every shard a `*.safetensors.index.json` lists.
 pub fn folder_store(dir: &Path) -> Result<TensorStore, Error> {

@@ -11,8 +11,8 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use super::components::{
-    folder_config, folder_scheduler, folder_store, manifest_scheduler, merged, open_checkpoint,
-    read_json, with_text_model_prefix,
+    ComponentFile, folder_config, folder_scheduler, folder_store, manifest_scheduler, merged,
+    open_checkpoint, read_json, with_text_model_prefix,
 };
 use super::sdxl::to_rgb;
 use super::text_encoder::OnDemand;
@@ -78,64 +78,67 @@ impl<B: Backend> Denoiser<B> {
     }
 }
 
-/// A Flux-family denoiser alone, with its RoPE axes (a graph's UNETLoader).
+/// A Flux-family transformer file alone, with its RoPE axes (a graph's UNETLoader).
 pub fn load_denoiser<B: Backend>(
-    manifest: &Manifest,
+    file: &ComponentFile,
+    family: Family,
     device: &B::Device,
 ) -> Result<(Denoiser<B>, Vec<usize>), Error> {
-    let parts = FluxParts::from_manifest(manifest)?;
-    let (denoiser, cfg) = denoiser(&parts, manifest.family, device)?;
+    let store = transformer_store(&SafetensorsFile::open(&file.path)?)?;
+    let (denoiser, cfg) = denoiser(&store, &file.config, family, device)?;
     Ok((denoiser, cfg.axes_dims_rope))
 }
 
 fn denoiser<B: Backend>(
-    parts: &FluxParts,
+    store: &TensorStore,
+    config: &serde_json::Value,
     family: Family,
     device: &B::Device,
 ) -> Result<(Denoiser<B>, FluxConfig), Error> {
-    let cfg = FluxConfig::detect(&parts.transformer, &parts.transformer_config)?;
+    let cfg = FluxConfig::detect(store, config)?;
     let denoiser = if family == Family::Chroma {
-        Denoiser::Chroma(ChromaTransformer::load(&parts.transformer, &cfg, device)?)
+        Denoiser::Chroma(ChromaTransformer::load(store, &cfg, device)?)
     } else {
-        Denoiser::Flux(FluxTransformer::load(&parts.transformer, &cfg, device)?)
+        Denoiser::Flux(FluxTransformer::load(store, &cfg, device)?)
     };
     Ok((denoiser, cfg))
 }
 
-/// The T5 encoder and its tokenizer of a Flux-family manifest.
+/// A T5 encoder file and its tokenizer (a graph's CLIPLoader / DualCLIPLoader).
 pub fn load_t5<B: Backend>(
-    manifest: &Manifest,
+    file: &ComponentFile,
     device: &B::Device,
 ) -> Result<(T5Tokenizer, T5Encoder<B>), Error> {
-    let parts = FluxParts::from_manifest(manifest)?;
-    let cfg = T5Config::detect(&parts.t5, &parts.t5_config)?;
+    let store = t5_store(TensorStore::from_file_prefix(
+        &SafetensorsFile::open(&file.path)?,
+        "",
+    ));
+    let cfg = T5Config::detect(&store, &file.config)?;
     Ok((
-        t5_tokenizer(&parts, manifest)?,
-        T5Encoder::load(&parts.t5, &cfg, device)?,
+        t5_tokenizer(file.tokenizer.as_deref())?,
+        T5Encoder::load(&store, &cfg, device)?,
     ))
 }
 
-/// The CLIP-L encoder and its tokenizer of a Flux manifest.
+/// A CLIP-L encoder file and its tokenizer (Flux's DualCLIPLoader).
 pub fn load_clip_l<B: Backend>(
-    manifest: &Manifest,
+    file: &ComponentFile,
     device: &B::Device,
 ) -> Result<(ClipTokenizer, ClipTextModel<B>), Error> {
-    let parts = FluxParts::from_manifest(manifest)?;
-    clip_l(&parts, device)?.ok_or_else(|| {
-        Error::config(format!(
-            "model `{}` has no CLIP-L text encoder",
-            manifest.id
-        ))
-    })
+    let store = with_text_model_prefix(TensorStore::from_file_prefix(
+        &SafetensorsFile::open(&file.path)?,
+        "",
+    ));
+    clip_l_model(&store, &file.config, file.tokenizer.as_deref(), device)
 }
 
-/// The 16-channel VAE of a Flux-family manifest: (decoder, encoder).
+/// A 16-channel VAE file (Flux, Chroma, Z-Image): (decoder, encoder).
 pub fn load_vae<B: Backend>(
-    manifest: &Manifest,
+    file: &ComponentFile,
     device: &B::Device,
 ) -> Result<(Decoder<B>, Encoder<B>), Error> {
-    let parts = FluxParts::from_manifest(manifest)?;
-    flux_vae(&parts.vae, &parts.vae_config, device)
+    let store = standalone_vae(&SafetensorsFile::open(&file.path)?, "");
+    flux_vae(&store, &file.config, device)
 }
 
 /// The 16-channel VAE (Flux, Chroma, Z-Image) from its tensors: (decoder, encoder).
@@ -151,29 +154,24 @@ pub(super) fn flux_vae<B: Backend>(
     ))
 }
 
-fn clip_l<B: Backend>(
-    parts: &FluxParts,
+fn clip_l_model<B: Backend>(
+    store: &TensorStore,
+    config: &serde_json::Value,
+    tokenizer: Option<&Path>,
     device: &B::Device,
-) -> Result<Option<(ClipTokenizer, ClipTextModel<B>)>, Error> {
-    let Some(store) = &parts.clip_l else {
-        return Ok(None);
-    };
-    let cfg = ClipConfig::detect(store, &parts.clip_l_config, Activation::QuickGelu)?;
-    let tokenizer = match &parts.tokenizer_clip_l {
+) -> Result<(ClipTokenizer, ClipTextModel<B>), Error> {
+    let cfg = ClipConfig::detect(store, config, Activation::QuickGelu)?;
+    let tokenizer = match tokenizer {
         Some(p) => ClipTokenizer::from_file(p, None)?,
         None => ClipTokenizer::bundled(None)?,
     };
-    Ok(Some((tokenizer, ClipTextModel::load(store, &cfg, device)?)))
+    Ok((tokenizer, ClipTextModel::load(store, &cfg, device)?))
 }
 
-fn t5_tokenizer(parts: &FluxParts, manifest: &Manifest) -> Result<T5Tokenizer, Error> {
-    match &parts.tokenizer_t5 {
+fn t5_tokenizer(path: Option<&Path>) -> Result<T5Tokenizer, Error> {
+    match path {
         Some(p) => T5Tokenizer::from_file(p),
-        None => Err(Error::config(format!(
-            "model `{}`: no T5 tokenizer; name its tokenizer.json as \
-             `tokenizer_t5` in [files] (diffusers folders have one in tokenizer_2/)",
-            manifest.id
-        ))),
+        None => T5Tokenizer::bundled(),
     }
 }
 
@@ -388,7 +386,12 @@ impl<B: Backend> FluxPipeline<B> {
     pub fn load(manifest: &Manifest, device: &B::Device) -> Result<Self, Error> {
         let family = manifest.family;
         let parts = FluxParts::from_manifest(manifest)?;
-        let (denoiser, transformer_cfg) = denoiser(&parts, family, device)?;
+        let (denoiser, transformer_cfg) = denoiser(
+            &parts.transformer,
+            &parts.transformer_config,
+            family,
+            device,
+        )?;
         let t5_cfg = T5Config::detect(&parts.t5, &parts.t5_config)?;
         if t5_cfg.d_model != transformer_cfg.joint_attention_dim {
             return Err(Error::weights(format!(
@@ -396,8 +399,16 @@ impl<B: Backend> FluxPipeline<B> {
                 transformer_cfg.joint_attention_dim, t5_cfg.d_model
             )));
         }
-        let clip = clip_l(&parts, device)?;
-        let t5_tokenizer = t5_tokenizer(&parts, manifest)?;
+        let clip = match &parts.clip_l {
+            Some(store) => Some(clip_l_model(
+                store,
+                &parts.clip_l_config,
+                parts.tokenizer_clip_l.as_deref(),
+                device,
+            )?),
+            None => None,
+        };
+        let t5_tokenizer = t5_tokenizer(parts.tokenizer_t5.as_deref())?;
         let vae_cfg = VaeConfig::detect(
             &parts.vae,
             &parts.vae_config,

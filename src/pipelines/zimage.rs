@@ -12,7 +12,8 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use super::components::{
-    folder_config, folder_scheduler, folder_store, manifest_scheduler, merged, read_json,
+    ComponentFile, folder_config, folder_scheduler, folder_store, manifest_scheduler, merged,
+    read_json,
 };
 use super::flux::{FLUX_VAE_SCALING, FLUX_VAE_SHIFT, TOKEN_PIXELS, standalone_vae};
 use super::sdxl::to_rgb;
@@ -20,7 +21,7 @@ use super::text_encoder::OnDemand;
 use super::{Flow, GenerationParams, StepProgress, check_size, initial_noise, report_step};
 use crate::Error;
 use crate::models::qwen3::{Qwen3Config, Qwen3Encoder};
-use crate::models::vae::{Decoder, Encoder, VaeConfig};
+use crate::models::vae::{Decoder, VaeConfig};
 use crate::models::weight_bytes;
 use crate::models::zimage::{ZImageConfig, ZImageTransformer};
 use crate::registry::Manifest;
@@ -104,17 +105,9 @@ impl ZImageParts {
                 manifest.id
             ))),
         };
-        let transformer = open(&files.transformer, "transformer")?;
-        let prefix = zimage_prefix(&transformer).ok_or_else(|| {
-            Error::weights(format!(
-                "{} is not a Z-Image transformer: found {}",
-                transformer.path().display(),
-                crate::weights::describe(&transformer)
-            ))
-        })?;
         let empty = serde_json::json!({});
         Ok(Self {
-            transformer: zimage_store(&transformer, &prefix),
+            transformer: transformer_store(&open(&files.transformer, "transformer")?)?,
             vae: standalone_vae(&open(&files.vae, "vae")?, ""),
             text_encoder: qwen3_store(TensorStore::from_file_prefix(
                 &open(&files.qwen3, "qwen3")?,
@@ -127,6 +120,18 @@ impl ZImageParts {
             tokenizer: None,
         })
     }
+}
+
+/// A transformer file in Z-Image's original names (with or without a ComfyUI prefix).
+fn transformer_store(file: &std::sync::Arc<SafetensorsFile>) -> Result<TensorStore, Error> {
+    let prefix = zimage_prefix(file).ok_or_else(|| {
+        Error::weights(format!(
+            "{} is not a Z-Image transformer: found {}",
+            file.path().display(),
+            crate::weights::describe(file)
+        ))
+    })?;
+    Ok(zimage_store(file, &prefix))
 }
 
 /// Qwen3ForCausalLM files keep the network under `model.`; `Qwen3Model` files do not.
@@ -147,46 +152,36 @@ fn default_scheduler() -> FlowMatchConfig {
     }
 }
 
-/// The Z-Image transformer alone (a graph's UNETLoader).
+/// A Z-Image transformer file alone (a graph's UNETLoader).
 pub fn load_transformer<B: Backend>(
-    manifest: &Manifest,
+    file: &ComponentFile,
     device: &B::Device,
 ) -> Result<ZImageTransformer<B>, Error> {
-    let parts = ZImageParts::from_manifest(manifest)?;
-    let cfg = ZImageConfig::detect(&parts.transformer, &parts.transformer_config)?;
-    ZImageTransformer::load(&parts.transformer, &cfg, device)
+    let store = transformer_store(&SafetensorsFile::open(&file.path)?)?;
+    let cfg = ZImageConfig::detect(&store, &file.config)?;
+    ZImageTransformer::load(&store, &cfg, device)
 }
 
-/// The Qwen3 text encoder and its tokenizer (a graph's CLIPLoader, type lumina2).
+/// A Qwen3 text encoder file and its tokenizer (a graph's CLIPLoader, type lumina2).
 pub fn load_text_encoder<B: Backend>(
-    manifest: &Manifest,
+    file: &ComponentFile,
     device: &B::Device,
 ) -> Result<(Qwen3Tokenizer, Qwen3Encoder<B>), Error> {
-    let parts = ZImageParts::from_manifest(manifest)?;
-    let cfg = Qwen3Config::detect(&parts.text_encoder, &parts.text_encoder_config)?;
+    let store = qwen3_store(TensorStore::from_file_prefix(
+        &SafetensorsFile::open(&file.path)?,
+        "",
+    ));
+    let cfg = Qwen3Config::detect(&store, &file.config)?;
     Ok((
-        tokenizer(&parts, manifest)?,
-        Qwen3Encoder::load(&parts.text_encoder, &cfg, device)?,
+        tokenizer(file.tokenizer.as_deref())?,
+        Qwen3Encoder::load(&store, &cfg, device)?,
     ))
 }
 
-/// The Flux VAE of a Z-Image manifest: (decoder, encoder).
-pub fn load_vae<B: Backend>(
-    manifest: &Manifest,
-    device: &B::Device,
-) -> Result<(Decoder<B>, Encoder<B>), Error> {
-    let parts = ZImageParts::from_manifest(manifest)?;
-    super::flux::flux_vae(&parts.vae, &parts.vae_config, device)
-}
-
-fn tokenizer(parts: &ZImageParts, manifest: &Manifest) -> Result<Qwen3Tokenizer, Error> {
-    match &parts.tokenizer {
+fn tokenizer(path: Option<&Path>) -> Result<Qwen3Tokenizer, Error> {
+    match path {
         Some(p) => Qwen3Tokenizer::from_file(p),
-        None => Err(Error::config(format!(
-            "model `{}`: no Qwen3 tokenizer; name its tokenizer.json as \
-             `tokenizer_qwen3` in [files] (diffusers folders have one in tokenizer/)",
-            manifest.id
-        ))),
+        None => Qwen3Tokenizer::bundled(),
     }
 }
 
@@ -221,7 +216,7 @@ impl<B: Backend> ZImagePipeline<B> {
                 transformer_cfg.cap_feat_dim, text_cfg.hidden_size
             )));
         }
-        let tokenizer = tokenizer(&parts, manifest)?;
+        let tokenizer = tokenizer(parts.tokenizer.as_deref())?;
         let vae_cfg = VaeConfig::detect(
             &parts.vae,
             &parts.vae_config,

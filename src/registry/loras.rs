@@ -1,16 +1,20 @@
-//! The LoRA directories: every `*.safetensors` in them, with a stable id (the file stem), the
-//! family it fits, its rank and trigger words. A file that cannot be read is listed as not
+//! The LoRA directories: every `*.safetensors` in them and their subfolders, with a stable id
+//! (the file stem), its ComfyUI name (the path under the directory), the family it fits, its
+//! rank and trigger words. A file that cannot be read is listed as not
 //! loaded, with the reason; the rest still load.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::Family;
+use super::models_dir::{name_under, walk};
 use crate::weights::LoraFile;
 
 #[derive(Clone, Debug)]
 pub struct LoraEntry {
     pub id: String,
+    /// LoraLoader's `lora_name`: the path under its directory, `/`-separated.
+    pub name: String,
     pub path: PathBuf,
     /// The family the file's keys fit (`None` when it could not be read).
     pub family: Option<Family>,
@@ -31,16 +35,10 @@ impl LoraLibrary {
     pub fn scan(dirs: &[PathBuf]) -> Self {
         let mut entries = BTreeMap::new();
         for dir in dirs {
-            let Ok(listing) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            let mut paths: Vec<PathBuf> =
-                listing.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            let mut paths = Vec::new();
+            walk(dir, &["safetensors"], &mut paths);
             paths.sort();
             for path in paths {
-                if path.extension().is_none_or(|x| x != "safetensors") {
-                    continue;
-                }
                 let Some(id) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
                     continue;
                 };
@@ -52,7 +50,8 @@ impl LoraLibrary {
                     );
                     continue;
                 }
-                entries.insert(id.clone(), entry(id, path));
+                let name = name_under(dir, &path);
+                entries.insert(id.clone(), entry(id, name, path));
             }
         }
         Self { entries }
@@ -68,7 +67,7 @@ impl LoraLibrary {
 }
 
 /// What the file at `path` is and whether it can be used.
-fn entry(id: String, path: PathBuf) -> LoraEntry {
+fn entry(id: String, name: String, path: PathBuf) -> LoraEntry {
     if let Some(family) = other_family(&path) {
         let error = format!(
             "a {} LoRA; this build applies SDXL LoRAs only",
@@ -76,6 +75,7 @@ fn entry(id: String, path: PathBuf) -> LoraEntry {
         );
         return LoraEntry {
             id,
+            name,
             path,
             family: Some(family),
             rank: None,
@@ -86,6 +86,7 @@ fn entry(id: String, path: PathBuf) -> LoraEntry {
     match LoraFile::open(&path) {
         Ok(file) => LoraEntry {
             id,
+            name,
             family: Some(Family::Sdxl),
             rank: file.modules.iter().filter_map(|m| m.rank()).max(),
             trigger_words: trigger_words(&path, &file),
@@ -94,6 +95,7 @@ fn entry(id: String, path: PathBuf) -> LoraEntry {
         },
         Err(e) => LoraEntry {
             id,
+            name,
             path,
             family: None,
             rank: None,

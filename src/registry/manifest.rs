@@ -86,6 +86,9 @@ pub struct Manifest {
     /// The directory the manifest was read from; relative paths start there.
     #[serde(skip)]
     pub dir: PathBuf,
+    /// Made from the files of a `--models-dir` folder rather than read from a TOML file.
+    #[serde(skip)]
+    pub from_models_dir: bool,
 }
 
 impl Manifest {

@@ -1,19 +1,25 @@
-//! Which models exist: manifests scanned from `model_manifests/` and any `--manifests` dirs.
+//! Which models exist: manifests scanned from `model_manifests/` and any `--manifests` dirs,
+//! and the files of ComfyUI models folders (`--models-dir`).
 
 mod loras;
 mod manifest;
+pub mod models_dir;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use loras::{LoraEntry, LoraLibrary};
 pub use manifest::{Family, Manifest, ManifestDefaults, ManifestFiles};
+pub use models_dir::{ModelFile, Role};
 
 use crate::Error;
 
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
     models: BTreeMap<String, Manifest>,
+    /// The usable files of the models folders, in the order they were given.
+    files: Vec<ModelFile>,
+    models_dirs: Vec<PathBuf>,
 }
 
 impl Registry {
@@ -39,6 +45,37 @@ impl Registry {
             }
         }
         Ok(registry)
+    }
+
+    /// Adds a ComfyUI models folder: its files, and the native models they make. A manifest
+    /// keeps its id; a models-folder model whose id is taken is skipped with a warning.
+    pub fn add_models_dir(&mut self, dir: &Path) -> Result<(), Error> {
+        let files = models_dir::scan(dir)?;
+        for manifest in models_dir::manifests(&files) {
+            if let Some(existing) = self.models.get(&manifest.id) {
+                tracing::warn!(
+                    "model id `{}` of {} is taken by {}; skipped",
+                    manifest.id,
+                    manifest.dir.display(),
+                    existing.dir.display()
+                );
+                continue;
+            }
+            self.models.insert(manifest.id.clone(), manifest);
+        }
+        self.files.extend(files);
+        self.models_dirs.push(dir.to_owned());
+        Ok(())
+    }
+
+    /// The usable files of the models folders.
+    pub fn model_files(&self) -> &[ModelFile] {
+        &self.files
+    }
+
+    /// The LoRA folders of the models folders.
+    pub fn models_dir_loras(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.models_dirs.iter().map(|d| models_dir::loras_folder(d))
     }
 
     pub fn add(&mut self, manifest: Manifest) -> Result<(), Error> {

@@ -68,12 +68,13 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
     };
     let store = Arc::new(Store::open(&options.data_dir, &options.thumbnails_dir)?);
     let mut lora_dirs = vec![options.loras_dir.clone()];
-    for manifest in options.registry.models() {
-        if let Some(dir) = &manifest.loras {
-            let dir = manifest.resolve(dir);
-            if !lora_dirs.contains(&dir) {
-                lora_dirs.push(dir);
-            }
+    let manifest_loras = options
+        .registry
+        .models()
+        .filter_map(|m| m.loras.as_ref().map(|dir| m.resolve(dir)));
+    for dir in manifest_loras.chain(options.registry.models_dir_loras()) {
+        if !lora_dirs.contains(&dir) {
+            lora_dirs.push(dir);
         }
     }
     let events = Arc::new(Events::new(store.count_start()?));

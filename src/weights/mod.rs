@@ -9,7 +9,7 @@ mod store;
 mod zimage;
 
 pub use bfl::{bfl_prefix, flux_store};
-pub use detect::describe;
+pub use detect::{FileKind, TransformerKind, describe, kind as file_kind};
 pub use ldm::{open_clip_store, unet_store, vae_store};
 pub use loader::Weights;
 pub use lora::{LoraComponent, LoraFile, LoraModule, LoraPatch};

@@ -211,3 +211,101 @@ impl PipelineCase {
         (worst_step, pixels)
     }
 }
+
+/// A ComfyUI `models/` folder at `dir` over the tiny fixtures, as a user lays one out: files
+/// linked into `checkpoints/tiny/`, `diffusion_models/`, `text_encoders/`, `vae/` and
+/// `loras/styles/`, each with the `<stem>.toml` the tiny weights need (their own tokenizers,
+/// the sizes tensors cannot tell; real models need none).
+pub fn tiny_models_dir(dir: &Path) -> PathBuf {
+    let models = dir.join("models");
+    let assets = repo().join("assets/demo");
+    let flux = fixtures().join("flux");
+    let zimage = fixtures().join("zimage");
+    let link = |from: PathBuf, to: &str, sidecar: Option<String>| {
+        let to = models.join(to);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&from, &to).unwrap();
+        if let Some(text) = sidecar {
+            std::fs::write(to.with_extension("toml"), text).unwrap();
+        }
+    };
+    let path = |p: PathBuf| p.to_str().unwrap().to_owned();
+    link(
+        assets.join("sd_xl_tiny.safetensors"),
+        "checkpoints/tiny/sd_xl_tiny.safetensors",
+        Some(format!(
+            r#"name = "SDXL tiny from a models folder"
+[files]
+tokenizer_clip_l = "{}"
+tokenizer_clip_g = "{}"
+[architecture.unet]
+attention_head_dim = [1, 2, 4]
+norm_num_groups = 8
+[architecture.vae]
+norm_num_groups = 8
+[architecture.text_encoder]
+num_attention_heads = 4
+hidden_act = "quick_gelu"
+[architecture.text_encoder_2]
+num_attention_heads = 4
+hidden_act = "gelu"
+"#,
+            path(assets.join("tokenizer/tokenizer.json")),
+            path(assets.join("tokenizer_2/tokenizer.json")),
+        )),
+    );
+    let rope =
+        |axes: &str, key: &str| Some(format!("[architecture.transformer]\n{key} = {axes}\n"));
+    link(
+        flux.join("flux1-dev-tiny.safetensors"),
+        "diffusion_models/flux1-dev-tiny.safetensors",
+        rope("[4, 14, 14]", "axes_dims_rope"),
+    );
+    link(
+        flux.join("chroma-tiny.safetensors"),
+        "diffusion_models/chroma-tiny.safetensors",
+        rope("[4, 14, 14]", "axes_dims_rope"),
+    );
+    link(
+        zimage.join("z_image_turbo-tiny.safetensors"),
+        "diffusion_models/z_image_turbo-tiny.safetensors",
+        rope("[8, 12, 12]", "axes_dims"),
+    );
+    link(
+        flux.join("common/t5xxl-tiny.safetensors"),
+        "text_encoders/t5xxl-tiny.safetensors",
+        Some(format!(
+            "[files]\ntokenizer_t5 = \"{}\"\n",
+            path(flux.join("common/tokenizer_t5/tokenizer.json"))
+        )),
+    );
+    link(
+        flux.join("common/clip_l.safetensors"),
+        "text_encoders/clip_l.safetensors",
+        Some(format!(
+            "[files]\ntokenizer_clip_l = \"{}\"\n[architecture.clip_l]\nnum_attention_heads = 4\nhidden_act = \"quick_gelu\"\n",
+            path(flux.join("common/tokenizer_clip_l/tokenizer.json"))
+        )),
+    );
+    link(
+        zimage.join("qwen3-tiny.safetensors"),
+        "text_encoders/qwen3-tiny.safetensors",
+        Some(format!(
+            "[files]\ntokenizer_qwen3 = \"{}\"\n",
+            path(zimage.join("diffusers/tokenizer/tokenizer.json"))
+        )),
+    );
+    link(
+        flux.join("common/ae.safetensors"),
+        "vae/ae.safetensors",
+        Some("[architecture.vae]\nnorm_num_groups = 8\n".into()),
+    );
+    link(
+        fixtures().join("sdxl/lora/sdxl_lora_kohya_sdscripts-equivalent.safetensors"),
+        "loras/styles/sdxl_lora_kohya_sdscripts-equivalent.safetensors",
+        None,
+    );
+    // Not model files: left out of every list.
+    std::fs::write(models.join("checkpoints/put_checkpoints_here"), "").unwrap();
+    models
+}
