@@ -478,3 +478,55 @@ fn z_image_graphs_run_comfyuis_samplers() {
         assert!(common::max_pixel_diff(image, &euler[0]) > 0, "{sampler}");
     }
 }
+
+/// ComfyUI's own images of graphs with CLIPSetLastLayer, CLIPTextEncodeSDXL, every
+/// LatentUpscale(By) and ImageScale(By) method, ModelSamplingDiscrete (v-prediction, zero
+/// terminal SNR), CLIPTextEncodeFlux and T5TokenizerOptions
+/// (tests/fixtures/comfyui_nodes/make_node_fixtures.py): every SaveImage within 2/255.
+#[test]
+fn node_graphs_give_comfyuis_images() {
+    let folders = folders("node-graphs");
+    let input = fixtures().join("comfyui/img2img_dpmpp_2m_sgm-uniform_64x64_d0.6/input.png");
+    std::fs::copy(&input, folders.dir("input").unwrap().join("input.png")).unwrap();
+    let defs = node_defs(IMPLEMENTED, &folders.combo_lists());
+    let mut executor = Executor::<B>::default();
+    let cases = [
+        "sdxl_clip-last-layer_text-encode-sdxl",
+        "sdxl_latent-upscale",
+        "image_scale",
+        "sdxl_model-sampling-discrete",
+        "flux-dev_text-encode-flux_t5-options",
+    ];
+    for id in cases {
+        let dir = fixtures().join("comfyui_nodes").join(id);
+        let case: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+        let prompt = case["workflow_api"].as_object().unwrap().clone();
+        let accepted = validate(&prompt, &defs, None)
+            .unwrap_or_else(|e| panic!("{id}: {} {}", e.error, e.node_errors));
+        let mut ignore = |_: GraphEvent<B>| Flow::Continue;
+        let mut host = FolderHost {
+            folders: &folders,
+            device: Default::default(),
+            on_event: &mut ignore,
+        };
+        let run = executor
+            .run(&prompt, &accepted.outputs, &mut host)
+            .unwrap_or_else(|e| panic!("{id}: node {} failed: {}", e.node_id, e.error));
+        let recorded = case["images"].as_object().unwrap();
+        assert_eq!(run.outputs.len(), recorded.len(), "{id}: outputs");
+        for (node, files) in recorded {
+            let saved = &run.outputs[node]["images"][0];
+            let path = folders
+                .dir("output")
+                .unwrap()
+                .join(saved["filename"].as_str().unwrap());
+            let ours = image::open(&path).unwrap().to_rgb8();
+            let theirs = common::comfyui::open_rgb(&dir.join(files[0].as_str().unwrap()));
+            assert_eq!(ours.dimensions(), theirs.dimensions(), "{id}/{node}");
+            let worst = common::max_pixel_diff(&ours, &theirs);
+            println!("{id}/{node} {}: {worst}/255", files[0]);
+            assert!(worst <= 2, "{id}/{node}: differs by {worst}/255");
+        }
+    }
+}

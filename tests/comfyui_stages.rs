@@ -21,9 +21,7 @@ use hanga::graph::nodes::Host;
 use hanga::pipelines::{Flow, SdxlPipeline};
 use hanga::registry::Manifest;
 use hanga::registry::{LoraLibrary, Registry};
-use hanga::sampling::comfy::{
-    BrownianNoise, DiscreteSigmas, KSamplerName, ModelSampling, SchedulerName,
-};
+use hanga::sampling::comfy::{BrownianNoise, KSamplerName, ModelSampling, SchedulerName};
 use hanga::text::ClipTokenizer;
 use hanga::weights::LoraFile;
 
@@ -43,7 +41,7 @@ fn saved_pixels(decoded: Tensor<B, 4>) -> Vec<u8> {
 
 #[test]
 fn every_scheduler_gives_comfyuis_sigmas() {
-    let ms = ModelSampling::DiscreteEps(DiscreteSigmas::sdxl());
+    let ms = ModelSampling::sdxl();
     let table = load(&fixtures().join("comfyui/schedules.safetensors"));
     assert_close(
         "model_sampling.sigmas",
@@ -227,7 +225,7 @@ fn comfyui_tokenization_of_every_prompt() {
 #[test]
 fn sdxl_ksampler_cases_match_comfyui_step_by_step() {
     let base = pipeline();
-    let ms = ModelSampling::DiscreteEps(DiscreteSigmas::sdxl());
+    let ms = ModelSampling::sdxl();
     for &id in sdxl_cases() {
         let case = Case::load(id);
         let t = &case.t;
@@ -250,7 +248,7 @@ fn sdxl_ksampler_cases_match_comfyui_step_by_step() {
         };
 
         let encode = |text: &str, side: &str| {
-            let (context, pooled) = pipeline.comfy_encode(text).unwrap();
+            let (context, pooled) = pipeline.comfy_encode(text, text, -2).unwrap();
             assert_close(
                 &format!("{id} cond.{side}"),
                 &values(context.clone()),
@@ -263,11 +261,7 @@ fn sdxl_ksampler_cases_match_comfyui_step_by_step() {
                 &t[&format!("cond.{side}.pooled_output")].f32(),
                 1e-5,
             );
-            vec![CondEntry {
-                context,
-                pooled: Some(pooled),
-                guidance: None,
-            }]
+            vec![CondEntry::new(context, Some(pooled))]
         };
         let positive = encode(case.setting("prompt").as_str().unwrap(), "positive");
         let negative = encode(case.setting("negative").as_str().unwrap(), "negative");
@@ -382,7 +376,7 @@ fn flux_family_cases_match_comfyui_step_by_step() {
             None => CondEntry {
                 context: positive.context.zeros_like(),
                 pooled: positive.pooled.as_ref().map(|p| p.zeros_like()),
-                guidance: positive.guidance,
+                ..positive.clone()
             },
         };
         let sigmas = ksampler_node_sigmas(&sampling, &settings).unwrap();

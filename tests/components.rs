@@ -66,7 +66,7 @@ fn check_clip(dir: &str, act: Activation, pooled_key: &str) {
     let out = model.forward(input, &eos);
     let e1 = assert_close(
         &format!("{dir} penultimate"),
-        &values(out.penultimate),
+        &values(out.hidden),
         &io["out.penultimate_hidden_state"].f32(),
         TOL,
     );

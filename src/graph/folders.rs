@@ -259,10 +259,8 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
         if kind == "lumina2" {
             let file =
                 of(Role::Qwen3).ok_or_else(|| Error::request("type lumina2 needs a Qwen3 file"))?;
-            let (tokenizer, encoder) = zimage::load_text_encoder(file, &self.device)?;
             return Ok(GraphClip::Qwen3 {
-                tokenizer,
-                encoder,
+                encoder: Arc::new(zimage::load_text_encoder(file, &self.device)?),
                 device: self.device.clone(),
             });
         }
@@ -279,7 +277,7 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
         let t5_file =
             of(Role::T5).ok_or_else(|| Error::request(format!("type {kind} needs a T5 file")))?;
         let clip_l = match (wants_clip, of(Role::ClipL)) {
-            (true, Some(file)) => Some(flux::load_clip_l(file, &self.device)?),
+            (true, Some(file)) => Some(Arc::new(flux::load_clip_l(file, &self.device)?)),
             (true, None) => {
                 return Err(Error::request(
                     "type flux needs a CLIP-L file and a T5 file",
@@ -287,12 +285,11 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
             }
             (false, _) => None,
         };
-        let (tokenizer, t5) = flux::load_t5(t5_file, &self.device)?;
         Ok(GraphClip::T5 {
             clip_l,
-            tokenizer,
-            t5,
+            t5: Arc::new(flux::load_t5(t5_file, &self.device)?),
             layout,
+            padding: layout.padding(),
             device: self.device.clone(),
         })
     }

@@ -7,7 +7,7 @@ use burn::tensor::TensorData;
 
 use std::sync::Arc;
 
-use super::models::GraphModel;
+use super::models::{GraphModel, SdxlSize};
 use crate::Error;
 use crate::models::flux::{AttentionMask, ROPE_THETA, Rope, position_ids};
 use crate::models::zimage::ZImageTransformer;
@@ -15,7 +15,8 @@ use crate::pipelines::flux::{pack, unpack};
 use crate::pipelines::{Flow, SdxlPipeline};
 use crate::sampling::TorchGenerator;
 use crate::sampling::comfy::{
-    Denoiser, KSamplerName, ModelSampling, SamplerStep, SchedulerName, ksampler_sigmas, sample,
+    Denoiser, KSamplerName, ModelSampling, Prediction, SamplerStep, SchedulerName, ksampler_sigmas,
+    sample,
 };
 
 /// One entry of a CONDITIONING list.
@@ -27,6 +28,19 @@ pub struct CondEntry<B: Backend> {
     pub pooled: Option<Tensor<B, 2>>,
     /// FluxGuidance's value (Flux dev's distilled guidance; 3.5 when absent).
     pub guidance: Option<f32>,
+    /// CLIPTextEncodeSDXL's sizes (else the latent's size, no crop).
+    pub sdxl_size: Option<SdxlSize>,
+}
+
+impl<B: Backend> CondEntry<B> {
+    pub fn new(context: Tensor<B, 3>, pooled: Option<Tensor<B, 2>>) -> Self {
+        Self {
+            context,
+            pooled,
+            guidance: None,
+            sdxl_size: None,
+        }
+    }
 }
 
 /// What a KSampler node is given besides the model, conditioning and latent.
@@ -181,15 +195,22 @@ pub fn guide<B: Backend>(
         GraphModel::Sdxl(pipeline) => {
             let [_, _, h, w] = latent.dims();
             // `encode_model_conds` fills width/height with the latent size × 8.
-            let (hh, ww) = ((h * 8) as f32, (w * 8) as f32);
+            let (height, width) = ((h * 8) as f32, (w * 8) as f32);
             let mut denoiser = Cfg {
                 positive,
                 negative,
                 cfg,
-                predict: SdxlEps {
+                predict: SdxlUnet {
                     pipeline,
                     ms,
-                    time_ids: [hh, ww, 0.0, 0.0, hh, ww],
+                    latent_size: SdxlSize {
+                        width,
+                        height,
+                        crop_w: 0.0,
+                        crop_h: 0.0,
+                        target_width: width,
+                        target_height: height,
+                    },
                 },
             };
             sample(sampler, &mut denoiser, x, sigmas, seed, &mut on_step)?
@@ -295,16 +316,17 @@ impl<B: Backend, P: PredictX0<B>> Denoiser<B> for Cfg<'_, B, P> {
     }
 }
 
-/// SDXL (EPS): x_in = x/√(σ²+1), the nearest training timestep, x₀ = x − ε·σ. Entries with the
-/// same context length share one UNet call, negative first (ComfyUI batches `[uncond,
-/// cond]`).
-struct SdxlEps<'a, B: Backend> {
+/// SDXL: x_in = x/√(σ²+1), the nearest training timestep; x₀ = x − ε·σ (EPS) or
+/// x/(σ²+1) − v·σ/√(σ²+1) (V_PREDICTION, σ_data 1). Entries with the same context length
+/// share one UNet call, negative first (ComfyUI batches `[uncond, cond]`); each entry's size
+/// conditioning is its own or the latent's.
+struct SdxlUnet<'a, B: Backend> {
     pipeline: &'a SdxlPipeline<B>,
     ms: &'a ModelSampling,
-    time_ids: [f32; 6],
+    latent_size: SdxlSize,
 }
 
-impl<B: Backend> PredictX0<B> for SdxlEps<'_, B> {
+impl<B: Backend> PredictX0<B> for SdxlUnet<'_, B> {
     fn predict(
         &self,
         x: &Tensor<B, 4>,
@@ -326,24 +348,31 @@ impl<B: Backend> PredictX0<B> for SdxlEps<'_, B> {
             todo.retain(|i| !group.contains(i));
             let mut contexts = Vec::new();
             let mut pooled = Vec::new();
+            let mut time_ids = Vec::new();
             for &i in &group {
                 let p = entries[i].pooled.clone().ok_or_else(|| {
                     Error::request("SDXL conditioning needs the pooled output of CLIP-G")
                 })?;
                 contexts.push(entries[i].context.clone().repeat_dim(0, batch));
                 pooled.push(p.repeat_dim(0, batch));
+                let size = entries[i].sdxl_size.unwrap_or(self.latent_size);
+                time_ids.extend(std::iter::repeat_n(size.time_ids(), batch));
             }
             let rows = group.len() * batch;
-            let eps = self.pipeline.predict_noise(
+            let output = self.pipeline.predict_noise(
                 Tensor::cat(vec![x_in.clone(); group.len()], 0),
                 &vec![t; rows],
                 &Tensor::cat(contexts, 0),
                 Tensor::cat(pooled, 0),
-                &vec![self.time_ids; rows],
+                &time_ids,
             );
+            let var = sigma * sigma + 1.0;
             for (k, &i) in group.iter().enumerate() {
-                let eps_i = eps.clone().narrow(0, k * batch, batch);
-                out[i] = Some(x.clone() - eps_i * sigma);
+                let output = output.clone().narrow(0, k * batch, batch);
+                out[i] = Some(match self.ms.prediction() {
+                    Prediction::Eps => x.clone() - output * sigma,
+                    Prediction::V => x.clone() / var - output * (sigma / var.sqrt()),
+                });
             }
         }
         Ok(out

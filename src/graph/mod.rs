@@ -11,4 +11,5 @@ pub mod execute;
 pub mod folders;
 pub mod nodes;
 pub mod outputs;
+mod resize;
 pub mod validate;

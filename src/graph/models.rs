@@ -68,89 +68,196 @@ pub enum T5Layout {
     Chroma,
 }
 
-/// The text encoders of a CLIP value (held in an `Arc`, so the variants' sizes matter not).
-#[allow(clippy::large_enum_variant)]
+/// T5 padding (`SDTokenizer` `min_padding`, `min_length`; T5TokenizerOptions sets both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct T5Padding {
+    /// Pads after `</s>`.
+    pub min_padding: usize,
+    /// Pads up to this many tokens.
+    pub min_length: usize,
+}
+
+impl T5Layout {
+    pub fn padding(self) -> T5Padding {
+        T5Padding {
+            min_padding: 0,
+            min_length: match self {
+                T5Layout::Flux => 256,
+                T5Layout::Chroma => 1,
+            },
+        }
+    }
+}
+
+/// SDXL's size conditioning (CLIPTextEncodeSDXL's `width`, `height`, `crop_w`, `crop_h`,
+/// `target_width`, `target_height`; `SDXL.encode_adm`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SdxlSize {
+    pub width: f32,
+    pub height: f32,
+    pub crop_w: f32,
+    pub crop_h: f32,
+    pub target_width: f32,
+    pub target_height: f32,
+}
+
+impl SdxlSize {
+    /// The six ids in the order `encode_adm` embeds them.
+    pub fn time_ids(&self) -> [f32; 6] {
+        [
+            self.height,
+            self.width,
+            self.crop_h,
+            self.crop_w,
+            self.target_height,
+            self.target_width,
+        ]
+    }
+}
+
+/// The text encoders of a CLIP value, with the options nodes set on it (CLIPSetLastLayer,
+/// T5TokenizerOptions); clones share the networks.
+#[derive(Clone)]
 pub enum GraphClip<B: Backend> {
-    Sdxl(Arc<SdxlPipeline<B>>),
+    Sdxl {
+        pipeline: Arc<SdxlPipeline<B>>,
+        /// ComfyUI's `clip_layer` (−2 unless CLIPSetLastLayer says otherwise).
+        clip_layer: i64,
+    },
     T5 {
         /// CLIP-L for Flux's pooled vector.
-        clip_l: Option<(ClipTokenizer, ClipTextModel<B>)>,
-        tokenizer: T5Tokenizer,
-        t5: T5Encoder<B>,
+        clip_l: Option<Arc<(ClipTokenizer, ClipTextModel<B>)>>,
+        t5: Arc<(T5Tokenizer, T5Encoder<B>)>,
         layout: T5Layout,
+        padding: T5Padding,
         device: B::Device,
     },
     /// Z-Image's Qwen3 (CLIPLoader type lumina2).
     Qwen3 {
-        tokenizer: Qwen3Tokenizer,
-        encoder: Qwen3Encoder<B>,
+        encoder: Arc<(Qwen3Tokenizer, Qwen3Encoder<B>)>,
         device: B::Device,
     },
 }
 
 impl<B: Backend> GraphClip<B> {
+    pub fn sdxl(pipeline: Arc<SdxlPipeline<B>>) -> Self {
+        GraphClip::Sdxl {
+            pipeline,
+            clip_layer: -2,
+        }
+    }
+
     /// CLIPTextEncode.
     pub fn encode(&self, text: &str) -> Result<CondEntry<B>, Error> {
         match self {
-            GraphClip::Sdxl(pipeline) => {
-                let (context, pooled) = pipeline.comfy_encode(text)?;
-                Ok(CondEntry {
-                    context,
-                    pooled: Some(pooled),
-                    guidance: None,
-                })
-            }
-            GraphClip::T5 {
-                clip_l,
-                tokenizer,
-                t5,
-                layout,
-                device,
-            } => {
-                let context = encode_t5(tokenizer, t5, *layout, text, device)?;
-                let pooled = match clip_l {
-                    Some((tokenizer, clip)) => {
-                        // Only the first chunk's pooled output is used (no projection).
-                        let chunk = tokenizer
-                            .comfy_chunks(text, None)?
-                            .into_iter()
-                            .next()
-                            .expect("one chunk");
-                        let ids: Vec<i64> = chunk.ids.iter().map(|&i| i as i64).collect();
-                        let len = ids.len();
-                        let ids =
-                            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), device);
-                        Some(clip.forward(ids, &[chunk.eos_position]).pooled)
-                    }
-                    None => None,
-                };
-                Ok(CondEntry {
-                    context,
-                    pooled,
-                    guidance: None,
-                })
-            }
+            GraphClip::Sdxl { .. } => self.encode_sdxl(text, text, None),
+            GraphClip::T5 { .. } => self.encode_flux(text, text, None),
             // `z_image.py`: the chat template, weights disabled, no truncation.
-            GraphClip::Qwen3 {
-                tokenizer,
-                encoder,
-                device,
-            } => Ok(CondEntry {
-                context: encode_caption(tokenizer, encoder, text, usize::MAX, device)?
-                    .unsqueeze::<3>(),
-                pooled: None,
-                guidance: None,
-            }),
+            GraphClip::Qwen3 { encoder, device } => Ok(CondEntry::new(
+                encode_caption(&encoder.0, &encoder.1, text, usize::MAX, device)?.unsqueeze::<3>(),
+                None,
+            )),
         }
+    }
+
+    /// CLIPTextEncodeSDXL (and CLIPTextEncode on SDXL): `text_l` for CLIP-L, `text_g` for
+    /// bigG, and the size conditioning when given.
+    pub fn encode_sdxl(
+        &self,
+        text_l: &str,
+        text_g: &str,
+        size: Option<SdxlSize>,
+    ) -> Result<CondEntry<B>, Error> {
+        let GraphClip::Sdxl {
+            pipeline,
+            clip_layer,
+        } = self
+        else {
+            return Err(Error::request(
+                "CLIPTextEncodeSDXL needs the CLIP of an SDXL checkpoint",
+            ));
+        };
+        let (context, pooled) = pipeline.comfy_encode(text_l, text_g, *clip_layer)?;
+        Ok(CondEntry {
+            sdxl_size: size,
+            ..CondEntry::new(context, Some(pooled))
+        })
+    }
+
+    /// CLIPTextEncodeFlux (and CLIPTextEncode on T5 encoders): `clip_text` for CLIP-L's
+    /// pooled vector (Flux), `t5_text` for T5, and the guidance when given.
+    pub fn encode_flux(
+        &self,
+        clip_text: &str,
+        t5_text: &str,
+        guidance: Option<f32>,
+    ) -> Result<CondEntry<B>, Error> {
+        let GraphClip::T5 {
+            clip_l,
+            t5,
+            layout,
+            padding,
+            device,
+        } = self
+        else {
+            return Err(Error::request(
+                "CLIPTextEncodeFlux needs a T5 text encoder (DualCLIPLoader flux, CLIPLoader chroma)",
+            ));
+        };
+        let context = encode_t5(&t5.0, &t5.1, *layout, *padding, t5_text, device)?;
+        let pooled = match clip_l.as_deref() {
+            Some((tokenizer, clip)) => {
+                // Only the first chunk's pooled output is used (no projection).
+                let chunk = tokenizer
+                    .comfy_chunks(clip_text, None)?
+                    .into_iter()
+                    .next()
+                    .expect("one chunk");
+                let ids: Vec<i64> = chunk.ids.iter().map(|&i| i as i64).collect();
+                let len = ids.len();
+                let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), device);
+                Some(clip.forward(ids, &[chunk.eos_position]).pooled)
+            }
+            None => None,
+        };
+        Ok(CondEntry {
+            guidance,
+            ..CondEntry::new(context, pooled)
+        })
+    }
+
+    /// CLIPSetLastLayer: `CLIP.clip_layer(n)`.
+    pub fn with_clip_layer(&self, layer: i64) -> Result<Self, Error> {
+        match self {
+            GraphClip::Sdxl { pipeline, .. } => Ok(GraphClip::Sdxl {
+                pipeline: pipeline.clone(),
+                clip_layer: layer,
+            }),
+            _ => Err(Error::request(
+                "CLIPSetLastLayer applies to SDXL's CLIP encoders only in this build",
+            )),
+        }
+    }
+
+    /// T5TokenizerOptions: `t5xxl_min_padding` and `t5xxl_min_length` (other encoders keep
+    /// theirs, as ComfyUI's options name T5 tokenizers only).
+    pub fn with_t5_padding(&self, new: T5Padding) -> Self {
+        let mut clip = self.clone();
+        if let GraphClip::T5 { padding, .. } = &mut clip {
+            *padding = new;
+        }
+        clip
     }
 }
 
 /// ComfyUI's T5 encoding: each weighted segment tokenized alone, `</s>` at the end, padded
-/// per `layout`, no attention mask; weights as `(z − z_empty)·w + z_empty`. [1, T, D]
+/// per `padding`, no attention mask; weights as `(z − z_empty)·w + z_empty`, the empty
+/// sequence laid out per `layout`. [1, T, D]
 fn encode_t5<B: Backend>(
     tokenizer: &T5Tokenizer,
     t5: &T5Encoder<B>,
     layout: T5Layout,
+    padding: T5Padding,
     text: &str,
     device: &B::Device,
 ) -> Result<Tensor<B, 3>, Error> {
@@ -169,8 +276,9 @@ fn encode_t5<B: Backend>(
         );
     }
     tokens.push((EOS, 1.0));
-    if layout == T5Layout::Flux && tokens.len() < 256 {
-        tokens.resize(256, (PAD, 1.0));
+    tokens.extend(std::iter::repeat_n((PAD, 1.0), padding.min_padding));
+    if tokens.len() < padding.min_length {
+        tokens.resize(padding.min_length, (PAD, 1.0));
     }
     let len = tokens.len();
     let run = |ids: Vec<u32>| {

@@ -12,11 +12,14 @@ use super::image::{to_uint8, vae_output_to_image};
 use super::ksampler::{
     CondEntry, Guider, KSamplerSettings, NoiseSource, guide, ksample, ksampler_node_sigmas,
 };
-use super::models::{GraphClip, GraphModel, GraphVae};
+use super::models::{GraphClip, GraphModel, GraphVae, SdxlSize, T5Padding};
 use super::outputs::SavedImage;
+use super::resize::{Planes, UpscaleMethod, common_upscale, python_round};
 use crate::Error;
 use crate::pipelines::{Flow, SdxlPipeline};
-use crate::sampling::comfy::{DiscreteSigmas, KSamplerName, ModelSampling, SchedulerName, karras};
+use crate::sampling::comfy::{
+    DiscreteSigmas, KSamplerName, ModelSampling, Prediction, SchedulerName, karras,
+};
 use crate::weights::LoraFile;
 
 /// The node classes this build runs (the others of ComfyUI are refused at validation as
@@ -29,12 +32,19 @@ pub const IMPLEMENTED: &[&str] = &[
     "VAELoader",
     "LoraLoader",
     "LoraLoaderModelOnly",
+    "CLIPSetLastLayer",
     "CLIPTextEncode",
+    "CLIPTextEncodeSDXL",
+    "CLIPTextEncodeFlux",
+    "T5TokenizerOptions",
     "FluxGuidance",
     "ConditioningZeroOut",
     "ConditioningCombine",
     "EmptyLatentImage",
     "EmptySD3LatentImage",
+    "LatentUpscale",
+    "LatentUpscaleBy",
+    "ModelSamplingDiscrete",
     "ModelSamplingFlux",
     "ModelSamplingAuraFlow",
     "KSampler",
@@ -51,6 +61,8 @@ pub const IMPLEMENTED: &[&str] = &[
     "VAEDecode",
     "VAEEncode",
     "LoadImage",
+    "ImageScale",
+    "ImageScaleBy",
     "SaveImage",
     "PreviewImage",
     "SaveImageWebsocket",
@@ -166,6 +178,20 @@ impl<B: Backend> Inputs<'_, B> {
             .ok_or_else(|| Error::request(format!("input `{name}` is not an integer")))
     }
 
+    /// INT inputs that may be negative.
+    fn signed(&self, name: &str) -> Result<i64, Error> {
+        let v = self.literal(name)?;
+        v.as_i64()
+            .or_else(|| v.as_f64().map(|f| f.trunc() as i64))
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            .ok_or_else(|| Error::request(format!("input `{name}` is not an integer")))
+    }
+
+    fn upscale_method(&self, name: &str) -> Result<UpscaleMethod, Error> {
+        UpscaleMethod::parse(&self.string(name)?)
+            .ok_or_else(|| Error::request(format!("unknown upscale method in `{name}`")))
+    }
+
     /// BOOLEAN inputs: Python's `bool(val)`, as validation coerces them.
     fn boolean(&self, name: &str) -> Result<bool, Error> {
         Ok(super::validate::python_truthy(self.literal(name)?))
@@ -279,9 +305,9 @@ pub fn run<B: Backend>(
             NodeRun::values(vec![
                 NodeValue::Model(
                     Arc::new(GraphModel::Sdxl(pipeline.clone())),
-                    Arc::new(ModelSampling::DiscreteEps(DiscreteSigmas::sdxl())),
+                    Arc::new(ModelSampling::sdxl()),
                 ),
-                NodeValue::Clip(Arc::new(GraphClip::Sdxl(pipeline.clone()))),
+                NodeValue::Clip(Arc::new(GraphClip::sdxl(pipeline.clone()))),
                 NodeValue::Vae(Arc::new(GraphVae::Sdxl(pipeline))),
             ])
         }
@@ -305,7 +331,14 @@ pub fn run<B: Backend>(
         "LoraLoader" => {
             let (model, sampling) = inputs.model("model")?;
             let clip = inputs.clip("clip")?;
-            let (GraphModel::Sdxl(model), GraphClip::Sdxl(clip)) = (&*model, &*clip) else {
+            let (
+                GraphModel::Sdxl(model),
+                GraphClip::Sdxl {
+                    pipeline: clip,
+                    clip_layer,
+                },
+            ) = (&*model, &*clip)
+            else {
                 return Err(Error::request(
                     "LoraLoader applies LoRAs to SDXL models only in this build",
                 ));
@@ -319,7 +352,10 @@ pub fn run<B: Backend>(
             let clip = clip.with_loras(&[], &[(&file, strength_clip)])?;
             NodeRun::values(vec![
                 NodeValue::Model(Arc::new(GraphModel::Sdxl(Arc::new(model))), sampling),
-                NodeValue::Clip(Arc::new(GraphClip::Sdxl(Arc::new(clip)))),
+                NodeValue::Clip(Arc::new(GraphClip::Sdxl {
+                    pipeline: Arc::new(clip),
+                    clip_layer: *clip_layer,
+                })),
             ])
         }
         "LoraLoaderModelOnly" => {
@@ -337,9 +373,46 @@ pub fn run<B: Backend>(
                 sampling,
             )])
         }
+        "CLIPSetLastLayer" => {
+            let layer = inputs.signed("stop_at_clip_layer")?;
+            let clip = inputs.clip("clip")?.with_clip_layer(layer)?;
+            NodeRun::values(vec![NodeValue::Clip(Arc::new(clip))])
+        }
+        "T5TokenizerOptions" => {
+            let padding = T5Padding {
+                min_padding: inputs.int("min_padding")? as usize,
+                min_length: inputs.int("min_length")? as usize,
+            };
+            let clip = inputs.clip("clip")?.with_t5_padding(padding);
+            NodeRun::values(vec![NodeValue::Clip(Arc::new(clip))])
+        }
         "CLIPTextEncode" => {
-            let clip = inputs.clip("clip")?;
-            let entry = clip.encode(&inputs.string("text")?)?;
+            let entry = inputs.clip("clip")?.encode(&inputs.string("text")?)?;
+            NodeRun::values(vec![NodeValue::Conditioning(Arc::new(vec![entry]))])
+        }
+        "CLIPTextEncodeSDXL" => {
+            let size = |name: &str| Ok::<_, Error>(inputs.int(name)? as f32);
+            let size = SdxlSize {
+                width: size("width")?,
+                height: size("height")?,
+                crop_w: size("crop_w")?,
+                crop_h: size("crop_h")?,
+                target_width: size("target_width")?,
+                target_height: size("target_height")?,
+            };
+            let entry = inputs.clip("clip")?.encode_sdxl(
+                &inputs.string("text_l")?,
+                &inputs.string("text_g")?,
+                Some(size),
+            )?;
+            NodeRun::values(vec![NodeValue::Conditioning(Arc::new(vec![entry]))])
+        }
+        "CLIPTextEncodeFlux" => {
+            let entry = inputs.clip("clip")?.encode_flux(
+                &inputs.string("clip_l")?,
+                &inputs.string("t5xxl")?,
+                Some(inputs.float("guidance")? as f32),
+            )?;
             NodeRun::values(vec![NodeValue::Conditioning(Arc::new(vec![entry]))])
         }
         // `conditioning_set_values(cond, {"guidance": g})`.
@@ -364,7 +437,7 @@ pub fn run<B: Backend>(
                 .map(|e| CondEntry {
                     context: e.context.zeros_like(),
                     pooled: e.pooled.as_ref().map(|p| p.zeros_like()),
-                    guidance: e.guidance,
+                    ..e.clone()
                 })
                 .collect();
             NodeRun::values(vec![NodeValue::Conditioning(Arc::new(entries))])
@@ -374,6 +447,66 @@ pub fn run<B: Backend>(
             let mut entries = inputs.conditioning("conditioning_1")?.to_vec();
             entries.extend(inputs.conditioning("conditioning_2")?.iter().cloned());
             NodeRun::values(vec![NodeValue::Conditioning(Arc::new(entries))])
+        }
+        // `ModelSamplingDiscrete.patch`: the linear table (zero terminal SNR when `zsnr`)
+        // with the chosen prediction.
+        "ModelSamplingDiscrete" => {
+            let (model, _) = inputs.model("model")?;
+            if !matches!(&*model, GraphModel::Sdxl(_)) {
+                return Err(Error::request(
+                    "ModelSamplingDiscrete applies to SDXL models only in this build",
+                ));
+            }
+            let prediction = match inputs.string("sampling")?.as_str() {
+                "eps" => Prediction::Eps,
+                "v_prediction" => Prediction::V,
+                other => {
+                    return Err(Error::request(format!(
+                        "ModelSamplingDiscrete sampling {other} is not supported in this build \
+                         (eps, v_prediction)"
+                    )));
+                }
+            };
+            let table = DiscreteSigmas::linear(inputs.boolean("zsnr")?);
+            NodeRun::values(vec![NodeValue::Model(
+                model,
+                Arc::new(ModelSampling::Discrete(table, prediction)),
+            )])
+        }
+        // `common_upscale` of the latent: by a factor, or to a size in pixels (at least 64,
+        // a 0 side keeping the aspect).
+        "LatentUpscale" | "LatentUpscaleBy" => {
+            let latent = inputs.latent("samples")?;
+            let [_, _, h, w] = latent.dims();
+            let method = inputs.upscale_method("upscale_method")?;
+            let (width, height, crop) = if class == "LatentUpscaleBy" {
+                let by = inputs.float("scale_by")?;
+                (
+                    python_round(w as f64 * by),
+                    python_round(h as f64 * by),
+                    false,
+                )
+            } else {
+                let (width, height) = (
+                    inputs.int("width")? as usize,
+                    inputs.int("height")? as usize,
+                );
+                let (width, height) = match (width, height) {
+                    (0, 0) => return Ok(NodeRun::values(vec![NodeValue::Latent(latent)])),
+                    (0, height) => (
+                        python_round((w * height.max(64)) as f64 / h as f64).max(64),
+                        height.max(64),
+                    ),
+                    (width, 0) => (
+                        width.max(64),
+                        python_round((h * width.max(64)) as f64 / w as f64).max(64),
+                    ),
+                    (width, height) => (width.max(64), height.max(64)),
+                };
+                (width / 8, height / 8, inputs.string("crop")? == "center")
+            };
+            let resized = resize(latent, width, height, method, crop)?;
+            NodeRun::values(vec![NodeValue::Latent(resized)])
         }
         "ModelSamplingFlux" => {
             let (model, _) = inputs.model("model")?;
@@ -602,6 +735,35 @@ pub fn run<B: Backend>(
             let (image, mask) = load_image::<B>(&host.input_image(&inputs.string("image")?)?);
             NodeRun::values(vec![NodeValue::Image(image), NodeValue::Mask(mask)])
         }
+        // `common_upscale` of [B, 3, H, W]: by a factor, or to a size (a 0 side keeping the
+        // aspect).
+        "ImageScale" | "ImageScaleBy" => {
+            let image = inputs.image("image")?;
+            let [_, h, w, _] = image.dims();
+            let method = inputs.upscale_method("upscale_method")?;
+            let (width, height, crop) = if class == "ImageScaleBy" {
+                let by = inputs.float("scale_by")?;
+                (
+                    python_round(w as f64 * by),
+                    python_round(h as f64 * by),
+                    false,
+                )
+            } else {
+                let (width, height) = (
+                    inputs.int("width")? as usize,
+                    inputs.int("height")? as usize,
+                );
+                let (width, height) = match (width, height) {
+                    (0, 0) => return Ok(NodeRun::values(vec![NodeValue::Image(image)])),
+                    (0, height) => (python_round((w * height) as f64 / h as f64).max(1), height),
+                    (width, 0) => (width, python_round((h * width) as f64 / w as f64).max(1)),
+                    sides => sides,
+                };
+                (width, height, inputs.string("crop")? == "center")
+            };
+            let resized = resize(image.permute([0, 3, 1, 2]), width, height, method, crop)?;
+            NodeRun::values(vec![NodeValue::Image(resized.permute([0, 2, 3, 1]))])
+        }
         "SaveImage" | "PreviewImage" => {
             let images = to_rgb_images(inputs.image("images")?);
             let saved = if class == "SaveImage" {
@@ -636,6 +798,27 @@ pub fn run<B: Backend>(
         }
         other => return Err(Error::request(format!("node {other} is not supported"))),
     })
+}
+
+/// `common_upscale(t, width, height, method, crop)` on [N, C, H, W], on `t`'s device.
+fn resize<B: Backend>(
+    t: Tensor<B, 4>,
+    width: usize,
+    height: usize,
+    method: UpscaleMethod,
+    crop_center: bool,
+) -> Result<Tensor<B, 4>, Error> {
+    let device = t.device();
+    let shape = t.dims();
+    let planes = Planes {
+        data: t.into_data().convert::<f32>().to_vec().expect("f32 data"),
+        shape,
+    };
+    let out = common_upscale(&planes, width, height, method, crop_center)?;
+    Ok(Tensor::from_data(
+        TensorData::new(out.data, out.shape),
+        &device,
+    ))
 }
 
 /// `vae_encode_crop_pixels`: the centred region whose sides are multiples of `multiple`.

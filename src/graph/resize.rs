@@ -52,9 +52,7 @@ pub fn common_upscale(
     crop_center: bool,
 ) -> Result<Planes, Error> {
     if width == 0 || height == 0 {
-        return Err(Error::request(format!(
-            "cannot resize to {width}×{height}"
-        )));
+        return Err(Error::request(format!("cannot resize to {width}×{height}")));
     }
     let cropped = if crop_center {
         crop_to_aspect(planes, width, height)
@@ -144,10 +142,7 @@ fn axis_weights(method: UpscaleMethod, input: usize, output: usize) -> AxisWeigh
                 let floor = src.floor();
                 let t = src - floor;
                 let index = |k: i64| (floor as i64 - 1 + k).clamp(0, input as i64 - 1) as usize;
-                (
-                    (0..4).map(index).collect(),
-                    cubic_coefficients(t).to_vec(),
-                )
+                ((0..4).map(index).collect(), cubic_coefficients(t).to_vec())
             }
             // adaptive_avg_pool2d: [floor(i·in/out), ceil((i+1)·in/out)).
             _ => {
@@ -178,9 +173,17 @@ fn bislerp(planes: &Planes, width: usize, height: usize) -> Planes {
     };
     let pass = |src: &Planes, along_width: bool| {
         let [_, _, sh, sw] = src.shape;
-        let (old, new) = if along_width { (sw, width) } else { (sh, height) };
+        let (old, new) = if along_width {
+            (sw, width)
+        } else {
+            (sh, height)
+        };
         let (ratios, first, second) = bilinear_neighbours(old, new);
-        let (oh, ow) = if along_width { (sh, width) } else { (height, sw) };
+        let (oh, ow) = if along_width {
+            (sh, width)
+        } else {
+            (height, sw)
+        };
         let mut out = vec![0f32; n * c * oh * ow];
         let mut v1 = vec![0f32; c];
         let mut v2 = vec![0f32; c];
@@ -234,7 +237,9 @@ fn slerp(b1: &[f32], b2: &[f32], r: f32) -> Vec<f32> {
     let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
     let (n1, n2) = (norm(b1), norm(b2));
     let unit = |v: &[f32], n: f32| -> Vec<f32> {
-        v.iter().map(|x| if n == 0.0 { 0.0 } else { x / n }).collect()
+        v.iter()
+            .map(|x| if n == 0.0 { 0.0 } else { x / n })
+            .collect()
     };
     let (u1, u2) = (unit(b1, n1), unit(b2, n2));
     let dot: f32 = u1.iter().zip(&u2).map(|(a, b)| a * b).sum();
@@ -242,7 +247,11 @@ fn slerp(b1: &[f32], b2: &[f32], r: f32) -> Vec<f32> {
         return b1.to_vec();
     }
     if dot < 1e-5 - 1.0 {
-        return b1.iter().zip(b2).map(|(a, b)| a * (1.0 - r) + b * r).collect();
+        return b1
+            .iter()
+            .zip(b2)
+            .map(|(a, b)| a * (1.0 - r) + b * r)
+            .collect();
     }
     let omega = dot.acos();
     let so = omega.sin();

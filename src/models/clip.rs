@@ -101,9 +101,9 @@ pub struct ClipTextModel<B: Backend> {
 
 /// What the SDXL-style pipelines take from a CLIP tower.
 pub struct ClipOutput<B: Backend> {
-    /// `hidden_states[-2]`: the output of the second-to-last layer, without final layer norm.
-    /// [B, L, D]
-    pub penultimate: Tensor<B, 3>,
+    /// The states asked for: by default `hidden_states[-2]`, the output of the second-to-last
+    /// layer without final layer norm. [B, L, D]
+    pub hidden: Tensor<B, 3>,
     /// `final_layer_norm(last)[eos]`, projected when the tower has a projection. [B, D or P]
     pub pooled: Tensor<B, 2>,
 }
@@ -156,19 +156,34 @@ impl<B: Backend> ClipTextModel<B> {
 
     /// input_ids: [B, L]; `eos_positions[b]` is the index of the first end-of-text token of
     /// row b (transformers pools there). Causal attention, no padding mask: the SDXL pipelines
-    /// pass input ids only.
+    /// pass input ids only. `hidden` is the penultimate layer's output.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>, eos_positions: &[usize]) -> ClipOutput<B> {
+        self.forward_at(input_ids, eos_positions, self.layers.len().checked_sub(2))
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// [`forward`](Self::forward) with `hidden` the output of layer `layer` (0-based, no
+    /// final norm), or the final normed output when `None` (ComfyUI's `clip_layer` "last").
+    pub fn forward_at(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        eos_positions: &[usize],
+        layer: Option<usize>,
+    ) -> ClipOutput<B> {
         let [batch, len] = input_ids.dims();
         let device = input_ids.device();
         let positions = Tensor::<B, 1, Int>::arange(0..len as i64, &device).unsqueeze::<2>();
         let mut x =
             self.token_embedding.forward(input_ids) + self.position_embedding.forward(positions);
-        let mut penultimate = x.clone();
-        for (i, layer) in self.layers.iter().enumerate() {
-            if i + 1 == self.layers.len() {
-                penultimate = x.clone();
+        let mut hidden = None;
+        for (i, l) in self.layers.iter().enumerate() {
+            x = self.layer_forward(l, x);
+            if Some(i) == layer {
+                hidden = Some(x.clone());
             }
-            x = self.layer_forward(layer, x);
         }
         let last = self.final_layer_norm.forward(x);
         let pooled = Tensor::cat(
@@ -185,7 +200,7 @@ impl<B: Backend> ClipTextModel<B> {
             None => pooled,
         };
         ClipOutput {
-            penultimate,
+            hidden: hidden.unwrap_or_else(|| last.clone()),
             pooled,
         }
     }

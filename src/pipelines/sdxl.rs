@@ -267,7 +267,7 @@ impl<B: Backend> SdxlPipeline<B> {
                 &self.device,
             );
             let out = model.forward(ids, &[chunk.eos_position]);
-            (apply_emphasis(out.penultimate, chunk), out.pooled)
+            (apply_emphasis(out.hidden, chunk), out.pooled)
         };
         let mut contexts = Vec::new();
         let mut pooled = None;
@@ -284,23 +284,40 @@ impl<B: Backend> SdxlPipeline<B> {
         ))
     }
 
-    /// ComfyUI's `CLIPTextEncode` on SDXL (`SDXLClipModel.encode_token_weights`), for graphs:
-    /// ComfyUI's tokenization with one tokenizer for both encoders (bigG pads with id 0); each
-    /// chunk's penultimate states of CLIP-L and bigG concatenated on channels, chunks on
-    /// tokens; weighted tokens as `(z − z_empty)·w + z_empty` against the encoding of
-    /// [BOS, EOS, pad…]; pooled = bigG's projected pooled output of the first chunk.
-    /// Returns (context [1, 77·k, L+G], pooled [1, P]).
-    pub fn comfy_encode(&self, text: &str) -> Result<(Tensor<B, 3>, Tensor<B, 2>), Error> {
-        let encode = |model: &ClipTextModel<B>, pad: Option<u32>| -> Result<_, Error> {
-            let chunks = self.tokenizer_l.comfy_chunks(text, pad)?;
+    /// ComfyUI's SDXL text encoding (`SDXLClipModel.encode_token_weights`), for graphs:
+    /// ComfyUI's tokenization with one tokenizer for both encoders (bigG pads with id 0),
+    /// `text_l` for CLIP-L and `text_g` for bigG (CLIPTextEncode gives both the same text;
+    /// CLIPTextEncodeSDXL pads the shorter chunk list with empty chunks); each chunk's states
+    /// of layer `clip_layer` of both encoders (ComfyUI's `clip_layer`: −1 the last layer's
+    /// output, −2 the default; beyond the layer count, the final normed output) concatenated
+    /// on channels, chunks on tokens; weighted tokens as `(z − z_empty)·w + z_empty` against
+    /// the encoding of [BOS, EOS, pad…]; pooled = bigG's projected pooled output of the first
+    /// chunk. Returns (context [1, 77·k, L+G], pooled [1, P]).
+    pub fn comfy_encode(
+        &self,
+        text_l: &str,
+        text_g: &str,
+        clip_layer: i64,
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 2>), Error> {
+        let tokenize = |text: &str, pad: Option<u32>| self.tokenizer_l.comfy_chunks(text, pad);
+        let (mut chunks_l, mut chunks_g) = (tokenize(text_l, None)?, tokenize(text_g, Some(0))?);
+        while chunks_l.len() < chunks_g.len() {
+            chunks_l.push(self.tokenizer_l.comfy_empty(None));
+        }
+        while chunks_g.len() < chunks_l.len() {
+            chunks_g.push(self.tokenizer_l.comfy_empty(Some(0)));
+        }
+        let encode = |model: &ClipTextModel<B>, chunks: &[TokenChunk], pad: Option<u32>| {
+            let layers = model.num_layers() as i64;
+            let layer = (clip_layer.abs() <= layers).then(|| (layers + clip_layer) as usize);
             let empty = chunks.iter().any(TokenChunk::is_weighted).then(|| {
-                self.clip_forward(model, &self.tokenizer_l.comfy_empty(pad))
+                self.clip_forward(model, &self.tokenizer_l.comfy_empty(pad), layer)
                     .0
             });
             let mut pooled = None;
             let mut states = Vec::new();
-            for chunk in &chunks {
-                let (z, p) = self.clip_forward(model, chunk);
+            for chunk in chunks {
+                let (z, p) = self.clip_forward(model, chunk, layer);
                 pooled.get_or_insert(p);
                 states.push(match &empty {
                     Some(z_empty) if chunk.is_weighted() => {
@@ -313,26 +330,27 @@ impl<B: Backend> SdxlPipeline<B> {
                     _ => z,
                 });
             }
-            Ok((Tensor::cat(states, 1), pooled.expect("at least one chunk")))
+            (Tensor::cat(states, 1), pooled.expect("at least one chunk"))
         };
-        let (l, _) = encode(&self.clip_l, None)?;
-        let (g, pooled) = encode(&self.clip_g, Some(0))?;
+        let (l, _) = encode(&self.clip_l, &chunks_l, None);
+        let (g, pooled) = encode(&self.clip_g, &chunks_g, Some(0));
         Ok((Tensor::cat(vec![l, g], 2), pooled))
     }
 
-    /// One 77-token sequence through a CLIP tower: (penultimate states, pooled).
+    /// One 77-token sequence through a CLIP tower: (the states of `layer`, pooled).
     fn clip_forward(
         &self,
         model: &ClipTextModel<B>,
         chunk: &TokenChunk,
+        layer: Option<usize>,
     ) -> (Tensor<B, 3>, Tensor<B, 2>) {
         let ids: Vec<i64> = chunk.ids.iter().map(|&i| i as i64).collect();
         let ids = Tensor::<B, 2, Int>::from_data(
             TensorData::new(ids, [1, chunk.ids.len()]),
             &self.device,
         );
-        let out = model.forward(ids, &[chunk.eos_position]);
-        (out.penultimate, out.pooled)
+        let out = model.forward_at(ids, &[chunk.eos_position], layer);
+        (out.hidden, out.pooled)
     }
 
     /// The UNet's noise prediction (the stage both the native pipeline and graphs call):

@@ -18,11 +18,21 @@ pub use brownian::{BrownianNoise, seed_sequence_state};
 pub use samplers::{Denoiser, KSamplerName, SamplerStep, sample};
 pub use schedulers::{SchedulerName, karras, ksampler_sigmas};
 
+/// What a discrete-time (UNet) model predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prediction {
+    /// `EPS`: the noise.
+    Eps,
+    /// `V_PREDICTION`: the velocity (σ_data 1).
+    V,
+}
+
 /// How a model maps σ to its input and its output to x₀ (ComfyUI `model_sampling`).
 #[derive(Clone, Debug)]
 pub enum ModelSampling {
-    /// `ModelSamplingDiscrete` + `EPS` (SD1.5, SDXL): 1000 training σ.
-    DiscreteEps(DiscreteSigmas),
+    /// `ModelSamplingDiscrete` (SD1.5, SDXL): 1000 training σ, with EPS (SDXL's own) or
+    /// V_PREDICTION (the ModelSamplingDiscrete node).
+    Discrete(DiscreteSigmas, Prediction),
     /// `ModelSamplingFlux` + `CONST` (FLUX.1 dev, Chroma): σ(t) = eᵘ/(eᵘ + 1/t − 1) on 10000 t.
     Flux { mu: f64, sigmas: Vec<f32> },
     /// `ModelSamplingDiscreteFlow` + `CONST` (FLUX.1 schnell, Z-Image; the AuraFlow and SD3
@@ -55,6 +65,19 @@ fn time_snr_shift(alpha: f64, t: f32) -> f32 {
 }
 
 impl ModelSampling {
+    /// SDXL's own: the linear schedule, EPS.
+    pub fn sdxl() -> Self {
+        ModelSampling::Discrete(DiscreteSigmas::linear(false), Prediction::Eps)
+    }
+
+    /// What the UNet's output is (flow models' velocity counts as EPS: never asked).
+    pub fn prediction(&self) -> Prediction {
+        match self {
+            ModelSampling::Discrete(_, p) => *p,
+            _ => Prediction::Eps,
+        }
+    }
+
     /// `ModelSamplingFlux.set_parameters(shift=mu)`.
     pub fn flux(mu: f64) -> Self {
         ModelSampling::Flux {
@@ -87,12 +110,32 @@ impl ModelSampling {
 
     /// Flow models predict velocity (`CONST`): x₀ = x − σ·v, x = σ·ε + (1 − σ)·x₀.
     pub fn is_flow(&self) -> bool {
-        !matches!(self, ModelSampling::DiscreteEps(_))
+        !matches!(self, ModelSampling::Discrete(..))
     }
 }
 
+/// `rescale_zero_terminal_snr_sigmas`: √ᾱ shifted so the last is 0 and scaled so the first
+/// keeps its value, the last ᾱ then set to 4.8973451890853435e-08 (float64).
+fn rescale_zero_terminal_snr(sigmas: &[f64]) -> Vec<f64> {
+    let sqrt_alphas: Vec<f64> = sigmas
+        .iter()
+        .map(|s| (1.0 / (s * s + 1.0)).sqrt())
+        .collect();
+    let (first, last) = (sqrt_alphas[0], sqrt_alphas[sqrt_alphas.len() - 1]);
+    let mut alphas: Vec<f64> = sqrt_alphas
+        .iter()
+        .map(|a| {
+            let a = (a - last) * (first / (first - last));
+            a * a
+        })
+        .collect();
+    *alphas.last_mut().expect("1000 entries") = 4.8973451890853435e-08;
+    alphas.iter().map(|a| ((1.0 - a) / a).sqrt()).collect()
+}
+
 /// `ModelSamplingDiscrete`'s tables: betas = linspace(√0.00085, √0.012, 1000)² in float64 (what
-/// ComfyUI calls "linear"), σ = √((1−ᾱ)/ᾱ); σ and ln σ are then stored as float32.
+/// ComfyUI calls "linear"), σ = √((1−ᾱ)/ᾱ), rescaled to zero terminal SNR when `zsnr`
+/// (`rescale_zero_terminal_snr_sigmas`); σ and ln σ are then stored as float32.
 #[derive(Clone, Debug)]
 pub struct DiscreteSigmas {
     pub sigmas: Vec<f32>,
@@ -100,7 +143,7 @@ pub struct DiscreteSigmas {
 }
 
 impl DiscreteSigmas {
-    pub fn sdxl() -> Self {
+    pub fn linear(zsnr: bool) -> Self {
         let betas: Vec<f64> = torch_linspace(0.00085f64.sqrt(), 0.012f64.sqrt(), 1000)
             .into_iter()
             .map(|b| b * b)
@@ -113,6 +156,11 @@ impl DiscreteSigmas {
                 ((1.0 - cumprod) / cumprod).sqrt()
             })
             .collect();
+        let sigmas64 = if zsnr {
+            rescale_zero_terminal_snr(&sigmas64)
+        } else {
+            sigmas64
+        };
         Self {
             sigmas: sigmas64.iter().map(|&s| s as f32).collect(),
             log_sigmas: sigmas64.iter().map(|s| s.ln() as f32).collect(),
@@ -144,7 +192,7 @@ impl ModelSampling {
     /// The σ table a scheduler picks from.
     pub fn sigmas(&self) -> &[f32] {
         match self {
-            ModelSampling::DiscreteEps(d) => &d.sigmas,
+            ModelSampling::Discrete(d, _) => &d.sigmas,
             ModelSampling::Flux { sigmas, .. } | ModelSampling::DiscreteFlow { sigmas, .. } => {
                 sigmas
             }
@@ -162,7 +210,7 @@ impl ModelSampling {
     /// What the network is given as its timestep at σ.
     pub fn timestep(&self, sigma: f32) -> f32 {
         match self {
-            ModelSampling::DiscreteEps(d) => d.timestep(sigma) as f32,
+            ModelSampling::Discrete(d, _) => d.timestep(sigma) as f32,
             ModelSampling::Flux { .. } => sigma,
             ModelSampling::DiscreteFlow { multiplier, .. } => sigma * *multiplier as f32,
         }
@@ -171,7 +219,7 @@ impl ModelSampling {
     /// σ at a (fractional) timestep.
     pub fn sigma(&self, t: f32) -> f32 {
         match self {
-            ModelSampling::DiscreteEps(d) => d.sigma(t),
+            ModelSampling::Discrete(d, _) => d.sigma(t),
             ModelSampling::Flux { mu, .. } => flux_time_shift(*mu, t),
             ModelSampling::DiscreteFlow {
                 shift, multiplier, ..
@@ -184,8 +232,8 @@ impl ModelSampling {
     /// (`max_denoise`), else ε·σ₀ + latent; flow models from σ₀·ε + (1 − σ₀)·latent.
     pub fn noise_scaling(&self, sigma0: f32, max_denoise: bool) -> (f32, f32) {
         match self {
-            ModelSampling::DiscreteEps(_) if max_denoise => ((1.0 + sigma0 * sigma0).sqrt(), 1.0),
-            ModelSampling::DiscreteEps(_) => (sigma0, 1.0),
+            ModelSampling::Discrete(..) if max_denoise => ((1.0 + sigma0 * sigma0).sqrt(), 1.0),
+            ModelSampling::Discrete(..) => (sigma0, 1.0),
             _ => (sigma0, 1.0 - sigma0),
         }
     }
