@@ -187,9 +187,34 @@ impl<B: Backend> Inputs<'_, B> {
             .ok_or_else(|| Error::request(format!("input `{name}` is not an integer")))
     }
 
-    fn upscale_method(&self, name: &str) -> Result<UpscaleMethod, Error> {
-        UpscaleMethod::parse(&self.string(name)?)
-            .ok_or_else(|| Error::request(format!("unknown upscale method in `{name}`")))
+    /// The size the upscale nodes resize a `w`×`h` input to, with its crop: `scale_by` times
+    /// the input (the `By` nodes), or `width`×`height` in pixels (each at least `min`; a 0
+    /// side from the input's aspect) divided by `unit` (8 for latents). `None`: both sides
+    /// 0, the input is passed on.
+    fn resize_target(
+        &self,
+        by: bool,
+        w: usize,
+        h: usize,
+        min: usize,
+        unit: usize,
+    ) -> Result<Option<(usize, usize, bool)>, Error> {
+        if by {
+            let by = self.float("scale_by")?;
+            let side = |n: usize| python_round(n as f64 * by);
+            return Ok(Some((side(w), side(h), false)));
+        }
+        let crop = self.string("crop")? == "center";
+        let aspect = |given: usize, of: usize, other: usize| {
+            python_round((of * given) as f64 / other as f64).max(min)
+        };
+        let size = match (self.int("width")? as usize, self.int("height")? as usize) {
+            (0, 0) => return Ok(None),
+            (0, height) => (aspect(height.max(min), w, h), height.max(min)),
+            (width, 0) => (width.max(min), aspect(width.max(min), h, w)),
+            (width, height) => (width.max(min), height.max(min)),
+        };
+        Ok(Some((size.0 / unit, size.1 / unit, crop)))
     }
 
     /// BOOLEAN inputs: Python's `bool(val)`, as validation coerces them.
@@ -478,35 +503,11 @@ pub fn run<B: Backend>(
         "LatentUpscale" | "LatentUpscaleBy" => {
             let latent = inputs.latent("samples")?;
             let [_, _, h, w] = latent.dims();
-            let method = inputs.upscale_method("upscale_method")?;
-            let (width, height, crop) = if class == "LatentUpscaleBy" {
-                let by = inputs.float("scale_by")?;
-                (
-                    python_round(w as f64 * by),
-                    python_round(h as f64 * by),
-                    false,
-                )
-            } else {
-                let (width, height) = (
-                    inputs.int("width")? as usize,
-                    inputs.int("height")? as usize,
-                );
-                let (width, height) = match (width, height) {
-                    (0, 0) => return Ok(NodeRun::values(vec![NodeValue::Latent(latent)])),
-                    (0, height) => (
-                        python_round((w * height.max(64)) as f64 / h as f64).max(64),
-                        height.max(64),
-                    ),
-                    (width, 0) => (
-                        width.max(64),
-                        python_round((h * width.max(64)) as f64 / w as f64).max(64),
-                    ),
-                    (width, height) => (width.max(64), height.max(64)),
-                };
-                (width / 8, height / 8, inputs.string("crop")? == "center")
+            let latent = match inputs.resize_target(class == "LatentUpscaleBy", w, h, 64, 8)? {
+                Some((width, height, crop)) => resize(latent, width, height, &inputs, crop)?,
+                None => latent,
             };
-            let resized = resize(latent, width, height, method, crop)?;
-            NodeRun::values(vec![NodeValue::Latent(resized)])
+            NodeRun::values(vec![NodeValue::Latent(latent)])
         }
         "ModelSamplingFlux" => {
             let (model, _) = inputs.model("model")?;
@@ -740,29 +741,14 @@ pub fn run<B: Backend>(
         "ImageScale" | "ImageScaleBy" => {
             let image = inputs.image("image")?;
             let [_, h, w, _] = image.dims();
-            let method = inputs.upscale_method("upscale_method")?;
-            let (width, height, crop) = if class == "ImageScaleBy" {
-                let by = inputs.float("scale_by")?;
-                (
-                    python_round(w as f64 * by),
-                    python_round(h as f64 * by),
-                    false,
-                )
-            } else {
-                let (width, height) = (
-                    inputs.int("width")? as usize,
-                    inputs.int("height")? as usize,
-                );
-                let (width, height) = match (width, height) {
-                    (0, 0) => return Ok(NodeRun::values(vec![NodeValue::Image(image)])),
-                    (0, height) => (python_round((w * height) as f64 / h as f64).max(1), height),
-                    (width, 0) => (width, python_round((h * width) as f64 / w as f64).max(1)),
-                    sides => sides,
-                };
-                (width, height, inputs.string("crop")? == "center")
+            let image = match inputs.resize_target(class == "ImageScaleBy", w, h, 1, 1)? {
+                Some((width, height, crop)) => {
+                    resize(image.permute([0, 3, 1, 2]), width, height, &inputs, crop)?
+                        .permute([0, 2, 3, 1])
+                }
+                None => image,
             };
-            let resized = resize(image.permute([0, 3, 1, 2]), width, height, method, crop)?;
-            NodeRun::values(vec![NodeValue::Image(resized.permute([0, 2, 3, 1]))])
+            NodeRun::values(vec![NodeValue::Image(image)])
         }
         "SaveImage" | "PreviewImage" => {
             let images = to_rgb_images(inputs.image("images")?);
@@ -800,14 +786,16 @@ pub fn run<B: Backend>(
     })
 }
 
-/// `common_upscale(t, width, height, method, crop)` on [N, C, H, W], on `t`'s device.
+/// `common_upscale(t, width, height, upscale_method, crop)` on [N, C, H, W], on `t`'s device.
 fn resize<B: Backend>(
     t: Tensor<B, 4>,
     width: usize,
     height: usize,
-    method: UpscaleMethod,
+    inputs: &Inputs<B>,
     crop_center: bool,
 ) -> Result<Tensor<B, 4>, Error> {
+    let method = UpscaleMethod::parse(&inputs.string("upscale_method")?)
+        .ok_or_else(|| Error::request("unknown upscale_method"))?;
     let device = t.device();
     let shape = t.dims();
     let planes = Planes {
