@@ -252,6 +252,68 @@ fn comfyuis_websocket_example_gets_comfyuis_images() {
     let ids: Vec<&String> = last_two.as_object().unwrap().keys().collect();
     let id = |n: usize| format!("00000000-0000-4000-8000-{n:012}");
     assert_eq!(ids, [&id(CASES.len() - 2), &id(CASES.len() - 1)]);
+    // The newer jobs routes: every prompt, newest first, paged.
+    let jobs = get(port, "/api/jobs").json();
+    assert_eq!(jobs["pagination"]["total"], CASES.len());
+    let listed: Vec<&Value> = jobs["jobs"].as_array().unwrap().iter().collect();
+    assert_eq!(listed[0]["id"], id(CASES.len() - 1));
+    assert!(listed.iter().all(|j| j["status"] == "completed"));
+    assert!(
+        listed
+            .iter()
+            .all(|j| j["outputs_count"].as_u64() >= Some(1))
+    );
+    assert_eq!(listed[0]["preview_output"]["nodeId"], "9");
+    let times: Vec<i64> = listed
+        .iter()
+        .map(|j| j["create_time"].as_i64().unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+    let page = get(port, "/api/jobs?limit=2&offset=1&sort_order=asc").json();
+    assert_eq!(page["jobs"][0]["id"], id(1));
+    assert_eq!(
+        page["pagination"],
+        json!({"offset": 1, "limit": 2,
+        "total": CASES.len(), "has_more": true})
+    );
+    let one = get(port, &format!("/api/jobs/{}", id(0))).json();
+    assert_eq!(
+        one["workflow"]["prompt"],
+        case_json(CASES[0])["workflow_api"]
+    );
+    assert_eq!(one["execution_status"]["status_str"], "success");
+    assert!(one["execution_end_time"].as_i64() >= one["execution_start_time"].as_i64());
+    assert_eq!(
+        get(port, "/api/api/jobs?limit=1").json()["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    for (query, message) in [
+        (
+            "status=bogus",
+            "Invalid status value(s): bogus. Valid values: pending, in_progress, completed, failed, cancelled",
+        ),
+        ("limit=0", "limit must be a positive integer"),
+        ("limit=x", "limit must be an integer"),
+        (
+            "sort_by=name",
+            "sort_by must be 'created_at' or 'execution_duration'",
+        ),
+    ] {
+        let r = get(port, &format!("/api/jobs?{query}"));
+        assert_eq!(
+            (r.status, r.json()),
+            (400, json!({"error": message})),
+            "{query}"
+        );
+    }
+    let missing = get(port, "/api/jobs/no-such-job");
+    assert_eq!(
+        (missing.status, missing.json()),
+        (404, json!({"error": "Job not found"}))
+    );
     // Every route also answers under /api.
     assert_eq!(
         get(port, "/api/history?max_items=1")
@@ -616,6 +678,8 @@ fn prompts_survive_a_crash_and_either_api_cancels_them() {
         get(native, "/api/jobs/slow-1").json()["status"],
         "cancelled"
     );
+    // ComfyUI's newer jobs route on its own port says the same.
+    assert_eq!(get(port, "/api/jobs/slow-1").json()["status"], "cancelled");
 
     // Interrupted through ComfyUI's /interrupt, naming the prompt.
     start_slow_prompt(port, &mut ws, "slow-2");

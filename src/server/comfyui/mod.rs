@@ -4,6 +4,7 @@
 
 mod files;
 mod info;
+mod jobs;
 mod prompt;
 mod ws;
 
@@ -87,7 +88,10 @@ pub fn routes(state: Arc<ComfyState>) -> impl poem::Endpoint {
             .at(at("/embeddings"), get(info::embeddings))
             .at(at("/models"), get(info::model_folders))
             .at(at("/models/:folder"), get(info::model_folder))
-            .at(at("/extensions"), get(info::extensions));
+            .at(at("/extensions"), get(info::extensions))
+            // Declared as `/api/jobs` in ComfyUI, so also at `/api/api/jobs`.
+            .at(at("/api/jobs"), get(jobs::get_jobs))
+            .at(at("/api/jobs/:job_id"), get(jobs::get_job));
     }
     route.data(state)
 }

@@ -107,6 +107,8 @@ pub async fn post_prompt(state: Data<&Arc<ComfyState>>, body: Body) -> Response 
     for key in SENSITIVE_EXTRA_DATA_KEYS {
         extra_data.remove(key);
     }
+    // The newer ComfyUI stamps the submission time (milliseconds) for `/api/jobs`.
+    extra_data.insert("create_time".into(), json!(crate::queue::now_ms()));
     let job = Job {
         workflow: Some(Workflow {
             prompt,
@@ -146,7 +148,7 @@ pub async fn post_prompt(state: Data<&Arc<ComfyState>>, body: Body) -> Response 
 }
 
 /// A queue item: `[number, prompt_id, prompt, extra_data, outputs_to_execute]`.
-fn queue_item(job: &Job) -> Option<Value> {
+pub(super) fn queue_item(job: &Job) -> Option<Value> {
     let w = job.workflow.as_ref()?;
     Some(json!([
         w.number,
@@ -218,7 +220,7 @@ pub async fn post_queue(state: Data<&Arc<ComfyState>>, body: Body) -> Response {
 }
 
 /// A history entry (`PromptQueue.task_done`).
-fn history_item(job: &Job) -> Option<Value> {
+pub(super) fn history_item(job: &Job) -> Option<Value> {
     let w = job.workflow.as_ref()?;
     let success = job.status == JobStatus::Completed;
     let meta: Map<String, Value> = w
