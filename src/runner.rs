@@ -447,6 +447,7 @@ fn run_workflow<B: Backend>(
                 serde_json::json!({"prompt_id": prompt_id, "timestamp": now_ms()}),
                 false,
             );
+            add_to_gallery(shared, &folders, job, &execution.outputs);
             job.workflow.as_mut().expect("a graph job").ui_outputs = execution.outputs;
             Ok(())
         }
@@ -537,6 +538,55 @@ const PNG_FRAME: u32 = 2;
 
 /// A binary PREVIEW_IMAGE frame (`protocol.BinaryEventTypes.PREVIEW_IMAGE` = 1): the event and
 /// the image format as big-endian u32s, then the encoded image (`server.send_image`).
+/// Lists a graph's saved images (type "output") in the native gallery, named
+/// `<prompt_id>_<node>_<n>.png`, with the graph's model, prompt text and seed.
+fn add_to_gallery(
+    shared: &Shared,
+    folders: &ComfyFolders,
+    job: &mut Job,
+    outputs: &serde_json::Map<String, serde_json::Value>,
+) {
+    let prompt = &job.workflow.as_ref().expect("a graph job").prompt;
+    let (model, text, seed) = crate::graph::outputs::gallery_summary(prompt);
+    let output_dir = folders.dir("output").expect("the output folder");
+    for (node, ui) in outputs {
+        let saved = ui["images"].as_array().into_iter().flatten();
+        for (n, image) in saved.filter(|i| i["type"] == "output").enumerate() {
+            let path = output_dir
+                .join(image["subfolder"].as_str().unwrap_or_default())
+                .join(image["filename"].as_str().unwrap_or_default());
+            let node_name: String = node
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            let indexed = image::image_dimensions(&path)
+                .map_err(|e| Error::request(e.to_string()))
+                .and_then(|(width, height)| {
+                    let record = crate::store::ImageRecord {
+                        id: 0,
+                        filename: format!("{}_{node_name}_{n}.png", job.job_id),
+                        width,
+                        height,
+                        job_id: job.job_id.clone(),
+                        model: model.clone(),
+                        prompt: text.clone(),
+                        seed,
+                        created_at: now_ms(),
+                        source: None,
+                    };
+                    shared.store.index_file(&path, record)
+                });
+            match indexed {
+                Ok(record) => {
+                    shared.events.announce_image(&record);
+                    job.images.push(record.filename);
+                }
+                Err(e) => tracing::warn!("{}: not in the gallery: {e}", path.display()),
+            }
+        }
+    }
+}
+
 fn preview_frame(format: u32, image: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(8 + image.len());
     frame.extend_from_slice(&1u32.to_be_bytes());

@@ -239,6 +239,36 @@ fn comfyuis_websocket_example_gets_comfyuis_images() {
         let job = get(server.port, &format!("/api/jobs/{prompt_id}")).json();
         assert_eq!(job["kind"], "comfyui");
         assert_eq!(job["status"], "completed");
+        // Its images are in the native gallery, with the graph's prompt, seed and model.
+        let names = job["images"].as_array().unwrap();
+        let recorded = recorded_images(&case);
+        assert_eq!(names.len(), recorded.len(), "{id}: {job}");
+        for (name, file) in names.iter().zip(&recorded) {
+            let png = get(
+                server.port,
+                &format!("/api/images/{}", name.as_str().unwrap()),
+            );
+            assert_eq!(png.status, 200, "{id}: {name}");
+            let ours = image::load_from_memory(&png.body).unwrap().to_rgb8();
+            assert!(common::max_pixel_diff(&ours, &comfyui_image(id, file)) <= 2);
+            let thumb = get(
+                server.port,
+                &format!("/api/thumbs/{}", name.as_str().unwrap()),
+            );
+            assert_eq!(thumb.status, 200);
+        }
+        let newest = &get(server.port, "/api/images?limit=1").json()["images"][0];
+        assert_eq!(newest["job_id"], prompt_id);
+        assert_eq!(newest["prompt"], case["settings"]["prompt"], "{id}");
+        assert_eq!(newest["seed"], case["settings"]["seed"], "{id}");
+        let model_files: Vec<&Value> = case["workflow_api"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|n| [&n["inputs"]["ckpt_name"], &n["inputs"]["unet_name"]])
+            .filter(|v| v.is_string())
+            .collect();
+        assert_eq!(model_files, [&newest["model"]], "{id}");
     }
     // ComfyUI names files on after the ones already there.
     let first = get(port, "/history/00000000-0000-4000-8000-000000000000").json();

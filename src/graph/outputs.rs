@@ -165,3 +165,31 @@ fn write_python_string(s: &str, out: &mut String) {
     }
     out.push('"');
 }
+
+/// What the native gallery shows of a graph: its first model file (`ckpt_name`,
+/// `unet_name`), prompt text (`text`, `text_g`, `t5xxl`) and seed (`seed`, `noise_seed`)
+/// given as literals, in node id order; empty or 0 where there is none.
+pub fn gallery_summary(prompt: &Map<String, Value>) -> (String, String, u64) {
+    let mut ids: Vec<&String> = prompt.keys().collect();
+    ids.sort_by_key(|id| (id.parse::<u64>().unwrap_or(u64::MAX), id.as_str()));
+    let first = |names: &[&str]| {
+        ids.iter().find_map(|id| {
+            let inputs = prompt[id.as_str()].get("inputs")?;
+            names
+                .iter()
+                .find_map(|n| inputs.get(*n).filter(|v| !v.is_array()).cloned())
+        })
+    };
+    let text = |names: &[&str]| {
+        first(names)
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    (
+        text(&["ckpt_name", "unet_name"]),
+        text(&["text", "text_g", "t5xxl"]),
+        first(&["seed", "noise_seed"])
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0),
+    )
+}

@@ -32,6 +32,10 @@ pub struct ImageRecord {
     pub seed: u64,
     /// Unix time in milliseconds.
     pub created_at: u64,
+    /// Where a file written outside `outputs/` lives (ComfyUI's SaveImage), relative to the
+    /// data directory; `None`: `outputs/<filename>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PathBuf>,
 }
 
 pub struct Store {
@@ -41,6 +45,7 @@ pub struct Store {
     images: sled::Tree,
     /// filename → id
     names: sled::Tree,
+    data_dir: PathBuf,
     outputs: PathBuf,
     thumbnails: PathBuf,
 }
@@ -66,6 +71,7 @@ impl Store {
             images: db.open_tree("images").map_err(db_err)?,
             names: db.open_tree("names").map_err(db_err)?,
             db,
+            data_dir: data_dir.to_owned(),
             outputs,
             thumbnails: thumbnails.to_owned(),
         };
@@ -83,7 +89,7 @@ impl Store {
             }
         }
         for record in self.images_after(0)? {
-            if !self.outputs.join(&record.filename).is_file() {
+            if !self.image_path(&record).is_file() {
                 tracing::warn!(filename = %record.filename, "index entry without its file: removed");
                 self.remove_index(&record)?;
             }
@@ -154,14 +160,9 @@ impl Store {
         }
         fs::rename(&tmp, &path)?;
         File::open(&self.outputs)?.sync_all()?;
-        if let Some(old) = self.image(&filename)? {
-            self.remove_index(&old)?;
-            let _ = fs::remove_file(self.thumbnails.join(thumb_name(&filename)));
-        }
-        let record = ImageRecord {
-            // sled ids start at 0; gallery ids start at 1 so that "after 0" means "all".
-            id: self.db.generate_id().map_err(db_err)? + 1,
-            filename: filename.clone(),
+        self.index(ImageRecord {
+            id: 0,
+            filename,
             width: image.width(),
             height: image.height(),
             job_id: job.job_id.clone(),
@@ -169,6 +170,30 @@ impl Store {
             prompt: params.prompt.clone(),
             seed: params.seed,
             created_at: crate::queue::now_ms(),
+            source: None,
+        })
+    }
+
+    /// Indexes an image file written elsewhere under the data directory (ComfyUI's
+    /// SaveImage output), so the gallery lists it; `record.filename` is its gallery name.
+    pub fn index_file(&self, path: &Path, record: ImageRecord) -> Result<ImageRecord, Error> {
+        let source = path.strip_prefix(&self.data_dir).unwrap_or(path).to_owned();
+        self.index(ImageRecord {
+            source: Some(source),
+            ..record
+        })
+    }
+
+    /// Adds `record` under a new id, replacing an entry of the same name (a re-run job).
+    fn index(&self, record: ImageRecord) -> Result<ImageRecord, Error> {
+        if let Some(old) = self.image(&record.filename)? {
+            self.remove_index(&old)?;
+            let _ = fs::remove_file(self.thumbnails.join(thumb_name(&record.filename)));
+        }
+        let record = ImageRecord {
+            // sled ids start at 0; gallery ids start at 1 so that "after 0" means "all".
+            id: self.db.generate_id().map_err(db_err)? + 1,
+            ..record
         };
         self.images
             .insert(
@@ -177,7 +202,7 @@ impl Store {
             )
             .map_err(db_err)?;
         self.names
-            .insert(filename.as_bytes(), &record.id.to_be_bytes())
+            .insert(record.filename.as_bytes(), &record.id.to_be_bytes())
             .map_err(db_err)?;
         self.db.flush().map_err(db_err)?;
         Ok(record)
@@ -232,7 +257,10 @@ impl Store {
 
     /// Path of an indexed image.
     pub fn image_path(&self, record: &ImageRecord) -> PathBuf {
-        self.outputs.join(&record.filename)
+        match &record.source {
+            Some(source) => self.data_dir.join(source),
+            None => self.outputs.join(&record.filename),
+        }
     }
 
     pub fn delete_image(&self, record: &ImageRecord) -> Result<(), Error> {
