@@ -857,3 +857,56 @@ fn a_comfyui_models_folder_needs_no_manifest() {
         assert_eq!(pixels(model).dimensions(), (64, 64));
     }
 }
+
+/// `number` and `front` order the queue as in ComfyUI (smallest number first; the default
+/// numbers count on in acceptance order, `front` negates them), and `/queue` lists the
+/// waiting prompts in that order.
+#[test]
+fn number_and_front_order_prompts_as_comfyui_does() {
+    let server = start("comfyui-order");
+    let port = server.comfyui_port;
+    let mut ws = connect(port, "canceller");
+    start_slow_prompt(port, &mut ws, "blocker");
+    let quick = case_json("euler_normal_64x64")["workflow_api"].clone();
+    let mut numbers = Vec::new();
+    for (id, extra) in [
+        ("plain", json!({})),
+        ("front", json!({"front": true})),
+        ("numbered", json!({"number": "0.5"})),
+        ("later", json!({})),
+    ] {
+        let mut body = json!({"prompt": quick, "prompt_id": id, "client_id": "canceller"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let answer = queue_prompt(port, &body);
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        numbers.push(answer.json()["number"].clone());
+    }
+    // Defaults count on; front is negative; a client's number is echoed as a float.
+    let plain = numbers[0].as_i64().unwrap();
+    assert_eq!(numbers[1], json!(-(plain + 1)));
+    assert_eq!(numbers[2], json!(0.5));
+    assert_eq!(numbers[3], json!(plain + 3));
+    let queue = get(port, "/queue").json();
+    let pending: Vec<&Value> = queue["queue_pending"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| &item[1])
+        .collect();
+    assert_eq!(pending, ["front", "numbered", "plain", "later"]);
+    assert_eq!(queue["queue_running"][0][1], "blocker");
+    assert_eq!(request(port, "POST", "/interrupt", None, &[]).status, 200);
+    let mut started = Vec::new();
+    while started.len() < 4 {
+        let Message::Text(text) = ws.read().unwrap() else {
+            continue;
+        };
+        let message: Value = serde_json::from_str(text.as_str()).unwrap();
+        if message["type"] == "execution_start" {
+            started.push(message["data"]["prompt_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(started, ["front", "numbered", "plain", "later"]);
+}

@@ -101,9 +101,13 @@ pub struct Workflow {
     pub extra_data: serde_json::Value,
     /// The output nodes to run.
     pub outputs: Vec<String>,
-    /// The prompt's `number` as answered to the client (an integer unless the client gave
-    /// one).
+    /// The prompt's `number`, which orders ComfyUI prompts among the jobs of their priority:
+    /// the client's, else the job's acceptance order (`seq`, negated for `front`), set when
+    /// the queue accepts it.
     pub number: serde_json::Value,
+    /// ComfyUI's `front`: numbered ahead of every job accepted before.
+    #[serde(default)]
+    pub front: bool,
     pub client_id: Option<String>,
     /// Each output node's UI output (`{"images": [...]}`), once run.
     #[serde(default)]

@@ -32,8 +32,28 @@ impl From<Error> for QueueError {
     }
 }
 
-/// Ordering key: priority descending, then acceptance order.
-type Key = (std::cmp::Reverse<i32>, u64);
+/// Ordering key: priority descending, then the place in line (a ComfyUI prompt's `number`,
+/// else the acceptance order: ComfyUI's numbers count on from the same order), then
+/// acceptance order.
+type Key = (std::cmp::Reverse<i32>, Place, u64);
+
+/// A place in line, ordered as floats are by `total_cmp`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Place(f64);
+
+impl Eq for Place {}
+
+impl PartialOrd for Place {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Place {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
 
 struct State {
     waiting: BTreeSet<(Key, String)>,
@@ -51,8 +71,13 @@ pub struct Queue {
 }
 
 fn key(job: &Job) -> (Key, String) {
+    let place = job
+        .workflow
+        .as_ref()
+        .and_then(|w| w.number.as_f64())
+        .unwrap_or(job.seq as f64);
     (
-        (std::cmp::Reverse(job.priority), job.seq),
+        (std::cmp::Reverse(job.priority), Place(place), job.seq),
         job.job_id.clone(),
     )
 }
@@ -99,6 +124,10 @@ impl Queue {
         }
         job.seq = state.next_seq;
         job.status = JobStatus::Queued;
+        if let Some(w) = job.workflow.as_mut().filter(|w| w.number.is_null()) {
+            let n = job.seq as i64;
+            w.number = serde_json::json!(if w.front { -n } else { n });
+        }
         self.store.put_job(&job)?;
         state.next_seq += 1;
         state.waiting.insert(key(&job));

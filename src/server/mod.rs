@@ -205,7 +205,6 @@ async fn comfyui_listener(
     let comfy_state = Arc::new(comfyui::ComfyState {
         shared: state.shared.clone(),
         device: state.device.clone(),
-        number: Default::default(),
     });
     // Multipart uploads carry up to the upload limit plus their framing.
     let limit = comfyui::MAX_UPLOAD_BYTES + (1 << 20);

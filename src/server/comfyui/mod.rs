@@ -9,7 +9,6 @@ mod prompt;
 mod ws;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use poem::http::StatusCode;
 use poem::web::Json;
@@ -27,8 +26,6 @@ pub struct ComfyState {
     pub shared: Arc<Shared>,
     /// The device the runner uses, as `/system_stats` names it.
     pub device: String,
-    /// `PromptServer.number`: the default `number` of the next prompt.
-    pub number: AtomicU64,
 }
 
 impl ComfyState {

@@ -37,23 +37,21 @@ pub async fn post_prompt(state: Data<&Arc<ComfyState>>, body: Body) -> Response 
             "POST /prompt takes {\"prompt\": {...}, \"client_id\": ...} as JSON",
         );
     };
+    // A client's `number` (ComfyUI takes `float(number)`), else the queue numbers the prompt
+    // by its acceptance order (negated with `front`), as `PromptServer.number` does.
     let number = match body.get("number") {
         Some(n) => match n
             .as_f64()
-            .or_else(|| n.as_str().and_then(|s| s.parse().ok()))
+            .or_else(|| n.as_str().and_then(|s| s.trim().parse().ok()))
         {
             Some(f) => json!(f),
             None => {
                 return prompt_error("invalid_prompt", "`number` is not a number", "number");
             }
         },
-        None => {
-            let n = state.number.fetch_add(1, Ordering::SeqCst) as i64;
-            let front = body.get("front").is_some_and(truthy);
-            json!(if front { -n } else { n })
-        }
+        None => Value::Null,
     };
-    let front = body.get("front").is_some_and(truthy) || number.as_f64().is_some_and(|n| n < 0.0);
+    let front = body.get("front").is_some_and(truthy);
     let Some(prompt) = body.get("prompt") else {
         return prompt_error("no_prompt", "No prompt provided", "No prompt provided");
     };
@@ -114,16 +112,17 @@ pub async fn post_prompt(state: Data<&Arc<ComfyState>>, body: Body) -> Response 
             prompt,
             extra_data: Value::Object(extra_data),
             outputs: accepted.outputs,
-            number: number.clone(),
+            number,
+            front,
             client_id,
             ui_outputs: Map::new(),
             messages: Vec::new(),
         }),
-        // `front` jumps ahead of prompts and of default-priority native jobs.
-        ..Job::new(prompt_id.clone(), "comfyui".into(), front as i32)
+        ..Job::new(prompt_id.clone(), "comfyui".into(), 0)
     };
     match state.shared.queue.submit(job) {
-        Ok(_) => {
+        Ok((job, _)) => {
+            let number = job.workflow.map(|w| w.number).unwrap_or_default();
             state
                 .shared
                 .comfy_events
