@@ -530,3 +530,60 @@ fn node_graphs_give_comfyuis_images() {
         }
     }
 }
+
+/// DualCLIPLoader `sdxl` and VAELoader on the tiny checkpoint's own text encoders and VAE
+/// as separate files (transformers and diffusers names, listed by an SDXL manifest) give
+/// ComfyUI's image of the checkpoint graph: ComfyUI builds the same SDXLClipModel and VAE
+/// from them.
+#[test]
+fn split_sdxl_text_encoders_and_vae_give_the_checkpoints_image() {
+    let dir = temp_dir("graph-split-sdxl");
+    let sdxl = fixtures().join("sdxl/diffusers");
+    for (from, to) in [
+        ("text_encoder/model.safetensors", "clip_l_tiny.safetensors"),
+        (
+            "text_encoder_2/model.safetensors",
+            "clip_g_tiny.safetensors",
+        ),
+        (
+            "vae/diffusion_pytorch_model.safetensors",
+            "sdxl_vae_tiny.safetensors",
+        ),
+    ] {
+        std::os::unix::fs::symlink(sdxl.join(from), dir.join(to)).unwrap();
+    }
+    let demo = std::fs::read_to_string(repo().join("model_manifests/sdxl-tiny-demo.toml"))
+        .unwrap()
+        .replace("id = \"sdxl-tiny-demo\"", "id = \"sdxl-split\"")
+        .replace("\"../assets/", &format!("\"{}/assets/", repo().display()))
+        .replace(
+            "[files]\n",
+            "[files]\nclip_l = \"clip_l_tiny.safetensors\"\nclip_g = \"clip_g_tiny.safetensors\"\n\
+             vae = \"sdxl_vae_tiny.safetensors\"\n",
+        );
+    std::fs::write(dir.join("sdxl-split.toml"), demo).unwrap();
+    let registry = Registry::scan(std::slice::from_ref(&dir)).unwrap();
+    let folders =
+        ComfyFolders::new(&dir.join("comfyui"), &registry, &LoraLibrary::default()).unwrap();
+    let mut p = case_json("euler_normal_64x64")["workflow_api"]
+        .as_object()
+        .unwrap()
+        .clone();
+    p.insert(
+        "20".into(),
+        json!({"class_type": "DualCLIPLoader", "inputs": {"clip_name1": "clip_l_tiny.safetensors",
+            "clip_name2": "clip_g_tiny.safetensors", "type": "sdxl", "device": "default"}}),
+    );
+    p.insert(
+        "21".into(),
+        json!({"class_type": "VAELoader", "inputs": {"vae_name": "sdxl_vae_tiny.safetensors"}}),
+    );
+    for node in ["6", "7"] {
+        p[node]["inputs"]["clip"] = json!(["20", 0]);
+    }
+    p["8"]["inputs"]["vae"] = json!(["21", 0]);
+    let mut executor = Executor::<B>::default();
+    let ours = run_images(&mut executor, &folders, &p);
+    let theirs = comfyui_image("euler_normal_64x64", "image.png");
+    assert!(common::max_pixel_diff(&ours[0], &theirs) <= 2);
+}

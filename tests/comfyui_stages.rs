@@ -248,7 +248,7 @@ fn sdxl_ksampler_cases_match_comfyui_step_by_step() {
         };
 
         let encode = |text: &str, side: &str| {
-            let (context, pooled) = pipeline.comfy_encode(text, text, -2).unwrap();
+            let (context, pooled) = pipeline.comfy_clip().encode(text, text, -2).unwrap();
             assert_close(
                 &format!("{id} cond.{side}"),
                 &values(context.clone()),
@@ -274,7 +274,10 @@ fn sdxl_ksampler_cases_match_comfyui_step_by_step() {
             true => {
                 // LoadImage gives uint8/255 [1, H, W, 3]; VAEEncode takes 2x − 1, channels first.
                 let image: Tensor<B, 4> = t["input_image"].tensor();
-                let encoded = pipeline.encode_image(image.permute([0, 3, 1, 2]) * 2.0 - 1.0);
+                let encoded = pipeline
+                    .vae()
+                    .1
+                    .forward(image.permute([0, 3, 1, 2]) * 2.0 - 1.0);
                 assert_close(
                     &format!("{id} VAEEncode"),
                     &values(encoded.clone()),
@@ -302,7 +305,7 @@ fn sdxl_ksampler_cases_match_comfyui_step_by_step() {
         )
         .unwrap();
         let err = case.check_steps(id, &seen, out.clone(), 1e-4);
-        case.check_image(id, pipeline.decode_raw(out), err);
+        case.check_image(id, pipeline.vae().0.forward(out), err);
     }
 }
 

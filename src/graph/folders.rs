@@ -9,12 +9,13 @@ use burn::prelude::*;
 use serde_json::{Map, Value};
 
 use super::definitions::ComboLists;
-use super::models::{GraphClip, GraphModel, GraphVae, T5Layout};
+use super::models::{GraphClip, GraphModel, GraphVae, SdxlClipFiles, T5Layout};
 use super::nodes::Host;
 use super::outputs::{SavedImage, save_images};
 use crate::Error;
-use crate::pipelines::{ComponentFile, Flow, SdxlPipeline};
-use crate::pipelines::{flux, zimage};
+use crate::models::clip::Activation;
+use crate::pipelines::{ComponentFile, Flow, SdxlPipeline, load_clip_file};
+use crate::pipelines::{flux, sdxl, zimage};
 use crate::registry::models_dir::{self, architecture_key};
 use crate::registry::{Family, LoraLibrary, Manifest, Registry, Role};
 use crate::sampling::comfy::ModelSampling;
@@ -30,8 +31,8 @@ pub struct ComfyFolders {
     diffusion_models: Vec<(String, (Family, ComponentFile))>,
     /// CLIP-L, T5 and Qwen3 files: (ComfyUI name, (role, file)).
     text_encoders: Vec<(String, (Role, ComponentFile))>,
-    /// 16-channel VAE files.
-    vaes: Vec<(String, ComponentFile)>,
+    /// VAE files: (ComfyUI name, (latent channels, file)).
+    vaes: Vec<(String, (usize, ComponentFile))>,
     /// (ComfyUI name, file)
     loras: Vec<(String, PathBuf)>,
 }
@@ -87,6 +88,16 @@ impl ComfyFolders {
                         m.clone(),
                     );
                 }
+                if let Some((name, file)) = manifest_file(m, files.vae.as_ref(), Role::Vae(4), None)
+                {
+                    add(&mut folders.vaes, name, (4, file));
+                }
+                for (path, role) in [(&files.clip_l, Role::ClipL), (&files.clip_g, Role::ClipG)] {
+                    let tokenizer = files.tokenizer_clip_l.as_ref();
+                    if let Some((name, file)) = manifest_file(m, path.as_ref(), role, tokenizer) {
+                        add(&mut folders.text_encoders, name, (role, file));
+                    }
+                }
                 continue;
             }
             let transformer = Role::Transformer(m.family);
@@ -95,8 +106,8 @@ impl ComfyFolders {
             {
                 add(&mut folders.diffusion_models, name, (m.family, file));
             }
-            if let Some((name, file)) = manifest_file(m, files.vae.as_ref(), Role::Vae, None) {
-                add(&mut folders.vaes, name, file);
+            if let Some((name, file)) = manifest_file(m, files.vae.as_ref(), Role::Vae(16), None) {
+                add(&mut folders.vaes, name, (16, file));
             }
             for (path, role, tokenizer) in [
                 (&files.clip_l, Role::ClipL, &files.tokenizer_clip_l),
@@ -126,7 +137,7 @@ impl ComfyFolders {
                 Role::Transformer(family) => {
                     add(&mut folders.diffusion_models, name, (family, file))
                 }
-                Role::Vae => add(&mut folders.vaes, name, file),
+                Role::Vae(channels) => add(&mut folders.vaes, name, (channels, file)),
                 role => add(&mut folders.text_encoders, name, (role, file)),
             }
         }
@@ -264,20 +275,42 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
                 device: self.device.clone(),
             });
         }
+        if kind == "sdxl" {
+            let (Some(l), Some(g)) = (of(Role::ClipL), of(Role::ClipG)) else {
+                return Err(Error::request(
+                    "type sdxl needs a CLIP-L file and a CLIP-G file",
+                ));
+            };
+            let (tokenizer, clip_l) = load_clip_file(l, Activation::QuickGelu, &self.device)?;
+            let (_, clip_g) = load_clip_file(g, Activation::Gelu, &self.device)?;
+            return Ok(GraphClip::SdxlFiles {
+                files: Arc::new(SdxlClipFiles {
+                    tokenizer,
+                    clip_l,
+                    clip_g,
+                    device: self.device.clone(),
+                }),
+                clip_layer: -2,
+            });
+        }
         let (layout, wants_clip) = match kind {
             "flux" => (T5Layout::Flux, true),
             "chroma" => (T5Layout::Chroma, false),
             other => {
                 return Err(Error::request(format!(
-                    "text encoder type {other} is not supported in this build (flux, chroma, \
-                     lumina2)"
+                    "text encoder type {other} is not supported in this build (sdxl, flux, \
+                     chroma, lumina2)"
                 )));
             }
         };
         let t5_file =
             of(Role::T5).ok_or_else(|| Error::request(format!("type {kind} needs a T5 file")))?;
         let clip_l = match (wants_clip, of(Role::ClipL)) {
-            (true, Some(file)) => Some(Arc::new(flux::load_clip_l(file, &self.device)?)),
+            (true, Some(file)) => Some(Arc::new(load_clip_file(
+                file,
+                Activation::QuickGelu,
+                &self.device,
+            )?)),
             (true, None) => {
                 return Err(Error::request(
                     "type flux needs a CLIP-L file and a T5 file",
@@ -295,9 +328,12 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
     }
 
     fn vae(&mut self, name: &str) -> Result<GraphVae<B>, Error> {
-        let file = find(&self.folders.vaes, name, "VAE")?;
-        let (decoder, encoder) = flux::load_vae(file, &self.device)?;
-        Ok(GraphVae::Flux {
+        let (channels, file) = find(&self.folders.vaes, name, "VAE")?;
+        let (decoder, encoder) = match channels {
+            4 => sdxl::load_vae(file, &self.device)?,
+            _ => flux::load_vae(file, &self.device)?,
+        };
+        Ok(GraphVae {
             decoder,
             encoder,
             device: self.device.clone(),

@@ -15,6 +15,7 @@ use crate::models::vae::{Decoder, Encoder};
 use crate::models::zimage::ZImageTransformer;
 use crate::pipelines::SdxlPipeline;
 use crate::pipelines::flux::Denoiser as FluxDenoiser;
+use crate::pipelines::sdxl::ComfyClip;
 use crate::pipelines::zimage::encode_caption;
 use crate::text::{ClipTokenizer, Qwen3Tokenizer, T5Tokenizer, comfy_token_weights};
 
@@ -115,13 +116,27 @@ impl SdxlSize {
     }
 }
 
+/// DualCLIPLoader's SDXL encoders, with CLIP-L's tokenizer serving both.
+pub struct SdxlClipFiles<B: Backend> {
+    pub tokenizer: ClipTokenizer,
+    pub clip_l: ClipTextModel<B>,
+    pub clip_g: ClipTextModel<B>,
+    pub device: B::Device,
+}
+
 /// The text encoders of a CLIP value, with the options nodes set on it (CLIPSetLastLayer,
 /// T5TokenizerOptions); clones share the networks.
 #[derive(Clone)]
 pub enum GraphClip<B: Backend> {
+    /// A checkpoint's SDXL encoders (LoraLoader patches them through the pipeline).
     Sdxl {
         pipeline: Arc<SdxlPipeline<B>>,
         /// ComfyUI's `clip_layer` (−2 unless CLIPSetLastLayer says otherwise).
+        clip_layer: i64,
+    },
+    /// DualCLIPLoader `sdxl`: CLIP-L and bigG files.
+    SdxlFiles {
+        files: Arc<SdxlClipFiles<B>>,
         clip_layer: i64,
     },
     T5 {
@@ -150,7 +165,9 @@ impl<B: Backend> GraphClip<B> {
     /// CLIPTextEncode.
     pub fn encode(&self, text: &str) -> Result<CondEntry<B>, Error> {
         match self {
-            GraphClip::Sdxl { .. } => self.encode_sdxl(text, text, None),
+            GraphClip::Sdxl { .. } | GraphClip::SdxlFiles { .. } => {
+                self.encode_sdxl(text, text, None)
+            }
             GraphClip::T5 { .. } => self.encode_flux(text, text, None),
             // `z_image.py`: the chat template, weights disabled, no truncation.
             GraphClip::Qwen3 { encoder, device } => Ok(CondEntry::new(
@@ -168,16 +185,27 @@ impl<B: Backend> GraphClip<B> {
         text_g: &str,
         size: Option<SdxlSize>,
     ) -> Result<CondEntry<B>, Error> {
-        let GraphClip::Sdxl {
-            pipeline,
-            clip_layer,
-        } = self
-        else {
-            return Err(Error::request(
-                "CLIPTextEncodeSDXL needs the CLIP of an SDXL checkpoint",
-            ));
+        let (clip, layer) = match self {
+            GraphClip::Sdxl {
+                pipeline,
+                clip_layer,
+            } => (pipeline.comfy_clip(), *clip_layer),
+            GraphClip::SdxlFiles { files, clip_layer } => (
+                ComfyClip {
+                    tokenizer: &files.tokenizer,
+                    clip_l: &files.clip_l,
+                    clip_g: &files.clip_g,
+                    device: &files.device,
+                },
+                *clip_layer,
+            ),
+            _ => {
+                return Err(Error::request(
+                    "CLIPTextEncodeSDXL needs SDXL's CLIP encoders",
+                ));
+            }
         };
-        let (context, pooled) = pipeline.comfy_encode(text_l, text_g, *clip_layer)?;
+        let (context, pooled) = clip.encode(text_l, text_g, layer)?;
         Ok(CondEntry {
             sdxl_size: size,
             ..CondEntry::new(context, Some(pooled))
@@ -231,6 +259,10 @@ impl<B: Backend> GraphClip<B> {
         match self {
             GraphClip::Sdxl { pipeline, .. } => Ok(GraphClip::Sdxl {
                 pipeline: pipeline.clone(),
+                clip_layer: layer,
+            }),
+            GraphClip::SdxlFiles { files, .. } => Ok(GraphClip::SdxlFiles {
+                files: files.clone(),
                 clip_layer: layer,
             }),
             _ => Err(Error::request(
@@ -304,38 +336,21 @@ fn encode_t5<B: Backend>(
     Ok((z - z_empty.clone()) * weights + z_empty)
 }
 
-/// The VAE of a VAE value (held in an `Arc`, so the variants' sizes matter not).
-#[allow(clippy::large_enum_variant)]
-pub enum GraphVae<B: Backend> {
-    Sdxl(Arc<SdxlPipeline<B>>),
-    Flux {
-        decoder: Decoder<B>,
-        encoder: Encoder<B>,
-        device: B::Device,
-    },
+/// The VAE of a VAE value: a checkpoint's, or a VAELoader file's (4 or 16 channels).
+pub struct GraphVae<B: Backend> {
+    pub decoder: Decoder<B>,
+    pub encoder: Encoder<B>,
+    pub device: B::Device,
 }
 
 impl<B: Backend> GraphVae<B> {
-    pub fn device(&self) -> B::Device {
-        match self {
-            GraphVae::Sdxl(p) => p.device().clone(),
-            GraphVae::Flux { device, .. } => device.clone(),
-        }
-    }
-
     /// VAE-space latents → the decoder's raw output (about [-1, 1]).
     pub fn decode_raw(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
-        match self {
-            GraphVae::Sdxl(p) => p.decode_raw(latents),
-            GraphVae::Flux { decoder, .. } => decoder.forward(latents),
-        }
+        self.decoder.forward(latents)
     }
 
     /// image in [-1, 1] → the posterior mean in VAE space.
     pub fn encode_image(&self, image: Tensor<B, 4>) -> Tensor<B, 4> {
-        match self {
-            GraphVae::Sdxl(p) => p.encode_image(image),
-            GraphVae::Flux { encoder, .. } => encoder.forward(image),
-        }
+        self.encoder.forward(image)
     }
 }

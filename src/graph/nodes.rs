@@ -333,7 +333,14 @@ pub fn run<B: Backend>(
                     Arc::new(ModelSampling::sdxl()),
                 ),
                 NodeValue::Clip(Arc::new(GraphClip::sdxl(pipeline.clone()))),
-                NodeValue::Vae(Arc::new(GraphVae::Sdxl(pipeline))),
+                NodeValue::Vae(Arc::new({
+                    let (decoder, encoder) = pipeline.vae();
+                    GraphVae {
+                        decoder,
+                        encoder,
+                        device: pipeline.device().clone(),
+                    }
+                })),
             ])
         }
         "UNETLoader" => {
@@ -721,14 +728,14 @@ pub fn run<B: Backend>(
         }
         "VAEDecode" => {
             let vae = inputs.vae("vae")?;
-            let samples = inputs.latent("samples")?.to_device(&vae.device());
+            let samples = inputs.latent("samples")?.to_device(&vae.device);
             NodeRun::values(vec![NodeValue::Image(vae_output_to_image(
                 vae.decode_raw(samples),
             ))])
         }
         "VAEEncode" => {
             let vae = inputs.vae("vae")?;
-            let pixels = crop_to_multiple(inputs.image("pixels")?, 8).to_device(&vae.device());
+            let pixels = crop_to_multiple(inputs.image("pixels")?, 8).to_device(&vae.device);
             let encoded = vae.encode_image(pixels.permute([0, 3, 1, 2]) * 2.0 - 1.0);
             NodeRun::values(vec![NodeValue::Latent(encoded)])
         }

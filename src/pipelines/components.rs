@@ -7,8 +7,12 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use burn::prelude::Backend;
+
 use crate::Error;
+use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
 use crate::registry::Manifest;
+use crate::text::ClipTokenizer;
 use crate::weights::{SafetensorsFile, TensorStore, describe};
 
 /// One file holding one network, as a ComfyUI loader names it (UNETLoader, CLIPLoader,
@@ -166,4 +170,42 @@ pub fn with_text_model_prefix(store: TensorStore) -> TensorStore {
             format!("text_model.{n}")
         })
     })
+}
+
+/// A CLIP text encoder file (transformers names, with or without `text_model.`) and its
+/// tokenizer (the file's own, else CLIP's built-in one): Flux's CLIP-L, SDXL's two encoders
+/// in DualCLIPLoader. `activation` is the tower's default (`quick_gelu` for OpenAI's L,
+/// `gelu` for bigG) when the config names none.
+pub fn load_clip_file<B: Backend>(
+    file: &ComponentFile,
+    activation: Activation,
+    device: &B::Device,
+) -> Result<(ClipTokenizer, ClipTextModel<B>), Error> {
+    let store = with_text_model_prefix(TensorStore::from_file_prefix(
+        &SafetensorsFile::open(&file.path)?,
+        "",
+    ));
+    clip_model(
+        &store,
+        &file.config,
+        activation,
+        file.tokenizer.as_deref(),
+        device,
+    )
+}
+
+/// A CLIP tower from its tensors and config, with its tokenizer.
+pub fn clip_model<B: Backend>(
+    store: &TensorStore,
+    config: &serde_json::Value,
+    activation: Activation,
+    tokenizer: Option<&Path>,
+    device: &B::Device,
+) -> Result<(ClipTokenizer, ClipTextModel<B>), Error> {
+    let cfg = ClipConfig::detect(store, config, activation)?;
+    let tokenizer = match tokenizer {
+        Some(p) => ClipTokenizer::from_file(p, None)?,
+        None => ClipTokenizer::bundled(None)?,
+    };
+    Ok((tokenizer, ClipTextModel::load(store, &cfg, device)?))
 }

@@ -11,15 +11,15 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use super::components::{
-    ComponentFile, folder_config, folder_scheduler, folder_store, manifest_scheduler, merged,
-    open_checkpoint, read_json, with_text_model_prefix,
+    ComponentFile, clip_model, folder_config, folder_scheduler, folder_store, manifest_scheduler,
+    merged, open_checkpoint, read_json, with_text_model_prefix,
 };
 use super::sdxl::to_rgb;
 use super::text_encoder::OnDemand;
 use super::{Flow, GenerationParams, StepProgress, check_size, initial_noise, report_step};
 use crate::Error;
 use crate::models::chroma::ChromaTransformer;
-use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
+use crate::models::clip::{Activation, ClipTextModel};
 use crate::models::flux::{
     AttentionMask, FluxConditioning, FluxConfig, FluxTransformer, ROPE_THETA, Rope, position_ids,
 };
@@ -120,18 +120,6 @@ pub fn load_t5<B: Backend>(
     ))
 }
 
-/// A CLIP-L encoder file and its tokenizer (Flux's DualCLIPLoader).
-pub fn load_clip_l<B: Backend>(
-    file: &ComponentFile,
-    device: &B::Device,
-) -> Result<(ClipTokenizer, ClipTextModel<B>), Error> {
-    let store = with_text_model_prefix(TensorStore::from_file_prefix(
-        &SafetensorsFile::open(&file.path)?,
-        "",
-    ));
-    clip_l_model(&store, &file.config, file.tokenizer.as_deref(), device)
-}
-
 /// A 16-channel VAE file (Flux, Chroma, Z-Image): (decoder, encoder).
 pub fn load_vae<B: Backend>(
     file: &ComponentFile,
@@ -152,20 +140,6 @@ pub(super) fn flux_vae<B: Backend>(
         Decoder::load(store, &cfg, device)?,
         Encoder::load(store, &cfg, device)?,
     ))
-}
-
-fn clip_l_model<B: Backend>(
-    store: &TensorStore,
-    config: &serde_json::Value,
-    tokenizer: Option<&Path>,
-    device: &B::Device,
-) -> Result<(ClipTokenizer, ClipTextModel<B>), Error> {
-    let cfg = ClipConfig::detect(store, config, Activation::QuickGelu)?;
-    let tokenizer = match tokenizer {
-        Some(p) => ClipTokenizer::from_file(p, None)?,
-        None => ClipTokenizer::bundled(None)?,
-    };
-    Ok((tokenizer, ClipTextModel::load(store, &cfg, device)?))
 }
 
 fn t5_tokenizer(path: Option<&Path>) -> Result<T5Tokenizer, Error> {
@@ -400,9 +374,10 @@ impl<B: Backend> FluxPipeline<B> {
             )));
         }
         let clip = match &parts.clip_l {
-            Some(store) => Some(clip_l_model(
+            Some(store) => Some(clip_model(
                 store,
                 &parts.clip_l_config,
+                Activation::QuickGelu,
                 parts.tokenizer_clip_l.as_deref(),
                 device,
             )?),

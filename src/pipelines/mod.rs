@@ -18,7 +18,7 @@ use crate::sampling::{SamplerKind, ScheduleKind, TorchGenerator};
 use crate::text::LongPrompt;
 use crate::weights::{LoraFile, LoraPatch};
 
-pub use components::ComponentFile;
+pub use components::{ComponentFile, load_clip_file};
 pub use flux::FluxPipeline;
 pub use request::GenerationRequest;
 pub use sdxl::SdxlPipeline;

@@ -11,8 +11,8 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use super::components::{
-    folder_config, folder_scheduler, folder_store, manifest_scheduler, merged, open_checkpoint,
-    read_json, with_text_model_prefix,
+    ComponentFile, folder_config, folder_scheduler, folder_store, manifest_scheduler, merged,
+    open_checkpoint, read_json, with_text_model_prefix,
 };
 use super::{
     Flow, GenerationParams, MergedLoras, StepProgress, check_size, initial_noise, report_step,
@@ -182,7 +182,104 @@ fn standalone_vae(path: &Path) -> Result<TensorStore, Error> {
     Ok(vae_store(&file, prefix))
 }
 
+/// SDXL's two text encoders and the one tokenizer ComfyUI uses for both: a checkpoint's, or
+/// DualCLIPLoader's files.
+pub struct ComfyClip<'a, B: Backend> {
+    pub tokenizer: &'a ClipTokenizer,
+    pub clip_l: &'a ClipTextModel<B>,
+    pub clip_g: &'a ClipTextModel<B>,
+    pub device: &'a B::Device,
+}
+
+impl<B: Backend> ComfyClip<'_, B> {
+    /// ComfyUI's SDXL text encoding (`SDXLClipModel.encode_token_weights`):
+    /// ComfyUI's tokenization with one tokenizer for both encoders (bigG pads with id 0),
+    /// `text_l` for CLIP-L and `text_g` for bigG (CLIPTextEncode gives both the same text;
+    /// CLIPTextEncodeSDXL pads the shorter chunk list with empty chunks); each chunk's states
+    /// of layer `clip_layer` of both encoders (ComfyUI's `clip_layer`: −1 the last layer's
+    /// output, −2 the default; beyond the layer count, the final normed output) concatenated
+    /// on channels, chunks on tokens; weighted tokens as `(z − z_empty)·w + z_empty` against
+    /// the encoding of [BOS, EOS, pad…]; pooled = bigG's projected pooled output of the first
+    /// chunk. Returns (context [1, 77·k, L+G], pooled [1, P]).
+    pub fn encode(
+        &self,
+        text_l: &str,
+        text_g: &str,
+        clip_layer: i64,
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 2>), Error> {
+        let tokenize = |text: &str, pad: Option<u32>| self.tokenizer.comfy_chunks(text, pad);
+        let (mut chunks_l, mut chunks_g) = (tokenize(text_l, None)?, tokenize(text_g, Some(0))?);
+        while chunks_l.len() < chunks_g.len() {
+            chunks_l.push(self.tokenizer.comfy_empty(None));
+        }
+        while chunks_g.len() < chunks_l.len() {
+            chunks_g.push(self.tokenizer.comfy_empty(Some(0)));
+        }
+        let encode = |model: &ClipTextModel<B>, chunks: &[TokenChunk], pad: Option<u32>| {
+            let layers = model.num_layers() as i64;
+            let layer = (clip_layer.abs() <= layers).then(|| (layers + clip_layer) as usize);
+            let empty = chunks.iter().any(TokenChunk::is_weighted).then(|| {
+                self.clip_forward(model, &self.tokenizer.comfy_empty(pad), layer)
+                    .0
+            });
+            let mut pooled = None;
+            let mut states = Vec::new();
+            for chunk in chunks {
+                let (z, p) = self.clip_forward(model, chunk, layer);
+                pooled.get_or_insert(p);
+                states.push(match &empty {
+                    Some(z_empty) if chunk.is_weighted() => {
+                        let weights = Tensor::<B, 3>::from_data(
+                            TensorData::new(chunk.weights.clone(), [1, chunk.weights.len(), 1]),
+                            self.device,
+                        );
+                        (z - z_empty.clone()) * weights + z_empty.clone()
+                    }
+                    _ => z,
+                });
+            }
+            (Tensor::cat(states, 1), pooled.expect("at least one chunk"))
+        };
+        let (l, _) = encode(self.clip_l, &chunks_l, None);
+        let (g, pooled) = encode(self.clip_g, &chunks_g, Some(0));
+        Ok((Tensor::cat(vec![l, g], 2), pooled))
+    }
+
+    /// One 77-token sequence through a CLIP tower: (the states of `layer`, pooled).
+    fn clip_forward(
+        &self,
+        model: &ClipTextModel<B>,
+        chunk: &TokenChunk,
+        layer: Option<usize>,
+    ) -> (Tensor<B, 3>, Tensor<B, 2>) {
+        let ids: Vec<i64> = chunk.ids.iter().map(|&i| i as i64).collect();
+        let ids =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, chunk.ids.len()]), self.device);
+        let out = model.forward_at(ids, &[chunk.eos_position], layer);
+        (out.hidden, out.pooled)
+    }
+}
+
+/// A 4-channel VAE file (SD / SDXL; LDM or diffusers names): (decoder, encoder), a graph's
+/// VAELoader.
+pub fn load_vae<B: Backend>(
+    file: &ComponentFile,
+    device: &B::Device,
+) -> Result<(Decoder<B>, Encoder<B>), Error> {
+    let store = standalone_vae(&file.path)?;
+    let cfg = VaeConfig::detect(&store, &file.config, SDXL_VAE_SCALING, 0.0)?;
+    Ok((
+        Decoder::load(&store, &cfg, device)?,
+        Encoder::load(&store, &cfg, device)?,
+    ))
+}
+
 impl<B: Backend> SdxlPipeline<B> {
+    /// The VAE's networks, shared (a graph's VAE output of CheckpointLoaderSimple).
+    pub fn vae(&self) -> (Decoder<B>, Encoder<B>) {
+        (self.vae.clone(), self.vae_encoder.clone())
+    }
+
     /// Bytes of weights on the device, per network.
     pub fn weight_bytes(&self) -> Vec<(&'static str, u64)> {
         vec![
@@ -284,73 +381,14 @@ impl<B: Backend> SdxlPipeline<B> {
         ))
     }
 
-    /// ComfyUI's SDXL text encoding (`SDXLClipModel.encode_token_weights`), for graphs:
-    /// ComfyUI's tokenization with one tokenizer for both encoders (bigG pads with id 0),
-    /// `text_l` for CLIP-L and `text_g` for bigG (CLIPTextEncode gives both the same text;
-    /// CLIPTextEncodeSDXL pads the shorter chunk list with empty chunks); each chunk's states
-    /// of layer `clip_layer` of both encoders (ComfyUI's `clip_layer`: −1 the last layer's
-    /// output, −2 the default; beyond the layer count, the final normed output) concatenated
-    /// on channels, chunks on tokens; weighted tokens as `(z − z_empty)·w + z_empty` against
-    /// the encoding of [BOS, EOS, pad…]; pooled = bigG's projected pooled output of the first
-    /// chunk. Returns (context [1, 77·k, L+G], pooled [1, P]).
-    pub fn comfy_encode(
-        &self,
-        text_l: &str,
-        text_g: &str,
-        clip_layer: i64,
-    ) -> Result<(Tensor<B, 3>, Tensor<B, 2>), Error> {
-        let tokenize = |text: &str, pad: Option<u32>| self.tokenizer_l.comfy_chunks(text, pad);
-        let (mut chunks_l, mut chunks_g) = (tokenize(text_l, None)?, tokenize(text_g, Some(0))?);
-        while chunks_l.len() < chunks_g.len() {
-            chunks_l.push(self.tokenizer_l.comfy_empty(None));
+    /// The text encoders as ComfyUI's SDXL CLIP encodes with them (graphs).
+    pub fn comfy_clip(&self) -> ComfyClip<'_, B> {
+        ComfyClip {
+            tokenizer: &self.tokenizer_l,
+            clip_l: &self.clip_l,
+            clip_g: &self.clip_g,
+            device: &self.device,
         }
-        while chunks_g.len() < chunks_l.len() {
-            chunks_g.push(self.tokenizer_l.comfy_empty(Some(0)));
-        }
-        let encode = |model: &ClipTextModel<B>, chunks: &[TokenChunk], pad: Option<u32>| {
-            let layers = model.num_layers() as i64;
-            let layer = (clip_layer.abs() <= layers).then(|| (layers + clip_layer) as usize);
-            let empty = chunks.iter().any(TokenChunk::is_weighted).then(|| {
-                self.clip_forward(model, &self.tokenizer_l.comfy_empty(pad), layer)
-                    .0
-            });
-            let mut pooled = None;
-            let mut states = Vec::new();
-            for chunk in chunks {
-                let (z, p) = self.clip_forward(model, chunk, layer);
-                pooled.get_or_insert(p);
-                states.push(match &empty {
-                    Some(z_empty) if chunk.is_weighted() => {
-                        let weights = Tensor::<B, 3>::from_data(
-                            TensorData::new(chunk.weights.clone(), [1, chunk.weights.len(), 1]),
-                            &self.device,
-                        );
-                        (z - z_empty.clone()) * weights + z_empty.clone()
-                    }
-                    _ => z,
-                });
-            }
-            (Tensor::cat(states, 1), pooled.expect("at least one chunk"))
-        };
-        let (l, _) = encode(&self.clip_l, &chunks_l, None);
-        let (g, pooled) = encode(&self.clip_g, &chunks_g, Some(0));
-        Ok((Tensor::cat(vec![l, g], 2), pooled))
-    }
-
-    /// One 77-token sequence through a CLIP tower: (the states of `layer`, pooled).
-    fn clip_forward(
-        &self,
-        model: &ClipTextModel<B>,
-        chunk: &TokenChunk,
-        layer: Option<usize>,
-    ) -> (Tensor<B, 3>, Tensor<B, 2>) {
-        let ids: Vec<i64> = chunk.ids.iter().map(|&i| i as i64).collect();
-        let ids = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(ids, [1, chunk.ids.len()]),
-            &self.device,
-        );
-        let out = model.forward_at(ids, &[chunk.eos_position], layer);
-        (out.hidden, out.pooled)
     }
 
     /// The UNet's noise prediction (the stage both the native pipeline and graphs call):
@@ -374,17 +412,6 @@ impl<B: Backend> SdxlPipeline<B> {
     /// The VAE's latent scale (`scaling_factor`; ComfyUI's `latent_format.scale_factor`).
     pub fn vae_scaling(&self) -> f32 {
         SDXL_VAE_SCALING
-    }
-
-    /// VAE-space latents [B, 4, h, w] → the decoder's raw output [B, 3, 8h, 8w] (about
-    /// [-1, 1]).
-    pub fn decode_raw(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.vae.forward(latents)
-    }
-
-    /// image [B, 3, H, W] in [-1, 1] → the posterior mean in VAE space [B, 4, H/8, W/8].
-    pub fn encode_image(&self, image: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.vae_encoder.forward(image)
     }
 
     /// A copy with LoRAs merged (`strength_model` into the UNet, `strength_clip` into both

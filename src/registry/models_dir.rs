@@ -21,9 +21,11 @@ pub enum Role {
     Checkpoint,
     /// A diffusion transformer (UNETLoader).
     Transformer(Family),
-    /// A 16-channel VAE (VAELoader).
-    Vae,
+    /// A VAE of 4 (SD, SDXL) or 16 (Flux) latent channels (VAELoader).
+    Vae(usize),
     ClipL,
+    /// SDXL's second encoder (DualCLIPLoader `sdxl`).
+    ClipG,
     T5,
     Qwen3,
 }
@@ -40,9 +42,10 @@ impl Role {
                 TransformerKind::ZImage => Family::ZImageTurbo,
             }),
             FileKind::Vae {
-                latent_channels: 16,
-            } => Role::Vae,
+                latent_channels: c @ (4 | 16),
+            } => Role::Vae(c),
             FileKind::ClipL => Role::ClipL,
+            FileKind::ClipG => Role::ClipG,
             FileKind::T5 => Role::T5,
             FileKind::Qwen3 => Role::Qwen3,
             _ => return None,
@@ -54,8 +57,9 @@ impl Role {
         match self {
             Role::Checkpoint => "",
             Role::Transformer(_) => "transformer",
-            Role::Vae => "vae",
+            Role::Vae(_) => "vae",
             Role::ClipL => "clip_l",
+            Role::ClipG => "clip_g",
             Role::T5 => "t5",
             Role::Qwen3 => "qwen3",
         }
@@ -67,8 +71,8 @@ impl Role {
 pub fn architecture_key(family: Family, role: Role) -> &'static str {
     match (family, role) {
         (_, Role::Transformer(_)) => "transformer",
-        (_, Role::Vae) => "vae",
-        (Family::FluxDev | Family::FluxSchnell, Role::T5) => "text_encoder_2",
+        (_, Role::Vae(_)) => "vae",
+        (Family::FluxDev | Family::FluxSchnell, Role::T5) | (_, Role::ClipG) => "text_encoder_2",
         (_, Role::ClipL | Role::T5 | Role::Qwen3) => "text_encoder",
         (_, Role::Checkpoint) => "",
     }
@@ -133,7 +137,7 @@ impl ModelFile {
     pub fn tokenizer(&self) -> Option<PathBuf> {
         let files = &self.sidecar.files;
         match self.role {
-            Role::ClipL => self.beside(&files.tokenizer_clip_l),
+            Role::ClipL | Role::ClipG => self.beside(&files.tokenizer_clip_l),
             Role::T5 => self.beside(&files.tokenizer_t5),
             Role::Qwen3 => self.beside(&files.tokenizer_qwen3),
             _ => None,
@@ -259,9 +263,11 @@ pub fn manifests(files: &[ModelFile]) -> Vec<Manifest> {
             Role::Checkpoint => Family::Sdxl,
             Role::Transformer(family) => {
                 let needs: &[Role] = match family {
-                    Family::FluxDev | Family::FluxSchnell => &[Role::Vae, Role::T5, Role::ClipL],
-                    Family::Chroma => &[Role::Vae, Role::T5],
-                    Family::ZImageTurbo => &[Role::Vae, Role::Qwen3],
+                    Family::FluxDev | Family::FluxSchnell => {
+                        &[Role::Vae(16), Role::T5, Role::ClipL]
+                    }
+                    Family::Chroma => &[Role::Vae(16), Role::T5],
+                    Family::ZImageTurbo => &[Role::Vae(16), Role::Qwen3],
                     Family::Sdxl => &[],
                 };
                 let Some(companions) = needs.iter().map(|r| first(*r)).collect::<Option<Vec<_>>>()
@@ -300,11 +306,12 @@ fn manifest(family: Family, parts: &[&ModelFile]) -> Manifest {
                 continue;
             }
             Role::Transformer(_) => files.transformer = path,
-            Role::Vae => files.vae = path,
+            Role::Vae(_) => files.vae = path,
             Role::ClipL => {
                 files.clip_l = path;
                 files.tokenizer_clip_l = part.tokenizer();
             }
+            Role::ClipG => files.clip_g = path,
             Role::T5 => {
                 files.t5 = path;
                 files.tokenizer_t5 = part.tokenizer();
