@@ -587,3 +587,43 @@ fn split_sdxl_text_encoders_and_vae_give_the_checkpoints_image() {
     let theirs = comfyui_image("euler_normal_64x64", "image.png");
     assert!(common::max_pixel_diff(&ours[0], &theirs) <= 2);
 }
+
+/// LoadImage's `IS_CHANGED` is the file's content: an image uploaded again under the same
+/// name runs the graph again from LoadImage; the same bytes again reuse the cache.
+#[test]
+fn load_image_reruns_when_its_file_changes() {
+    let folders = folders("graph-load-image");
+    let id = "img2img_dpmpp_2m_sgm-uniform_64x64_d0.6";
+    let input = folders.dir("input").unwrap().join("input.png");
+    let original = fixtures().join("comfyui").join(id).join("input.png");
+    std::fs::copy(&original, &input).unwrap();
+    let prompt = case_json(id)["workflow_api"].as_object().unwrap().clone();
+    let defs = node_defs(IMPLEMENTED, &folders.combo_lists());
+    let accepted = validate(&prompt, &defs, None).unwrap();
+    let mut executor = Executor::<B>::default();
+    let mut run = |executor: &mut Executor<B>| {
+        let mut ignore = |_: GraphEvent<B>| Flow::Continue;
+        let mut host = FolderHost {
+            folders: &folders,
+            device: Default::default(),
+            on_event: &mut ignore,
+        };
+        let run = executor.run(&prompt, &accepted.outputs, &mut host).unwrap();
+        let saved = &run.outputs["9"]["images"][0]["filename"];
+        let path = folders.dir("output").unwrap().join(saved.as_str().unwrap());
+        (run.cached, image::open(path).unwrap().to_rgb8())
+    };
+    let (_, first) = run(&mut executor);
+    assert!(common::max_pixel_diff(&first, &comfyui_image(id, "image.png")) <= 2);
+    let flipped = image::imageops::flip_horizontal(&image::open(&original).unwrap().to_rgb8());
+    flipped.save(&input).unwrap();
+    let (cached, second) = run(&mut executor);
+    assert!(!cached.contains(&"11".to_string()), "{cached:?}");
+    assert!(cached.contains(&"4".to_string()), "{cached:?}");
+    assert!(common::max_pixel_diff(&first, &second) > 2);
+    std::fs::copy(&original, &input).unwrap();
+    let (_, third) = run(&mut executor);
+    assert_eq!(common::max_pixel_diff(&first, &third), 0);
+    let (cached, _) = run(&mut executor);
+    assert_eq!(cached.len(), prompt.len());
+}

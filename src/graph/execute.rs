@@ -65,7 +65,11 @@ impl<B: Backend> Executor<B> {
         let order = execution_order(prompt, outputs);
         let mut signatures: HashMap<String, u64> = HashMap::new();
         for id in &order {
-            let signature = signature(prompt, id, &signatures);
+            let node = &prompt[id.as_str()];
+            let class = node["class_type"].as_str().unwrap_or_default();
+            let literals = node["inputs"].as_object().cloned().unwrap_or_default();
+            let changed = nodes::is_changed(class, &literals, host);
+            let signature = signature(prompt, id, &signatures, changed);
             signatures.insert(id.clone(), signature);
         }
         let cached: Vec<String> = order
@@ -182,16 +186,21 @@ fn execution_order(prompt: &Map<String, Value>, outputs: &[String]) -> Vec<Strin
     order
 }
 
-/// A node's class and literal inputs, with each link replaced by its source's signature and
-/// slot.
-fn signature(prompt: &Map<String, Value>, id: &str, known: &HashMap<String, u64>) -> u64 {
+/// A node's class, its `IS_CHANGED` value and literal inputs, with each link replaced by its
+/// source's signature and slot.
+fn signature(
+    prompt: &Map<String, Value>,
+    id: &str,
+    known: &HashMap<String, u64>,
+    changed: Option<u64>,
+) -> u64 {
     let node = &prompt[id];
     let mut hasher = DefaultHasher::new();
-    let class = node["class_type"].as_str().unwrap_or_default();
-    class.hash(&mut hasher);
-    if nodes::always_runs(class) {
-        std::time::SystemTime::now().hash(&mut hasher);
-    }
+    node["class_type"]
+        .as_str()
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    changed.hash(&mut hasher);
     if let Some(inputs) = node["inputs"].as_object() {
         for (name, value) in inputs {
             name.hash(&mut hasher);

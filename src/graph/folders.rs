@@ -356,6 +356,17 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
         image::open(&path).map_err(|e| Error::request(format!("cannot read {name}: {e}")))
     }
 
+    fn input_digest(&mut self, name: &str) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        if !super::outputs::is_inside(name) {
+            return None;
+        }
+        let bytes = std::fs::read(self.folders.root.join("input").join(name)).ok()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        Some(hasher.finish())
+    }
+
     fn save_images(
         &mut self,
         kind: &'static str,

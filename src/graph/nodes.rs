@@ -68,9 +68,23 @@ pub const IMPLEMENTED: &[&str] = &[
     "SaveImageWebsocket",
 ];
 
-/// Nodes whose output is never reused (`IS_CHANGED` returns the time).
-pub fn always_runs(class: &str) -> bool {
-    class == "SaveImageWebsocket"
+/// ComfyUI's `IS_CHANGED`: a value that differs whenever the node's result may, beyond its
+/// inputs: the time for SaveImageWebsocket (it always runs), the file's bytes for LoadImage
+/// (an image uploaded again under its name is read again).
+pub fn is_changed<B: Backend>(
+    class: &str,
+    literals: &Map<String, Value>,
+    host: &mut dyn Host<B>,
+) -> Option<u64> {
+    match class {
+        "SaveImageWebsocket" => Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        ),
+        "LoadImage" => host.input_digest(literals.get("image")?.as_str()?),
+        _ => None,
+    }
 }
 
 /// A value on a link.
@@ -109,6 +123,8 @@ pub trait Host<B: Backend> {
     fn lora(&mut self, name: &str) -> Result<LoraFile, Error>;
     /// An image of the input folder.
     fn input_image(&mut self, name: &str) -> Result<image::DynamicImage, Error>;
+    /// A digest of an input folder file's bytes (`None` when it cannot be read).
+    fn input_digest(&mut self, name: &str) -> Option<u64>;
     /// Writes images to the output ("output") or temp ("temp") folder.
     fn save_images(
         &mut self,
