@@ -601,7 +601,7 @@ fn load_image_reruns_when_its_file_changes() {
     let defs = node_defs(IMPLEMENTED, &folders.combo_lists());
     let accepted = validate(&prompt, &defs, None).unwrap();
     let mut executor = Executor::<B>::default();
-    let mut run = |executor: &mut Executor<B>| {
+    let run = |executor: &mut Executor<B>| {
         let mut ignore = |_: GraphEvent<B>| Flow::Continue;
         let mut host = FolderHost {
             folders: &folders,
