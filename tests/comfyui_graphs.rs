@@ -481,8 +481,9 @@ fn z_image_graphs_run_comfyuis_samplers() {
 
 /// ComfyUI's own images of graphs with CLIPSetLastLayer, CLIPTextEncodeSDXL, every
 /// LatentUpscale(By) and ImageScale(By) method, ModelSamplingDiscrete (v-prediction, zero
-/// terminal SNR), CLIPTextEncodeFlux and T5TokenizerOptions
-/// (tests/fixtures/comfyui_nodes/make_node_fixtures.py): every SaveImage within 2/255.
+/// terminal SNR), CLIPTextEncodeFlux and T5TokenizerOptions, and the ancestral and SDE
+/// samplers on a flow model (tests/fixtures/comfyui_nodes/make_node_fixtures.py): every
+/// SaveImage within 2/255.
 #[test]
 fn node_graphs_give_comfyuis_images() {
     let folders = folders("node-graphs");
@@ -496,6 +497,7 @@ fn node_graphs_give_comfyuis_images() {
         "image_scale",
         "sdxl_model-sampling-discrete",
         "flux-dev_text-encode-flux_t5-options",
+        "flux-dev_ancestral-and-sde-samplers",
     ];
     for id in cases {
         let dir = fixtures().join("comfyui_nodes").join(id);

@@ -160,12 +160,6 @@ pub fn guide<B: Backend>(
             format.channels
         )));
     }
-    if ms.is_flow() && !flow_ready(sampler) {
-        return Err(Error::request(format!(
-            "sampler {} is not available for flow models (Flux, Chroma, Z-Image) in this build",
-            sampler.name()
-        )));
-    }
     if sigmas.is_empty() {
         return Ok(Sampled {
             samples: latent.clone(),
@@ -213,7 +207,7 @@ pub fn guide<B: Backend>(
                     },
                 },
             };
-            sample(sampler, &mut denoiser, x, sigmas, seed, &mut on_step)?
+            sample(sampler, ms, &mut denoiser, x, sigmas, seed, &mut on_step)?
         }
         GraphModel::Flux {
             denoiser,
@@ -229,7 +223,7 @@ pub fn guide<B: Backend>(
                     ms,
                 },
             };
-            sample(sampler, &mut denoiser, x, sigmas, seed, &mut on_step)?
+            sample(sampler, ms, &mut denoiser, x, sigmas, seed, &mut on_step)?
         }
         GraphModel::ZImage(transformer) => {
             let mut denoiser = Cfg {
@@ -238,7 +232,7 @@ pub fn guide<B: Backend>(
                 cfg,
                 predict: ZImageVelocity { transformer, ms },
             };
-            sample(sampler, &mut denoiser, x, sigmas, seed, &mut on_step)?
+            sample(sampler, ms, &mut denoiser, x, sigmas, seed, &mut on_step)?
         }
     };
     // `inverse_noise_scaling` (flow: ÷ (1 − σ_last)), then `process_latent_out`.
@@ -256,16 +250,6 @@ pub fn guide<B: Backend>(
 
 /// Samplers whose flow-model (`CONST`) variants this build has: the deterministic ones that
 /// need none.
-fn flow_ready(sampler: KSamplerName) -> bool {
-    !matches!(
-        sampler,
-        KSamplerName::EulerAncestral
-            | KSamplerName::Dpm2Ancestral
-            | KSamplerName::DpmPpSde
-            | KSamplerName::DpmPp2mSde
-    )
-}
-
 /// `math.isclose` with its default relative tolerance.
 fn is_close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs())

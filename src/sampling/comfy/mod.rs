@@ -108,6 +108,23 @@ impl ModelSampling {
         width * height / (8.0 * 8.0 * 2.0 * 2.0) * m + b
     }
 
+    /// `percent_to_sigma`: σ at a fraction of the schedule (0 the start), in float64 as
+    /// Python computes it for the flow samplings.
+    pub fn percent_to_sigma(&self, percent: f64) -> f64 {
+        if percent >= 1.0 {
+            return 0.0;
+        }
+        let t = 1.0 - percent;
+        match self {
+            ModelSampling::Discrete(d, _) if percent > 0.0 => d.sigma((t * 999.0) as f32) as f64,
+            ModelSampling::Discrete(..) => 999999999.9,
+            _ if percent <= 0.0 => 1.0,
+            ModelSampling::Flux { mu, .. } => mu.exp() / (mu.exp() + (1.0 / t - 1.0)),
+            ModelSampling::DiscreteFlow { shift, .. } if *shift == 1.0 => t,
+            ModelSampling::DiscreteFlow { shift, .. } => shift * t / (1.0 + (shift - 1.0) * t),
+        }
+    }
+
     /// Flow models predict velocity (`CONST`): x₀ = x − σ·v, x = σ·ε + (1 − σ)·x₀.
     pub fn is_flow(&self) -> bool {
         !matches!(self, ModelSampling::Discrete(..))

@@ -4,6 +4,7 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
+use super::ModelSampling;
 use super::brownian::BrownianNoise;
 use super::uni_pc::UniPcVariant;
 use crate::Error;
@@ -97,9 +98,12 @@ impl KSamplerName {
 
 /// Runs `sampler` from x over `sigmas`; `seed` feeds ancestral noise, which ComfyUI draws from
 /// a fresh generator seeded like the initial noise (`default_noise_sampler`; on the CPU, so
-/// the first draw equals the initial noise). `on_step` may cancel between steps.
+/// the first draw equals the initial noise). On flow models (`CONST`) the ancestral samplers
+/// are ComfyUI's `_RF` variants and the SDE ones use flow's half-log-SNR, log((1 − σ)/σ).
+/// `on_step` may cancel between steps.
 pub fn sample<B: Backend>(
     sampler: KSamplerName,
+    sampling: &ModelSampling,
     model: &mut dyn Denoiser<B>,
     mut x: Tensor<B, 4>,
     sigmas: &[f32],
@@ -122,6 +126,28 @@ pub fn sample<B: Backend>(
             let sigma_max = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             BrownianNoise::new(sigma_min, sigma_max, x.dims().iter().product(), seed)
         });
+    let flow = sampling.is_flow();
+    let sde = brownian.is_some();
+    // `sigma_to_half_log_snr` and its inverse.
+    let lambda = |s: f32| if flow { -(s / (1.0 - s)).ln() } else { -s.ln() };
+    let sigma_of = |l: f32| {
+        if flow {
+            1.0 / (1.0 + l.exp())
+        } else {
+            (-l).exp()
+        }
+    };
+    // `offset_first_sigma_for_snr` (after the Brownian tree took σ_max): a flow σ₀ of 1 has
+    // no log-SNR.
+    let offset: Vec<f32>;
+    let sigmas = if flow && sde && sigmas.len() > 1 && sigmas[0] >= 1.0 {
+        offset = std::iter::once(sampling.percent_to_sigma(1e-4) as f32)
+            .chain(sigmas[1..].iter().copied())
+            .collect();
+        &offset[..]
+    } else {
+        sigmas
+    };
     let mut brownian_noise = |sigma: f32, sigma_next: f32, like: &Tensor<B, 4>| {
         let values = brownian
             .as_mut()
@@ -159,6 +185,16 @@ pub fn sample<B: Backend>(
         x = match sampler {
             // `ddim` is `ksampler("euler")` (its inpaint noise option needs a mask).
             KSamplerName::Euler | KSamplerName::Ddim => x + d * (sigma_next - sigma),
+            KSamplerName::EulerAncestral if flow => {
+                if sigma_next == 0.0 {
+                    denoised.clone()
+                } else {
+                    let step = RfStep::new(sigma, sigma_next);
+                    let ratio = step.sigma_down / sigma;
+                    let x = x * ratio + denoised.clone() * (1.0 - ratio);
+                    x * step.scale + randn(&denoised) * step.renoise
+                }
+            }
             KSamplerName::EulerAncestral => {
                 let (sigma_down, sigma_up) = ancestral_step(sigma, sigma_next);
                 if sigma_down == 0.0 {
@@ -183,6 +219,15 @@ pub fn sample<B: Backend>(
                     x + d * (sigma_next - sigma)
                 } else {
                     dpm_solver_2(model, x, d, sigma, sigma_next)?
+                }
+            }
+            KSamplerName::Dpm2Ancestral if flow => {
+                let step = RfStep::new(sigma, sigma_next);
+                if step.sigma_down == 0.0 {
+                    x + d * (step.sigma_down - sigma)
+                } else {
+                    let x = dpm_solver_2(model, x, d, sigma, step.sigma_down)?;
+                    x * step.scale + randn(&denoised) * step.renoise
                 }
             }
             KSamplerName::Dpm2Ancestral => {
@@ -226,15 +271,15 @@ pub fn sample<B: Backend>(
                     }
                 }
             }
-            // η = 1, r = ½; λ = −ln σ and α = 1 (EPS).
+            // η = 1, r = ½; λ the half-log-SNR.
             KSamplerName::DpmPpSde => {
                 if sigma_next == 0.0 {
                     denoised.clone()
                 } else {
-                    let (lambda_s, lambda_t) = (-sigma.ln(), -sigma_next.ln());
+                    let (lambda_s, lambda_t) = (lambda(sigma), lambda(sigma_next));
                     let h = lambda_t - lambda_s;
                     let lambda_s_1 = lambda_s + 0.5 * h;
-                    let sigma_s_1 = (-lambda_s_1).exp();
+                    let sigma_s_1 = sigma_of(lambda_s_1);
                     let (alpha_s, alpha_s_1, alpha_t) = (
                         sigma * lambda_s.exp(),
                         sigma_s_1 * lambda_s_1.exp(),
@@ -262,7 +307,7 @@ pub fn sample<B: Backend>(
                 if sigma_next == 0.0 {
                     denoised.clone()
                 } else {
-                    let (lambda_s, lambda_t) = (-sigma.ln(), -sigma_next.ln());
+                    let (lambda_s, lambda_t) = (lambda(sigma), lambda(sigma_next));
                     let h = lambda_t - lambda_s;
                     let h_eta = h * 2.0;
                     let alpha_t = sigma_next * lambda_t.exp();
@@ -319,6 +364,30 @@ fn ancestral_step(sigma: f32, sigma_next: f32) -> (f32, f32) {
     );
     let sigma_down = (sigma_next * sigma_next - sigma_up * sigma_up).sqrt();
     (sigma_down, sigma_up)
+}
+
+/// The `_RF` samplers' ancestral step (η = 1) on a flow model: the σ to step down to, the
+/// rescale of x from it to σ_next's signal level, and the noise to add.
+struct RfStep {
+    sigma_down: f32,
+    scale: f32,
+    renoise: f32,
+}
+
+impl RfStep {
+    fn new(sigma: f32, sigma_next: f32) -> Self {
+        let downstep_ratio = 1.0 + (sigma_next / sigma - 1.0);
+        let sigma_down = sigma_next * downstep_ratio;
+        let (alpha_next, alpha_down) = (1.0 - sigma_next, 1.0 - sigma_down);
+        let renoise = (sigma_next * sigma_next
+            - sigma_down * sigma_down * alpha_next * alpha_next / (alpha_down * alpha_down))
+            .sqrt();
+        Self {
+            sigma_down,
+            scale: alpha_next / alpha_down,
+            renoise,
+        }
+    }
 }
 
 /// DPM-Solver-2's step from σ to `target` through the log-midpoint σ_mid.
