@@ -482,8 +482,8 @@ fn z_image_graphs_run_comfyuis_samplers() {
 /// ComfyUI's own images of graphs with CLIPSetLastLayer, CLIPTextEncodeSDXL, every
 /// LatentUpscale(By) and ImageScale(By) method, ModelSamplingDiscrete (v-prediction, zero
 /// terminal SNR), CLIPTextEncodeFlux and T5TokenizerOptions, and the ancestral and SDE
-/// samplers on a flow model (tests/fixtures/comfyui_nodes/make_node_fixtures.py): every
-/// SaveImage within 2/255.
+/// samplers on a flow model, prompts with "embedding:" words that name no embedding
+/// (tests/fixtures/comfyui_nodes/make_node_fixtures.py): every SaveImage within 2/255.
 #[test]
 fn node_graphs_give_comfyuis_images() {
     let folders = folders("node-graphs");
@@ -498,6 +498,8 @@ fn node_graphs_give_comfyuis_images() {
         "sdxl_model-sampling-discrete",
         "flux-dev_text-encode-flux_t5-options",
         "flux-dev_ancestral-and-sde-samplers",
+        "sdxl_embedding-words",
+        "flux-dev_embedding-words",
     ];
     for id in cases {
         let dir = fixtures().join("comfyui_nodes").join(id);

@@ -17,7 +17,7 @@ use crate::pipelines::SdxlPipeline;
 use crate::pipelines::flux::Denoiser as FluxDenoiser;
 use crate::pipelines::sdxl::ComfyClip;
 use crate::pipelines::zimage::encode_caption;
-use crate::text::{ClipTokenizer, Qwen3Tokenizer, T5Tokenizer, comfy_token_weights};
+use crate::text::{ClipTokenizer, Qwen3Tokenizer, T5Tokenizer, comfy_token_weights, comfy_words};
 
 /// ComfyUI's `latent_format`: channels, and `process_in(z) = (z − shift)·scale`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -297,15 +297,14 @@ fn encode_t5<B: Backend>(
     const PAD: u32 = 0;
     let mut tokens: Vec<(u32, f32)> = Vec::new();
     for (segment, weight) in comfy_token_weights(text) {
-        if segment.is_empty() {
-            continue;
+        for word in comfy_words(&segment) {
+            tokens.extend(
+                tokenizer
+                    .segment_ids(&word)?
+                    .into_iter()
+                    .map(|id| (id, weight as f32)),
+            );
         }
-        tokens.extend(
-            tokenizer
-                .segment_ids(&segment)?
-                .into_iter()
-                .map(|id| (id, weight as f32)),
-        );
     }
     tokens.push((EOS, 1.0));
     tokens.extend(std::iter::repeat_n((PAD, 1.0), padding.min_padding));

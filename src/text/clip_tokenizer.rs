@@ -162,7 +162,8 @@ impl ClipTokenizer {
     }
 
     /// The prompt as ComfyUI's `SDTokenizer.tokenize_with_weights` lays it out, for graphs:
-    /// each weighted segment is tokenized on its own; a segment that does not fit in the
+    /// each word of each weighted segment ([`comfy_words`](super::comfy_words)) is tokenized
+    /// on its own; a word that does not fit in the
     /// chunk moves whole to the next one when shorter than 8 tokens (the chunk is closed and
     /// padded), else it is split at the boundary; chunks are BOS + ≤ 75 tokens + EOS, padded
     /// with `pad` (ComfyUI pads CLIP-L with EOS and bigG with id 0, from one tokenizer).
@@ -182,12 +183,16 @@ impl ClipTokenizer {
             });
             *batch = vec![(self.bos, 1.0)];
         };
-        for (segment, weight) in super::comfy_token_weights(prompt) {
-            if segment.is_empty() {
-                continue;
-            }
+        let words = super::comfy_token_weights(prompt)
+            .into_iter()
+            .flat_map(|(segment, weight)| {
+                super::comfy_words(&segment)
+                    .into_iter()
+                    .map(move |word| (word, weight))
+            });
+        for (word, weight) in words {
             let mut group: Vec<(u32, f32)> = self
-                .encode(&segment)?
+                .encode(&word)?
                 .into_iter()
                 .map(|id| (id, weight as f32))
                 .collect();

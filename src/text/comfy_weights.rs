@@ -104,3 +104,52 @@ mod tests {
         }
     }
 }
+
+/// `SDTokenizer.tokenize_with_weights`' words of one weighted segment: split before
+/// " embedding:" and "\nembedding:", each word tokenized on its own. A word naming an
+/// embedding is dropped with a warning, as ComfyUI drops one it cannot find (this build loads
+/// no textual-inversion embeddings); the text after the name stays (`_try_get_embedding`'s
+/// leftover, with the name's commas).
+pub fn comfy_words(segment: &str) -> Vec<String> {
+    const ID: &str = "embedding:";
+    let mut pieces = Vec::new();
+    let (mut rest, mut prefix) = (segment, "");
+    loop {
+        let next = [" embedding:", "\nembedding:"]
+            .iter()
+            .filter_map(|p| rest.find(p))
+            .min();
+        match next {
+            Some(i) => {
+                pieces.push(format!("{prefix}{}", &rest[..i]));
+                rest = &rest[i + 1 + ID.len()..];
+                prefix = ID;
+            }
+            None => {
+                pieces.push(format!("{prefix}{rest}"));
+                break;
+            }
+        }
+    }
+    let mut words = Vec::new();
+    for piece in pieces.into_iter().filter(|p| !p.is_empty()) {
+        let Some(name) = piece.strip_prefix(ID) else {
+            words.push(piece);
+            continue;
+        };
+        let name = name.trim_matches('\n');
+        let mut parts = name.split_whitespace();
+        let first = parts.next().unwrap_or_default();
+        let mut leftover = parts.collect::<Vec<_>>().join(" ");
+        let stripped = first.trim_matches(',');
+        if stripped.len() < first.len() {
+            let tail: String = first.chars().skip(stripped.chars().count()).collect();
+            leftover = format!("{tail} {leftover}");
+        }
+        tracing::warn!("embedding:{name} does not exist, ignoring");
+        if !leftover.is_empty() {
+            words.push(leftover);
+        }
+    }
+    words
+}

@@ -7,7 +7,7 @@ mod qwen_tokenizer;
 mod t5_tokenizer;
 
 pub use clip_tokenizer::{ClipTokenizer, LongPrompt, SEQUENCE_LEN, TokenChunk};
-pub use comfy_weights::comfy_token_weights;
+pub use comfy_weights::{comfy_token_weights, comfy_words};
 pub use emphasis::{PromptPart, parse_prompt_attention};
 pub use qwen_tokenizer::Qwen3Tokenizer;
 pub use t5_tokenizer::{T5Tokenizer, T5Tokens};
