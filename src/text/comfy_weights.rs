@@ -82,29 +82,6 @@ fn python_float(s: &str) -> Option<f64> {
     cleaned.parse().ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn weights_replace_and_bare_parentheses_multiply() {
-        let parts = comfy_token_weights("a (b:1.3) ((c)) \\(d\\) (e:x)");
-        let expect = [
-            ("a ", 1.0),
-            ("b", 1.3),
-            (" ", 1.0),
-            ("c", 1.1 * 1.1),
-            (" (d) ", 1.0),
-            ("e:x", 1.1),
-        ];
-        assert_eq!(parts.len(), expect.len(), "{parts:?}");
-        for ((s, w), (es, ew)) in parts.iter().zip(expect) {
-            assert_eq!(s, es);
-            assert!((w - ew).abs() < 1e-12, "{s}: {w} vs {ew}");
-        }
-    }
-}
-
 /// `SDTokenizer.tokenize_with_weights`' words of one weighted segment: split before
 /// " embedding:" and "\nembedding:", each word tokenized on its own. A word naming an
 /// embedding is dropped with a warning, as ComfyUI drops one it cannot find (this build loads
@@ -152,4 +129,27 @@ pub fn comfy_words(segment: &str) -> Vec<String> {
         }
     }
     words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_replace_and_bare_parentheses_multiply() {
+        let parts = comfy_token_weights("a (b:1.3) ((c)) \\(d\\) (e:x)");
+        let expect = [
+            ("a ", 1.0),
+            ("b", 1.3),
+            (" ", 1.0),
+            ("c", 1.1 * 1.1),
+            (" (d) ", 1.0),
+            ("e:x", 1.1),
+        ];
+        assert_eq!(parts.len(), expect.len(), "{parts:?}");
+        for ((s, w), (es, ew)) in parts.iter().zip(expect) {
+            assert_eq!(s, es);
+            assert!((w - ew).abs() < 1e-12, "{s}: {w} vs {ew}");
+        }
+    }
 }
