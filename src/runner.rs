@@ -129,6 +129,15 @@ fn run_job<B: Backend>(
         &job.model,
         Duration::from_millis(started_at.saturating_sub(job.created_at)),
     );
+    // One API's networks at a time: the graph cache and the native pipeline share none, so
+    // the other side's are released before this job loads its own, rather than held twice.
+    if job.workflow.is_some() {
+        if models.pipeline.take().is_some() {
+            *shared.loaded.lock().expect("loaded lock") = None;
+        }
+    } else {
+        models.executor.clear();
+    }
     let result = catch_unwind(AssertUnwindSafe(|| match job.workflow.is_some() {
         true => run_workflow(shared, device, config, models.executor, &mut job, cancel),
         false => generate(shared, device, config, models.pipeline, &mut job, cancel),

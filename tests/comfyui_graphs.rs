@@ -118,6 +118,20 @@ fn recorded_workflows_give_comfyuis_images_and_cache_between_prompts() {
         assert_eq!(events, 0, "{id}: nothing ran");
         assert_eq!(again.outputs["9"]["images"], json!(images));
     }
+    // As ComfyUI's cache, only what the last prompt could reuse was kept: the first case's
+    // nodes all run again.
+    let first = case_json(CASES[0])["workflow_api"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let mut ignore = |_: GraphEvent<B>| Flow::Continue;
+    let mut host = FolderHost {
+        folders: &folders,
+        device: Default::default(),
+        on_event: &mut ignore,
+    };
+    let rerun = executor.run(&first, &["9".to_string()], &mut host).unwrap();
+    assert!(rerun.cached.is_empty(), "{:?}", rerun.cached);
 }
 
 fn base_prompt() -> Map<String, Value> {

@@ -856,6 +856,25 @@ fn a_comfyui_models_folder_needs_no_manifest() {
     for model in ["flux1-dev-tiny", "chroma-tiny", "z_image_turbo-tiny"] {
         assert_eq!(pixels(model).dimensions(), (64, 64));
     }
+    // A model is held by one API at a time: a ComfyUI prompt releases the native one.
+    let loaded = |id: &str| {
+        get(api, "/api/info").json()["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id && m["loaded"] == true)
+    };
+    assert!(loaded("z_image_turbo-tiny"));
+    let workflow = case_json("euler_normal_64x64")["workflow_api"].clone();
+    run_case(
+        port,
+        &mut ws,
+        client_id,
+        "after-native",
+        "euler_normal_64x64",
+        &workflow,
+    );
+    assert!(!loaded("z_image_turbo-tiny"));
 }
 
 /// `number` and `front` order the queue as in ComfyUI (smallest number first; the default

@@ -72,6 +72,10 @@ impl<B: Backend> Executor<B> {
             let signature = signature(prompt, id, &signatures, changed);
             signatures.insert(id.clone(), signature);
         }
+        // ComfyUI's `clean_unused`: only what this prompt can reuse stays, so a model whose
+        // node changed is released before its successor loads.
+        self.cache
+            .retain(|id, c| signatures.get(id) == Some(&c.signature));
         let cached: Vec<String> = order
             .iter()
             .filter(|id| {
@@ -87,8 +91,6 @@ impl<B: Backend> Executor<B> {
             outputs: Map::new(),
         };
         let mut executed = Vec::new();
-        // Entries of nodes that left the prompt stay until replaced; ComfyUI's classic cache
-        // keeps one entry per node id as well.
         for id in &order {
             let node = &prompt[id];
             let class = node["class_type"].as_str().unwrap_or_default().to_owned();
