@@ -496,11 +496,30 @@ fn z_image_graphs_run_comfyuis_samplers() {
 /// ComfyUI's own images of graphs with CLIPSetLastLayer, CLIPTextEncodeSDXL, every
 /// LatentUpscale(By) and ImageScale(By) method, ModelSamplingDiscrete (v-prediction, zero
 /// terminal SNR), CLIPTextEncodeFlux and T5TokenizerOptions, and the ancestral and SDE
-/// samplers on a flow model, prompts with "embedding:" words that name no embedding
-/// (tests/fixtures/comfyui_nodes/make_node_fixtures.py): every SaveImage within 2/255.
+/// samplers on a flow model, prompts with "embedding:" words, naming a textual-inversion
+/// embedding or none (tests/fixtures/comfyui_nodes/make_node_fixtures.py): every SaveImage
+/// within 2/255.
 #[test]
 fn node_graphs_give_comfyuis_images() {
-    let folders = folders("node-graphs");
+    // The manifests' models, and a models folder with the fixtures' embeddings.
+    let dir = temp_dir("node-graphs");
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::os::unix::fs::symlink(
+        fixtures().join("comfyui_nodes/embeddings"),
+        models.join("embeddings"),
+    )
+    .unwrap();
+    let mut registry = Registry::scan(&[
+        repo().join("model_manifests"),
+        fixtures().join("flux"),
+        fixtures().join("zimage"),
+    ])
+    .unwrap();
+    registry.add_models_dir(&models).unwrap();
+    let loras = LoraLibrary::scan(&[fixtures().join("sdxl/lora")]);
+    let folders = ComfyFolders::new(&dir.join("comfyui"), &registry, &loras).unwrap();
+    assert_eq!(folders.embedding_names(), ["tiny_style"]);
     let input = fixtures().join("comfyui/img2img_dpmpp_2m_sgm-uniform_64x64_d0.6/input.png");
     std::fs::copy(&input, folders.dir("input").unwrap().join("input.png")).unwrap();
     let defs = node_defs(IMPLEMENTED, &folders.combo_lists());
@@ -514,6 +533,7 @@ fn node_graphs_give_comfyuis_images() {
         "flux-dev_ancestral-and-sde-samplers",
         "sdxl_embedding-words",
         "flux-dev_embedding-words",
+        "sdxl_embeddings",
     ];
     for id in cases {
         let dir = fixtures().join("comfyui_nodes").join(id);

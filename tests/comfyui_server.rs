@@ -790,6 +790,10 @@ fn a_comfyui_models_folder_needs_no_manifest() {
         list("LoraLoader", "lora_name"),
         ["styles/sdxl_lora_kohya_sdscripts-equivalent.safetensors"]
     );
+    assert_eq!(
+        get(port, "/embeddings").json(),
+        json!(["styles/tiny_style"])
+    );
     let folder = get(port, "/models/diffusion_models").json();
     assert_eq!(folder, json!(list("UNETLoader", "unet_name")));
 

@@ -206,7 +206,7 @@ fn comfyui_tokenization_of_every_prompt() {
         for (side, text) in [("positive", "prompt"), ("negative", "negative")] {
             let text = case.setting(text).as_str().unwrap();
             for (encoder, pad) in [("l", None), ("g", Some(0))] {
-                let chunks = tokenizer.comfy_chunks(text, pad).unwrap();
+                let chunks = tokenizer.comfy_chunks(text, pad, &|_| None).unwrap();
                 let ids: Vec<u32> = chunks.iter().flat_map(|c| c.ids.clone()).collect();
                 let weights: Vec<f32> = chunks.iter().flat_map(|c| c.weights.clone()).collect();
                 let key = format!("tokens.{side}.{encoder}");
@@ -248,7 +248,10 @@ fn sdxl_ksampler_cases_match_comfyui_step_by_step() {
         };
 
         let encode = |text: &str, side: &str| {
-            let (context, pooled) = pipeline.comfy_clip().encode(text, text, -2).unwrap();
+            let (context, pooled) = pipeline
+                .comfy_clip(&Default::default())
+                .encode(text, text, -2)
+                .unwrap();
             assert_close(
                 &format!("{id} cond.{side}"),
                 &values(context.clone()),

@@ -19,6 +19,7 @@ use crate::pipelines::{flux, sdxl, zimage};
 use crate::registry::models_dir::{self, architecture_key};
 use crate::registry::{Family, LoraLibrary, Manifest, Registry, Role};
 use crate::sampling::comfy::ModelSampling;
+use crate::text::Embeddings;
 use crate::weights::LoraFile;
 use std::sync::Arc;
 
@@ -35,6 +36,8 @@ pub struct ComfyFolders {
     vaes: Vec<(String, (usize, ComponentFile))>,
     /// (ComfyUI name, file)
     loras: Vec<(String, PathBuf)>,
+    /// The models folders' `embeddings/`.
+    embeddings: Arc<Embeddings>,
 }
 
 /// Adds `entry` under `name` unless the name is listed already: the first source of a name
@@ -77,6 +80,7 @@ impl ComfyFolders {
             text_encoders: vec![],
             vaes: vec![],
             loras: vec![],
+            embeddings: Arc::new(Embeddings::new(registry.embeddings().to_vec())),
         };
         for m in registry.models().filter(|m| !m.from_models_dir) {
             let files = &m.files;
@@ -145,6 +149,11 @@ impl ComfyFolders {
             add(&mut folders.loras, e.name.clone(), e.path.clone());
         }
         Ok(folders)
+    }
+
+    /// The embedding names `/embeddings` lists.
+    pub fn embedding_names(&self) -> Vec<String> {
+        self.embeddings.names()
     }
 
     /// The folder holding input/, output/ and temp/.
@@ -291,6 +300,7 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
                     device: self.device.clone(),
                 }),
                 clip_layer: -2,
+                embeddings: self.folders.embeddings.clone(),
             });
         }
         let (layout, wants_clip) = match kind {
@@ -323,6 +333,7 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
             t5: Arc::new(flux::load_t5(t5_file, &self.device)?),
             layout,
             padding: layout.padding(),
+            embeddings: self.folders.embeddings.clone(),
             device: self.device.clone(),
         })
     }
@@ -354,6 +365,10 @@ impl<B: Backend> Host<B> for FolderHost<'_, B> {
         }
         let path = self.folders.root.join("input").join(name);
         image::open(&path).map_err(|e| Error::request(format!("cannot read {name}: {e}")))
+    }
+
+    fn embeddings(&self) -> Arc<Embeddings> {
+        self.folders.embeddings.clone()
     }
 
     fn input_digest(&mut self, name: &str) -> Option<u64> {

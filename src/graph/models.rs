@@ -15,9 +15,11 @@ use crate::models::vae::{Decoder, Encoder};
 use crate::models::zimage::ZImageTransformer;
 use crate::pipelines::SdxlPipeline;
 use crate::pipelines::flux::Denoiser as FluxDenoiser;
-use crate::pipelines::sdxl::ComfyClip;
+use crate::pipelines::sdxl::{ComfyClip, clip_vectors_fit};
 use crate::pipelines::zimage::encode_caption;
-use crate::text::{ClipTokenizer, Qwen3Tokenizer, T5Tokenizer, comfy_token_weights, comfy_words};
+use crate::text::{
+    ClipTokenizer, Embeddings, Qwen3Tokenizer, T5Tokenizer, Word, comfy_token_weights, comfy_words,
+};
 
 /// ComfyUI's `latent_format`: channels, and `process_in(z) = (z − shift)·scale`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -133,11 +135,13 @@ pub enum GraphClip<B: Backend> {
         pipeline: Arc<SdxlPipeline<B>>,
         /// ComfyUI's `clip_layer` (−2 unless CLIPSetLastLayer says otherwise).
         clip_layer: i64,
+        embeddings: Arc<Embeddings>,
     },
     /// DualCLIPLoader `sdxl`: CLIP-L and bigG files.
     SdxlFiles {
         files: Arc<SdxlClipFiles<B>>,
         clip_layer: i64,
+        embeddings: Arc<Embeddings>,
     },
     T5 {
         /// CLIP-L for Flux's pooled vector.
@@ -145,6 +149,8 @@ pub enum GraphClip<B: Backend> {
         t5: Arc<(T5Tokenizer, T5Encoder<B>)>,
         layout: T5Layout,
         padding: T5Padding,
+        /// For CLIP-L's words (T5's `embedding:` words are dropped).
+        embeddings: Arc<Embeddings>,
         device: B::Device,
     },
     /// Z-Image's Qwen3 (CLIPLoader type lumina2).
@@ -155,10 +161,11 @@ pub enum GraphClip<B: Backend> {
 }
 
 impl<B: Backend> GraphClip<B> {
-    pub fn sdxl(pipeline: Arc<SdxlPipeline<B>>) -> Self {
+    pub fn sdxl(pipeline: Arc<SdxlPipeline<B>>, embeddings: Arc<Embeddings>) -> Self {
         GraphClip::Sdxl {
             pipeline,
             clip_layer: -2,
+            embeddings,
         }
     }
 
@@ -189,13 +196,19 @@ impl<B: Backend> GraphClip<B> {
             GraphClip::Sdxl {
                 pipeline,
                 clip_layer,
-            } => (pipeline.comfy_clip(), *clip_layer),
-            GraphClip::SdxlFiles { files, clip_layer } => (
+                embeddings,
+            } => (pipeline.comfy_clip(embeddings), *clip_layer),
+            GraphClip::SdxlFiles {
+                files,
+                clip_layer,
+                embeddings,
+            } => (
                 ComfyClip {
                     tokenizer: &files.tokenizer,
                     clip_l: &files.clip_l,
                     clip_g: &files.clip_g,
                     device: &files.device,
+                    embeddings,
                 },
                 *clip_layer,
             ),
@@ -225,6 +238,7 @@ impl<B: Backend> GraphClip<B> {
             t5,
             layout,
             padding,
+            embeddings,
             device,
         } = self
         else {
@@ -236,15 +250,21 @@ impl<B: Backend> GraphClip<B> {
         let pooled = match clip_l.as_deref() {
             Some((tokenizer, clip)) => {
                 // Only the first chunk's pooled output is used (no projection).
+                let lookup = |name: &str| embeddings.vectors(name, "clip_l");
                 let chunk = tokenizer
-                    .comfy_chunks(clip_text, None)?
+                    .comfy_chunks(clip_text, None, &lookup)?
                     .into_iter()
                     .next()
                     .expect("one chunk");
+                clip_vectors_fit(clip, &chunk)?;
                 let ids: Vec<i64> = chunk.ids.iter().map(|&i| i as i64).collect();
                 let len = ids.len();
                 let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), device);
-                Some(clip.forward(ids, &[chunk.eos_position]).pooled)
+                let layer = clip.num_layers().checked_sub(2);
+                Some(
+                    clip.forward_at(ids, &[chunk.eos_position], layer, &chunk.vectors)
+                        .pooled,
+                )
             }
             None => None,
         };
@@ -257,13 +277,21 @@ impl<B: Backend> GraphClip<B> {
     /// CLIPSetLastLayer: `CLIP.clip_layer(n)`.
     pub fn with_clip_layer(&self, layer: i64) -> Result<Self, Error> {
         match self {
-            GraphClip::Sdxl { pipeline, .. } => Ok(GraphClip::Sdxl {
+            GraphClip::Sdxl {
+                pipeline,
+                embeddings,
+                ..
+            } => Ok(GraphClip::Sdxl {
                 pipeline: pipeline.clone(),
                 clip_layer: layer,
+                embeddings: embeddings.clone(),
             }),
-            GraphClip::SdxlFiles { files, .. } => Ok(GraphClip::SdxlFiles {
+            GraphClip::SdxlFiles {
+                files, embeddings, ..
+            } => Ok(GraphClip::SdxlFiles {
                 files: files.clone(),
                 clip_layer: layer,
+                embeddings: embeddings.clone(),
             }),
             _ => Err(Error::request(
                 "CLIPSetLastLayer applies to SDXL's CLIP encoders only in this build",
@@ -297,13 +325,15 @@ fn encode_t5<B: Backend>(
     const PAD: u32 = 0;
     let mut tokens: Vec<(u32, f32)> = Vec::new();
     for (segment, weight) in comfy_token_weights(text) {
-        for word in comfy_words(&segment) {
-            tokens.extend(
-                tokenizer
-                    .segment_ids(&word)?
-                    .into_iter()
-                    .map(|id| (id, weight as f32)),
-            );
+        for word in comfy_words(&segment, &|_| None) {
+            if let Word::Text(word) = word {
+                tokens.extend(
+                    tokenizer
+                        .segment_ids(&word)?
+                        .into_iter()
+                        .map(|id| (id, weight as f32)),
+                );
+            }
         }
     }
     tokens.push((EOS, 1.0));

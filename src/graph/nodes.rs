@@ -20,6 +20,7 @@ use crate::pipelines::{Flow, SdxlPipeline};
 use crate::sampling::comfy::{
     DiscreteSigmas, KSamplerName, ModelSampling, Prediction, SchedulerName, karras,
 };
+use crate::text::Embeddings;
 use crate::weights::LoraFile;
 
 /// The node classes this build runs (the others of ComfyUI are refused at validation as
@@ -125,6 +126,8 @@ pub trait Host<B: Backend> {
     fn input_image(&mut self, name: &str) -> Result<image::DynamicImage, Error>;
     /// A digest of an input folder file's bytes (`None` when it cannot be read).
     fn input_digest(&mut self, name: &str) -> Option<u64>;
+    /// The textual-inversion embeddings prompts may name.
+    fn embeddings(&self) -> Arc<Embeddings>;
     /// Writes images to the output ("output") or temp ("temp") folder.
     fn save_images(
         &mut self,
@@ -348,7 +351,10 @@ pub fn run<B: Backend>(
                     Arc::new(GraphModel::Sdxl(pipeline.clone())),
                     Arc::new(ModelSampling::sdxl()),
                 ),
-                NodeValue::Clip(Arc::new(GraphClip::sdxl(pipeline.clone()))),
+                NodeValue::Clip(Arc::new(GraphClip::sdxl(
+                    pipeline.clone(),
+                    host.embeddings(),
+                ))),
                 NodeValue::Vae(Arc::new({
                     let (decoder, encoder) = pipeline.vae();
                     GraphVae {
@@ -384,6 +390,7 @@ pub fn run<B: Backend>(
                 GraphClip::Sdxl {
                     pipeline: clip,
                     clip_layer,
+                    embeddings,
                 },
             ) = (&*model, &*clip)
             else {
@@ -403,6 +410,7 @@ pub fn run<B: Backend>(
                 NodeValue::Clip(Arc::new(GraphClip::Sdxl {
                     pipeline: Arc::new(clip),
                     clip_layer: *clip_layer,
+                    embeddings: embeddings.clone(),
                 })),
             ])
         }

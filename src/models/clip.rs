@@ -9,6 +9,7 @@ use super::linear::Linear;
 use burn::module::Module;
 use burn::nn::{Embedding, LayerNorm};
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use burn::tensor::activation::{gelu, sigmoid};
 use serde::Deserialize;
 
@@ -97,6 +98,8 @@ pub struct ClipTextModel<B: Backend> {
     text_projection: Option<Linear<B>>,
     #[module(skip)]
     quick_gelu: bool,
+    #[module(skip)]
+    hidden_size: usize,
 }
 
 /// What the SDXL-style pipelines take from a CLIP tower.
@@ -151,6 +154,7 @@ impl<B: Backend> ClipTextModel<B> {
             final_layer_norm: w.layer_norm("final_layer_norm", d, eps)?,
             text_projection,
             quick_gelu: config.hidden_act == Activation::QuickGelu,
+            hidden_size: d,
         })
     }
 
@@ -158,26 +162,45 @@ impl<B: Backend> ClipTextModel<B> {
     /// row b (transformers pools there). Causal attention, no padding mask: the SDXL pipelines
     /// pass input ids only. `hidden` is the penultimate layer's output.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>, eos_positions: &[usize]) -> ClipOutput<B> {
-        self.forward_at(input_ids, eos_positions, self.layers.len().checked_sub(2))
+        self.forward_at(
+            input_ids,
+            eos_positions,
+            self.layers.len().checked_sub(2),
+            &[],
+        )
     }
 
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }
 
+    /// The width of a token's input embedding.
+    pub fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
     /// [`forward`](Self::forward) with `hidden` the output of layer `layer` (0-based, no
-    /// final norm), or the final normed output when `None` (ComfyUI's `clip_layer` "last").
+    /// final norm), or the final normed output when `None` (ComfyUI's `clip_layer` "last");
+    /// `vectors` replace the token embeddings of row 0 at their positions (textual-inversion
+    /// embeddings, `process_tokens`), each `hidden_size` wide.
     pub fn forward_at(
         &self,
         input_ids: Tensor<B, 2, Int>,
         eos_positions: &[usize],
         layer: Option<usize>,
+        vectors: &[(usize, Vec<f32>)],
     ) -> ClipOutput<B> {
         let [batch, len] = input_ids.dims();
         let device = input_ids.device();
         let positions = Tensor::<B, 1, Int>::arange(0..len as i64, &device).unsqueeze::<2>();
-        let mut x =
-            self.token_embedding.forward(input_ids) + self.position_embedding.forward(positions);
+        let mut tokens = self.token_embedding.forward(input_ids);
+        for (position, vector) in vectors {
+            let d = vector.len();
+            let value =
+                Tensor::<B, 3>::from_data(TensorData::new(vector.clone(), [1, 1, d]), &device);
+            tokens = tokens.slice_assign([0..1, *position..*position + 1, 0..d], value);
+        }
+        let mut x = tokens + self.position_embedding.forward(positions);
         let mut hidden = None;
         for (i, l) in self.layers.iter().enumerate() {
             x = self.layer_forward(l, x);

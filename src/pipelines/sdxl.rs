@@ -24,7 +24,7 @@ use crate::models::vae::{Decoder, Encoder, VaeConfig};
 use crate::models::weight_bytes;
 use crate::registry::Manifest;
 use crate::sampling::{Prediction, Sampler, SchedulerConfig, TorchGenerator};
-use crate::text::{ClipTokenizer, LongPrompt, TokenChunk};
+use crate::text::{ClipTokenizer, Embeddings, LongPrompt, TokenChunk};
 use crate::weights::{
     LoadedParam, LoraComponent, LoraFile, LoraPatch, SafetensorsFile, TensorStore, open_clip_store,
     unet_store, vae_store,
@@ -189,6 +189,8 @@ pub struct ComfyClip<'a, B: Backend> {
     pub clip_l: &'a ClipTextModel<B>,
     pub clip_g: &'a ClipTextModel<B>,
     pub device: &'a B::Device,
+    /// What `embedding:name` words may name (vectors under `clip_l` / `clip_g`).
+    pub embeddings: &'a Embeddings,
 }
 
 impl<B: Backend> ComfyClip<'_, B> {
@@ -207,8 +209,10 @@ impl<B: Backend> ComfyClip<'_, B> {
         text_g: &str,
         clip_layer: i64,
     ) -> Result<(Tensor<B, 3>, Tensor<B, 2>), Error> {
-        let tokenize = |text: &str, pad: Option<u32>| self.tokenizer.comfy_chunks(text, pad);
-        let (mut chunks_l, mut chunks_g) = (tokenize(text_l, None)?, tokenize(text_g, Some(0))?);
+        let lookup_l = |name: &str| self.embeddings.vectors(name, "clip_l");
+        let lookup_g = |name: &str| self.embeddings.vectors(name, "clip_g");
+        let mut chunks_l = self.tokenizer.comfy_chunks(text_l, None, &lookup_l)?;
+        let mut chunks_g = self.tokenizer.comfy_chunks(text_g, Some(0), &lookup_g)?;
         while chunks_l.len() < chunks_g.len() {
             chunks_l.push(self.tokenizer.comfy_empty(None));
         }
@@ -218,14 +222,17 @@ impl<B: Backend> ComfyClip<'_, B> {
         let encode = |model: &ClipTextModel<B>, chunks: &[TokenChunk], pad: Option<u32>| {
             let layers = model.num_layers() as i64;
             let layer = (clip_layer.abs() <= layers).then(|| (layers + clip_layer) as usize);
-            let empty = chunks.iter().any(TokenChunk::is_weighted).then(|| {
-                self.clip_forward(model, &self.tokenizer.comfy_empty(pad), layer)
-                    .0
-            });
+            let empty = match chunks.iter().any(TokenChunk::is_weighted) {
+                true => Some(
+                    self.clip_forward(model, &self.tokenizer.comfy_empty(pad), layer)?
+                        .0,
+                ),
+                false => None,
+            };
             let mut pooled = None;
             let mut states = Vec::new();
             for chunk in chunks {
-                let (z, p) = self.clip_forward(model, chunk, layer);
+                let (z, p) = self.clip_forward(model, chunk, layer)?;
                 pooled.get_or_insert(p);
                 states.push(match &empty {
                     Some(z_empty) if chunk.is_weighted() => {
@@ -238,10 +245,10 @@ impl<B: Backend> ComfyClip<'_, B> {
                     _ => z,
                 });
             }
-            (Tensor::cat(states, 1), pooled.expect("at least one chunk"))
+            Ok::<_, Error>((Tensor::cat(states, 1), pooled.expect("at least one chunk")))
         };
-        let (l, _) = encode(self.clip_l, &chunks_l, None);
-        let (g, pooled) = encode(self.clip_g, &chunks_g, Some(0));
+        let (l, _) = encode(self.clip_l, &chunks_l, None)?;
+        let (g, pooled) = encode(self.clip_g, &chunks_g, Some(0))?;
         Ok((Tensor::cat(vec![l, g], 2), pooled))
     }
 
@@ -251,12 +258,33 @@ impl<B: Backend> ComfyClip<'_, B> {
         model: &ClipTextModel<B>,
         chunk: &TokenChunk,
         layer: Option<usize>,
-    ) -> (Tensor<B, 3>, Tensor<B, 2>) {
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 2>), Error> {
+        clip_vectors_fit(model, chunk)?;
         let ids: Vec<i64> = chunk.ids.iter().map(|&i| i as i64).collect();
         let ids =
             Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, chunk.ids.len()]), self.device);
-        let out = model.forward_at(ids, &[chunk.eos_position], layer);
-        (out.hidden, out.pooled)
+        let out = model.forward_at(ids, &[chunk.eos_position], layer, &chunk.vectors);
+        Ok((out.hidden, out.pooled))
+    }
+}
+
+/// An embedding's vectors must be as wide as the tower's token embeddings (ComfyUI warns and
+/// ignores one that is not, padding the sequence; here it is an error that says so).
+pub fn clip_vectors_fit<B: Backend>(
+    model: &ClipTextModel<B>,
+    chunk: &TokenChunk,
+) -> Result<(), Error> {
+    match chunk
+        .vectors
+        .iter()
+        .find(|(_, v)| v.len() != model.hidden_size())
+    {
+        Some((_, v)) => Err(Error::request(format!(
+            "an embedding of width {} does not fit a CLIP encoder of width {}",
+            v.len(),
+            model.hidden_size()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -382,12 +410,13 @@ impl<B: Backend> SdxlPipeline<B> {
     }
 
     /// The text encoders as ComfyUI's SDXL CLIP encodes with them (graphs).
-    pub fn comfy_clip(&self) -> ComfyClip<'_, B> {
+    pub fn comfy_clip<'a>(&'a self, embeddings: &'a Embeddings) -> ComfyClip<'a, B> {
         ComfyClip {
             tokenizer: &self.tokenizer_l,
             clip_l: &self.clip_l,
             clip_g: &self.clip_g,
             device: &self.device,
+            embeddings,
         }
     }
 

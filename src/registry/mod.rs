@@ -19,6 +19,8 @@ pub struct Registry {
     models: BTreeMap<String, Manifest>,
     /// The usable files of the models folders, in the order they were given.
     files: Vec<ModelFile>,
+    /// The models folders' textual-inversion embeddings: (name without extension, file).
+    embeddings: Vec<(String, PathBuf)>,
     models_dirs: Vec<PathBuf>,
 }
 
@@ -64,6 +66,7 @@ impl Registry {
             self.models.insert(manifest.id.clone(), manifest);
         }
         self.files.extend(files);
+        self.embeddings.extend(models_dir::embeddings(dir));
         self.models_dirs.push(dir.to_owned());
         Ok(())
     }
@@ -71,6 +74,11 @@ impl Registry {
     /// The usable files of the models folders.
     pub fn model_files(&self) -> &[ModelFile] {
         &self.files
+    }
+
+    /// The models folders' embeddings, by name.
+    pub fn embeddings(&self) -> &[(String, PathBuf)] {
+        &self.embeddings
     }
 
     /// The LoRA folders of the models folders.

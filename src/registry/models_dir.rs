@@ -164,6 +164,26 @@ const FOLDERS: &[&str] = &[
     "vae",
 ];
 
+/// The `embeddings/` files (safetensors) of a models folder, by their path there without
+/// the extension, as `/embeddings` lists them and prompts name them.
+pub fn embeddings(dir: &Path) -> Vec<(String, PathBuf)> {
+    let root = dir.join("embeddings");
+    let mut paths = Vec::new();
+    walk(&root, &["safetensors"], &mut paths);
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let name = name_under(&root, &p);
+            let name = name
+                .strip_suffix(".safetensors")
+                .unwrap_or(&name)
+                .to_owned();
+            (name, p)
+        })
+        .collect()
+}
+
 /// The LoRA folder of a models folder.
 pub fn loras_folder(dir: &Path) -> PathBuf {
     dir.join("loras")

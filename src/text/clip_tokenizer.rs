@@ -52,6 +52,9 @@ pub struct TokenChunk {
     pub weights: Vec<f32>,
     /// Index of the EOS token (where CLIP pools).
     pub eos_position: usize,
+    /// Positions whose input embedding is an embedding's vector instead of a token's (their
+    /// `ids` hold a placeholder).
+    pub vectors: Vec<(usize, Vec<f32>)>,
 }
 
 impl TokenChunk {
@@ -167,35 +170,54 @@ impl ClipTokenizer {
     /// chunk moves whole to the next one when shorter than 8 tokens (the chunk is closed and
     /// padded), else it is split at the boundary; chunks are BOS + ≤ 75 tokens + EOS, padded
     /// with `pad` (ComfyUI pads CLIP-L with EOS and bigG with id 0, from one tokenizer).
-    pub fn comfy_chunks(&self, prompt: &str, pad: Option<u32>) -> Result<Vec<TokenChunk>, Error> {
+    pub fn comfy_chunks(
+        &self,
+        prompt: &str,
+        pad: Option<u32>,
+        embeddings: &dyn Fn(&str) -> Option<Vec<Vec<f32>>>,
+    ) -> Result<Vec<TokenChunk>, Error> {
         const MAX_WORD_LENGTH: usize = 8;
         let pad = pad.unwrap_or(self.eos);
+        // (token id, weight, an embedding's vector in place of the id's embedding)
+        type Item = (u32, f32, Option<Vec<f32>>);
         let mut chunks: Vec<TokenChunk> = Vec::new();
-        let mut batch: Vec<(u32, f32)> = vec![(self.bos, 1.0)];
-        let close = |batch: &mut Vec<(u32, f32)>, chunks: &mut Vec<TokenChunk>| {
+        let start = || -> Vec<Item> { vec![(self.bos, 1.0, None)] };
+        let mut batch = start();
+        let close = |batch: &mut Vec<Item>, chunks: &mut Vec<TokenChunk>| {
             let eos_position = batch.len();
-            batch.push((self.eos, 1.0));
-            batch.resize(SEQUENCE_LEN.max(batch.len()), (pad, 1.0));
+            batch.push((self.eos, 1.0, None));
+            batch.resize(SEQUENCE_LEN.max(batch.len()), (pad, 1.0, None));
             chunks.push(TokenChunk {
                 ids: batch.iter().map(|t| t.0).collect(),
                 weights: batch.iter().map(|t| t.1).collect(),
                 eos_position,
+                vectors: batch
+                    .iter_mut()
+                    .enumerate()
+                    .filter_map(|(i, t)| t.2.take().map(|v| (i, v)))
+                    .collect(),
             });
-            *batch = vec![(self.bos, 1.0)];
+            *batch = start();
         };
-        let words = super::comfy_token_weights(prompt)
-            .into_iter()
-            .flat_map(|(segment, weight)| {
-                super::comfy_words(&segment)
-                    .into_iter()
-                    .map(move |word| (word, weight))
-            });
+        let mut words = Vec::new();
+        for (segment, weight) in super::comfy_token_weights(prompt) {
+            for word in super::comfy_words(&segment, embeddings) {
+                words.push((word, weight as f32));
+            }
+        }
         for (word, weight) in words {
-            let mut group: Vec<(u32, f32)> = self
-                .encode(&word)?
-                .into_iter()
-                .map(|id| (id, weight as f32))
-                .collect();
+            let mut group: Vec<Item> = match word {
+                super::Word::Text(text) => self
+                    .encode(&text)?
+                    .into_iter()
+                    .map(|id| (id, weight, None))
+                    .collect(),
+                // The placeholder id is the pad's; the vector replaces its embedding.
+                super::Word::Embedding(vectors) => vectors
+                    .into_iter()
+                    .map(|v| (pad, weight, Some(v)))
+                    .collect(),
+            };
             let is_large = group.len() >= MAX_WORD_LENGTH;
             while !group.is_empty() {
                 if group.len() + batch.len() > SEQUENCE_LEN - 1 {
@@ -221,6 +243,7 @@ impl ClipTokenizer {
             ids,
             weights: vec![1.0; SEQUENCE_LEN],
             eos_position: 1,
+            vectors: Vec::new(),
         }
     }
 
@@ -250,6 +273,7 @@ impl ClipTokenizer {
             ids,
             weights,
             eos_position,
+            vectors: Vec::new(),
         }
     }
 }

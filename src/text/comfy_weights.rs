@@ -82,12 +82,19 @@ fn python_float(s: &str) -> Option<f64> {
     cleaned.parse().ok()
 }
 
+/// A word of a prompt segment: text to tokenize, or an embedding's token vectors.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Word {
+    Text(String),
+    Embedding(Vec<Vec<f32>>),
+}
+
 /// `SDTokenizer.tokenize_with_weights`' words of one weighted segment: split before
 /// " embedding:" and "\nembedding:", each word tokenized on its own. A word naming an
-/// embedding is dropped with a warning, as ComfyUI drops one it cannot find (this build loads
-/// no textual-inversion embeddings); the text after the name stays (`_try_get_embedding`'s
-/// leftover, with the name's commas).
-pub fn comfy_words(segment: &str) -> Vec<String> {
+/// embedding becomes its vectors (`lookup`, as `_try_get_embedding`: the name up to the first
+/// whitespace, else without its commas); one that `lookup` cannot find is dropped with a
+/// warning, as ComfyUI drops it. The text after the name stays a word of its own.
+pub fn comfy_words(segment: &str, lookup: &dyn Fn(&str) -> Option<Vec<Vec<f32>>>) -> Vec<Word> {
     const ID: &str = "embedding:";
     let mut pieces = Vec::new();
     let (mut rest, mut prefix) = (segment, "");
@@ -111,21 +118,26 @@ pub fn comfy_words(segment: &str) -> Vec<String> {
     let mut words = Vec::new();
     for piece in pieces.into_iter().filter(|p| !p.is_empty()) {
         let Some(name) = piece.strip_prefix(ID) else {
-            words.push(piece);
+            words.push(Word::Text(piece));
             continue;
         };
         let name = name.trim_matches('\n');
         let mut parts = name.split_whitespace();
         let first = parts.next().unwrap_or_default();
         let mut leftover = parts.collect::<Vec<_>>().join(" ");
+        let mut found = lookup(first);
         let stripped = first.trim_matches(',');
-        if stripped.len() < first.len() {
+        if found.is_none() && stripped.len() < first.len() {
+            found = lookup(stripped);
             let tail: String = first.chars().skip(stripped.chars().count()).collect();
             leftover = format!("{tail} {leftover}");
         }
-        tracing::warn!("embedding:{name} does not exist, ignoring");
+        match found {
+            Some(vectors) => words.push(Word::Embedding(vectors)),
+            None => tracing::warn!("embedding:{name} does not exist, ignoring"),
+        }
         if !leftover.is_empty() {
-            words.push(leftover);
+            words.push(Word::Text(leftover));
         }
     }
     words

@@ -2,12 +2,14 @@
 
 mod clip_tokenizer;
 mod comfy_weights;
+mod embeddings;
 mod emphasis;
 mod qwen_tokenizer;
 mod t5_tokenizer;
 
 pub use clip_tokenizer::{ClipTokenizer, LongPrompt, SEQUENCE_LEN, TokenChunk};
-pub use comfy_weights::{comfy_token_weights, comfy_words};
+pub use comfy_weights::{Word, comfy_token_weights, comfy_words};
+pub use embeddings::Embeddings;
 pub use emphasis::{PromptPart, parse_prompt_attention};
 pub use qwen_tokenizer::Qwen3Tokenizer;
 pub use t5_tokenizer::{T5Tokenizer, T5Tokens};

@@ -213,8 +213,8 @@ impl PipelineCase {
 }
 
 /// A ComfyUI `models/` folder at `dir` over the tiny fixtures, as a user lays one out: files
-/// linked into `checkpoints/tiny/`, `diffusion_models/`, `text_encoders/`, `vae/` and
-/// `loras/styles/`, each with the `<stem>.toml` the tiny weights need (their own tokenizers,
+/// linked into `checkpoints/tiny/`, `diffusion_models/`, `text_encoders/`, `vae/`,
+/// `loras/styles/` and `embeddings/styles/`, each with the `<stem>.toml` the tiny weights need (their own tokenizers,
 /// the sizes tensors cannot tell; real models need none).
 pub fn tiny_models_dir(dir: &Path) -> PathBuf {
     let models = dir.join("models");
@@ -303,6 +303,11 @@ hidden_act = "gelu"
     link(
         fixtures().join("sdxl/lora/sdxl_lora_kohya_sdscripts-equivalent.safetensors"),
         "loras/styles/sdxl_lora_kohya_sdscripts-equivalent.safetensors",
+        None,
+    );
+    link(
+        fixtures().join("comfyui_nodes/embeddings/tiny_style.safetensors"),
+        "embeddings/styles/tiny_style.safetensors",
         None,
     );
     // Not model files: left out of every list.

@@ -71,10 +71,11 @@ pub async fn features() -> Json<Value> {
     Json(json!({"supports_preview_metadata": false, "max_upload_size": MAX_UPLOAD_BYTES as f64}))
 }
 
-/// Textual-inversion embeddings are not read by this build.
+/// The embeddings of the models folders, by name (no extension), as prompts name them.
 #[handler]
-pub async fn embeddings() -> Json<Value> {
-    Json(json!([]))
+pub async fn embeddings(state: Data<&Arc<ComfyState>>) -> Json<Value> {
+    let folders = state.shared.comfy_folders.read().expect("folders lock");
+    Json(json!(folders.embedding_names()))
 }
 
 #[handler]
