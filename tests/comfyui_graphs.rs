@@ -16,13 +16,22 @@ use hanga::registry::{LoraLibrary, Registry};
 use serde_json::{Map, Value, json};
 
 fn folders(name: &str) -> ComfyFolders {
+    folders_with(name, None)
+}
+
+/// The manifests' models (and a models folder's files), the SDXL fixture LoRAs, and
+/// ComfyUI's folders in a fresh temp dir.
+fn folders_with(name: &str, models_dir: Option<&std::path::Path>) -> ComfyFolders {
     let root = temp_dir(name);
-    let registry = Registry::scan(&[
+    let mut registry = Registry::scan(&[
         repo().join("model_manifests"),
         fixtures().join("flux"),
         fixtures().join("zimage"),
     ])
     .unwrap();
+    if let Some(dir) = models_dir {
+        registry.add_models_dir(dir).unwrap();
+    }
     let loras = LoraLibrary::scan(&[fixtures().join("sdxl/lora")]);
     ComfyFolders::new(&root, &registry, &loras).unwrap()
 }
@@ -502,23 +511,13 @@ fn z_image_graphs_run_comfyuis_samplers() {
 #[test]
 fn node_graphs_give_comfyuis_images() {
     // The manifests' models, and a models folder with the fixtures' embeddings.
-    let dir = temp_dir("node-graphs");
-    let models = dir.join("models");
-    std::fs::create_dir_all(&models).unwrap();
+    let models = temp_dir("node-graphs-models");
     std::os::unix::fs::symlink(
         fixtures().join("comfyui_nodes/embeddings"),
         models.join("embeddings"),
     )
     .unwrap();
-    let mut registry = Registry::scan(&[
-        repo().join("model_manifests"),
-        fixtures().join("flux"),
-        fixtures().join("zimage"),
-    ])
-    .unwrap();
-    registry.add_models_dir(&models).unwrap();
-    let loras = LoraLibrary::scan(&[fixtures().join("sdxl/lora")]);
-    let folders = ComfyFolders::new(&dir.join("comfyui"), &registry, &loras).unwrap();
+    let folders = folders_with("node-graphs", Some(&models));
     assert_eq!(folders.embedding_names(), ["tiny_style"]);
     let input = fixtures().join("comfyui/img2img_dpmpp_2m_sgm-uniform_64x64_d0.6/input.png");
     std::fs::copy(&input, folders.dir("input").unwrap().join("input.png")).unwrap();

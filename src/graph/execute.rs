@@ -67,8 +67,7 @@ impl<B: Backend> Executor<B> {
         for id in &order {
             let node = &prompt[id.as_str()];
             let class = node["class_type"].as_str().unwrap_or_default();
-            let literals = node["inputs"].as_object().cloned().unwrap_or_default();
-            let changed = nodes::is_changed(class, &literals, host);
+            let changed = nodes::is_changed(class, &node["inputs"], host);
             let signature = signature(prompt, id, &signatures, changed);
             signatures.insert(id.clone(), signature);
         }

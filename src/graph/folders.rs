@@ -86,35 +86,26 @@ impl ComfyFolders {
             let files = &m.files;
             if m.family == Family::Sdxl {
                 if let Some(name) = files.checkpoint.as_ref().and_then(|p| p.file_name()) {
-                    add(
-                        &mut folders.checkpoints,
-                        name.to_string_lossy().into_owned(),
-                        m.clone(),
-                    );
+                    let name = name.to_string_lossy().into_owned();
+                    add(&mut folders.checkpoints, name, m.clone());
                 }
-                if let Some((name, file)) = manifest_file(m, files.vae.as_ref(), Role::Vae(4), None)
+            } else {
+                let role = Role::Transformer(m.family);
+                if let Some((name, file)) = manifest_file(m, files.transformer.as_ref(), role, None)
                 {
-                    add(&mut folders.vaes, name, (4, file));
+                    add(&mut folders.diffusion_models, name, (m.family, file));
                 }
-                for (path, role) in [(&files.clip_l, Role::ClipL), (&files.clip_g, Role::ClipG)] {
-                    let tokenizer = files.tokenizer_clip_l.as_ref();
-                    if let Some((name, file)) = manifest_file(m, path.as_ref(), role, tokenizer) {
-                        add(&mut folders.text_encoders, name, (role, file));
-                    }
-                }
-                continue;
             }
-            let transformer = Role::Transformer(m.family);
+            let channels = if m.family == Family::Sdxl { 4 } else { 16 };
             if let Some((name, file)) =
-                manifest_file(m, files.transformer.as_ref(), transformer, None)
+                manifest_file(m, files.vae.as_ref(), Role::Vae(channels), None)
             {
-                add(&mut folders.diffusion_models, name, (m.family, file));
+                add(&mut folders.vaes, name, (channels, file));
             }
-            if let Some((name, file)) = manifest_file(m, files.vae.as_ref(), Role::Vae(16), None) {
-                add(&mut folders.vaes, name, (16, file));
-            }
+            // Both SDXL encoders tokenize with CLIP-L's tokenizer, as in ComfyUI.
             for (path, role, tokenizer) in [
                 (&files.clip_l, Role::ClipL, &files.tokenizer_clip_l),
+                (&files.clip_g, Role::ClipG, &files.tokenizer_clip_l),
                 (&files.t5, Role::T5, &files.tokenizer_t5),
                 (&files.qwen3, Role::Qwen3, &files.tokenizer_qwen3),
             ] {
@@ -133,11 +124,11 @@ impl ComfyFolders {
                 tokenizer: f.tokenizer(),
             };
             match f.role {
-                Role::Checkpoint => {
-                    for manifest in models_dir::manifests(std::slice::from_ref(f)) {
-                        add(&mut folders.checkpoints, name.clone(), manifest);
-                    }
-                }
+                Role::Checkpoint => add(
+                    &mut folders.checkpoints,
+                    name,
+                    models_dir::checkpoint_manifest(f),
+                ),
                 Role::Transformer(family) => {
                     add(&mut folders.diffusion_models, name, (family, file))
                 }

@@ -72,18 +72,14 @@ pub const IMPLEMENTED: &[&str] = &[
 /// ComfyUI's `IS_CHANGED`: a value that differs whenever the node's result may, beyond its
 /// inputs: the time for SaveImageWebsocket (it always runs), the file's bytes for LoadImage
 /// (an image uploaded again under its name is read again).
-pub fn is_changed<B: Backend>(
-    class: &str,
-    literals: &Map<String, Value>,
-    host: &mut dyn Host<B>,
-) -> Option<u64> {
+pub fn is_changed<B: Backend>(class: &str, inputs: &Value, host: &mut dyn Host<B>) -> Option<u64> {
     match class {
         "SaveImageWebsocket" => Some(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
         ),
-        "LoadImage" => host.input_digest(literals.get("image")?.as_str()?),
+        "LoadImage" => host.input_digest(inputs.get("image")?.as_str()?),
         _ => None,
     }
 }
@@ -190,18 +186,24 @@ impl<B: Backend> Inputs<'_, B> {
 
     /// INT inputs: `int(val)` as validation checked it.
     fn int(&self, name: &str) -> Result<u64, Error> {
-        let v = self.literal(name)?;
-        v.as_u64()
-            .or_else(|| v.as_f64().map(|f| f.trunc() as u64))
-            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-            .ok_or_else(|| Error::request(format!("input `{name}` is not an integer")))
+        self.integer(name, Value::as_u64, |f| f as u64)
     }
 
     /// INT inputs that may be negative.
     fn signed(&self, name: &str) -> Result<i64, Error> {
+        self.integer(name, Value::as_i64, |f| f as i64)
+    }
+
+    /// An integer given as a JSON integer, a float (truncated) or a numeric string.
+    fn integer<T: std::str::FromStr>(
+        &self,
+        name: &str,
+        exact: fn(&Value) -> Option<T>,
+        truncated: fn(f64) -> T,
+    ) -> Result<T, Error> {
         let v = self.literal(name)?;
-        v.as_i64()
-            .or_else(|| v.as_f64().map(|f| f.trunc() as i64))
+        exact(v)
+            .or_else(|| v.as_f64().map(|f| truncated(f.trunc())))
             .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
             .ok_or_else(|| Error::request(format!("input `{name}` is not an integer")))
     }

@@ -308,6 +308,11 @@ pub fn manifests(files: &[ModelFile]) -> Vec<Manifest> {
     manifests
 }
 
+/// The native model of an SDXL checkpoint file (also what CheckpointLoaderSimple loads).
+pub fn checkpoint_manifest(file: &ModelFile) -> Manifest {
+    manifest(Family::Sdxl, &[file])
+}
+
 /// A manifest over `parts` (the model's own file first): their paths, tokenizers and
 /// architecture tables.
 fn manifest(family: Family, parts: &[&ModelFile]) -> Manifest {
