@@ -925,8 +925,13 @@ fn flux_chroma_and_z_image_jobs_reproduce_their_references_with_previews() {
             "../zimage/cases/z-image-turbo_64x64",
         ),
     ] {
+        // The job waits behind a slow one until its stream is open, so every step's event
+        // (not a mid-run snapshot) reaches the client.
+        let blocker = submit(port, slow_job(0));
         let job_id = submit(port, body);
         let mut sse = Sse::connect(port, &format!("/api/sse/{job_id}"), None);
+        let cancelled = request(port, "DELETE", &format!("/api/jobs/{blocker}"), None, &[]);
+        assert_eq!(cancelled.status, 200, "{}", cancelled.text());
         let events = sse.collect_until(SseEvent::is_terminal);
         let last = events.last().unwrap().json();
         assert_eq!(last["status"], "completed", "{case}: {last}");
