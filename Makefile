@@ -1,7 +1,7 @@
 # hanga — two commands do everything: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test test-deps release bench bench-server check-gpu fmt
+.PHONY: run test test-deps test-wgpu release bench bench-server check-gpu fmt
 
 # Builds and starts the server on 127.0.0.1:8000 with the bundled demo model (random weights):
 # Swagger UI at http://127.0.0.1:8000/docs. The dev profile (dependencies at opt-level 3)
@@ -42,6 +42,17 @@ bench:
 # Requests per second and submit→start latency of `hanga serve`, with wrk.
 bench-server:
 	benches/server_load.sh
+
+# The component and pipeline parity tests, and one server job, on burn's wgpu backend in f32
+# (WGSL has no bf16). Without a GPU it runs on Mesa's lavapipe, a Vulkan device on the CPU.
+test-wgpu:
+	@if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mesa-vulkan-drivers libvulkan1; \
+	fi
+	$(CARGO) test --features wgpu --no-fail-fast --test components --test sdxl_pipeline \
+	  --test flux_pipeline --test zimage_pipeline
+	$(CARGO) test --features wgpu --test server generate_follow_download_and_gallery
 
 # The GPU backends must keep compiling even on machines without a GPU.
 check-gpu:

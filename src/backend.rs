@@ -109,12 +109,22 @@ pub enum Precision {
 impl Precision {
     pub const ALL: [Precision; 2] = [Precision::F32, Precision::Bf16];
 
-    /// bf16 on a GPU, where it halves memory and runs on tensor cores; f32 on the CPU, where
-    /// it is the faithful default and half precision saves memory but not time.
-    pub fn default_for(device: DeviceKind) -> Precision {
-        match device {
-            DeviceKind::Cpu => Precision::F32,
-            DeviceKind::Cuda | DeviceKind::Wgpu => Precision::Bf16,
+    /// What `--dtype` asked for on `device`, or that device's default: bf16 on CUDA, where it
+    /// halves memory and runs on tensor cores; f32 on the CPU, where it is the faithful default
+    /// and half precision saves memory but not time, and on wgpu, whose shading language
+    /// (WGSL) has no bf16 (nor does cubecl's Vulkan path on Mesa; f16 is not offered, above).
+    pub fn resolve(
+        asked: Option<Precision>,
+        device: DeviceKind,
+    ) -> Result<Precision, crate::Error> {
+        match (asked, device) {
+            (Some(Precision::Bf16), DeviceKind::Wgpu) => Err(crate::Error::config(
+                "--dtype bf16 is not available on wgpu: WGSL has no bf16 type; use --dtype f32 \
+                 (the default there) or --device cuda",
+            )),
+            (Some(asked), _) => Ok(asked),
+            (None, DeviceKind::Cuda) => Ok(Precision::Bf16),
+            (None, DeviceKind::Cpu | DeviceKind::Wgpu) => Ok(Precision::F32),
         }
     }
 

@@ -207,9 +207,7 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
         thumbnails_dir: args.thumbnails_dir,
         registry: registry(&args.manifests, &args.models_dirs)?,
         device,
-        precision: args
-            .precision
-            .unwrap_or_else(|| Precision::default_for(device)),
+        precision: Precision::resolve(args.precision, device)?,
         default_model: args.default_model,
         queue_capacity: args.queue_capacity,
         preview_interval: Duration::from_millis(args.preview_interval_ms),
@@ -238,9 +236,7 @@ fn generate(args: GenerateArgs) -> Result<(), Error> {
     };
     let params = request.resolve(manifest)?;
     let device_kind = args.device.unwrap_or_else(DeviceKind::preferred);
-    let precision = args
-        .precision
-        .unwrap_or_else(|| Precision::default_for(device_kind));
+    let precision = Precision::resolve(args.precision, device_kind)?;
     eprintln!("loading {} on {device_kind} in {precision}…", manifest.id);
     let started = Instant::now();
     let image = with_backend!(device_kind, |B, device| {

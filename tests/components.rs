@@ -430,3 +430,55 @@ fn zimage_transformer_matches_diffusers() {
         }
     }
 }
+
+/// `models::blocks::sdpa` on what the networks give it — split-heads views of [B, L, H·Dh]
+/// projections and a padding mask of shape [B, 1, L, L] — against softmax(q·kᵀ/√Dh)·v
+/// written out with matmuls on the same backend. On wgpu (`make test-wgpu`) this is what
+/// burn's flash attention kernels got wrong before `sdpa` laid their inputs out (issue #14).
+#[test]
+fn attention_on_split_heads_and_padding_masks_matches_softmax() {
+    use burn::tensor::activation::softmax;
+    use hanga::models::blocks::sdpa;
+    let device = Default::default();
+    let (batch, len, heads, head_dim) = (2, 77, 4, 8);
+    let projection = |seed: usize| {
+        let values: Vec<f32> = (0..batch * len * heads * head_dim)
+            .map(|i| ((i * seed) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        Tensor::<B, 3>::from_data(
+            TensorData::new(values, [batch, len, heads * head_dim]),
+            &device,
+        )
+        .reshape([batch, len, heads, head_dim])
+        .swap_dims(1, 2)
+    };
+    let (q, k, v) = (projection(7919), projection(104729), projection(31));
+    // Row 0 attends to its first 60 keys, row 1 to all of them.
+    let excluded: Vec<bool> = (0..batch * len * len)
+        .map(|i| i / (len * len) == 0 && i % len >= 60)
+        .collect();
+    let mask =
+        Tensor::<B, 4, Bool>::from_data(TensorData::new(excluded, [batch, 1, len, len]), &device);
+    for (causal, mask) in [(false, None), (true, None), (false, Some(mask))] {
+        let options = burn::tensor::ops::AttentionModuleOptions {
+            is_causal: causal,
+            ..Default::default()
+        };
+        let got = sdpa(q.clone(), k.clone(), v.clone(), mask.clone(), None, options);
+        let scores = q.clone().matmul(k.clone().swap_dims(2, 3)) / (head_dim as f32).sqrt();
+        let what = format!("sdpa causal={causal} masked={}", mask.is_some());
+        let mut excluded = mask.map(|m| m.expand([batch, heads, len, len]));
+        if causal {
+            let upper = Tensor::<B, 2, Bool>::tril_mask([len, len], 0, &device)
+                .unsqueeze::<4>()
+                .expand([batch, heads, len, len]);
+            excluded = Some(upper);
+        }
+        let scores = match excluded {
+            Some(m) => scores.mask_fill(m, f32::NEG_INFINITY),
+            None => scores,
+        };
+        let expected = softmax(scores, 3).matmul(v.clone());
+        assert_close(&what, &values(got), &values(expected), TOL);
+    }
+}

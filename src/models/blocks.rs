@@ -6,6 +6,7 @@ use burn::module::{Module, Param};
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
+use burn::tensor::Bool;
 use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, interpolate};
 use burn::tensor::ops::{AttentionModuleOptions, InterpolateMode, InterpolateOptions};
@@ -149,6 +150,41 @@ impl<B: Backend> Upsample2D<B> {
     }
 }
 
+/// Scaled dot-product attention, q/k/v [B, H, L, Dh], with the inputs laid out as burn's
+/// GPU flash kernels read them; every network calls attention through here.
+///
+/// burn 0.21 runs attention on CUDA and wgpu with cubek-attention 0.2's flash kernels when
+/// autotune picks them (always once fusion is on). Those kernels read each head's query rows
+/// as if dense (`QueryReader::get_tile`: a row stride of Dh), and offset every input by
+/// (batch·H + head)·stride(1) (`AttentionGlobalLayout::new`). A split-heads view
+/// ([B, L, H, Dh] swapped, row stride H·Dh) or a mask of shape [B, 1, L, L] therefore reads
+/// other rows: on lavapipe that moved SDXL's image by up to 33/255 (issue #14). So q, k and v
+/// go through [B, H, L·Dh], which copies a strided view into a dense one (and is free for a
+/// dense one), and the mask gets its full [B, H, Lq, Lk] shape, dense across the batch.
+pub fn sdpa<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    bias: Option<Tensor<B, 4>>,
+    options: AttentionModuleOptions,
+) -> Tensor<B, 4> {
+    let [b, h, lq, _] = q.dims();
+    let lk = k.dims()[2];
+    let dense = |t: Tensor<B, 4>| {
+        let [b, h, l, d] = t.dims();
+        t.reshape([b, h, l * d]).reshape([b, h, l, d])
+    };
+    // Broadcast over heads (stride 0) reads right within one batch row; merging batch and
+    // heads copies it whenever the batch has more than one row.
+    let mask = mask.map(|m| {
+        m.expand([b, h, lq, lk])
+            .reshape([b * h, lq, lk])
+            .reshape([b, h, lq, lk])
+    });
+    attention(dense(q), dense(k), dense(v), mask, bias, options)
+}
+
 /// Multi-head scaled dot-product attention on [B, L, D] tensors (diffusers `Attention` with
 /// `AttnProcessor2_0`; transformers `CLIPAttention`): project, split heads, SDPA with
 /// scale 1/√head_dim, merge heads, project out.
@@ -193,7 +229,7 @@ impl<B: Backend> Attention<B> {
             is_causal: causal,
             ..Default::default()
         };
-        let out = attention(q, k, v, None, None, options);
+        let out = sdpa(q, k, v, None, None, options);
         let [b, h, l, d] = out.dims();
         self.to_out
             .forward(out.swap_dims(1, 2).reshape([b, l, h * d]))

@@ -11,11 +11,10 @@ use burn::module::Module;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{gelu_approximate, silu};
-use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use serde::Deserialize;
 
-use super::blocks::{RmsNorm, layer_norm, timestep_embedding};
+use super::blocks::{RmsNorm, layer_norm, sdpa, timestep_embedding};
 use crate::Error;
 use crate::weights::{TensorStore, Weights};
 
@@ -247,7 +246,7 @@ fn joint_attention<B: Backend>(
         AttentionMask::Bias(bias) => (None, Some(bias.clone())),
         AttentionMask::Exclude(exclude) => (Some(exclude.clone()), None),
     };
-    let out = attention(q, k, v, exclude, bias, AttentionModuleOptions::default());
+    let out = sdpa(q, k, v, exclude, bias, AttentionModuleOptions::default());
     let [b, h, l, d] = out.dims();
     out.swap_dims(1, 2).reshape([b, l, h * d])
 }

@@ -11,11 +11,10 @@ use burn::nn::Embedding;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use serde::Deserialize;
 
-use super::blocks::RmsNorm;
+use super::blocks::{RmsNorm, sdpa};
 use crate::Error;
 use crate::weights::{TensorStore, Weights};
 
@@ -185,11 +184,11 @@ impl<B: Backend> Qwen3Encoder<B> {
                     .expand([batch, kv_heads, heads / kv_heads, len, hd])
                     .reshape([batch, heads, len, hd])
             };
-            let attn = attention(
+            let attn = sdpa(
                 q,
                 repeat(k),
                 repeat(v),
-                Some(mask.clone().expand([batch, heads, len, len])),
+                Some(mask.clone()),
                 None,
                 AttentionModuleOptions::default(),
             )

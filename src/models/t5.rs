@@ -12,11 +12,10 @@ use burn::nn::Embedding;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::gelu_approximate;
-use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use serde::Deserialize;
 
-use super::blocks::{RmsNorm, finite_min};
+use super::blocks::{RmsNorm, finite_min, sdpa};
 use crate::Error;
 use crate::weights::{TensorStore, Weights};
 
@@ -170,7 +169,7 @@ impl<B: Backend> T5Encoder<B> {
                 scale: Some(1.0),
                 ..Default::default()
             };
-            let attn = attention(q, k, v, None, Some(bias.clone()), options)
+            let attn = sdpa(q, k, v, None, Some(bias.clone()), options)
                 .swap_dims(1, 2)
                 .reshape([batch, len, heads * self.config.d_kv]);
             x = x + block.o.forward(attn);

@@ -12,11 +12,10 @@ use super::linear::Linear;
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::activation::{silu, tanh};
-use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use serde::Deserialize;
 
-use super::blocks::{RmsNorm, layer_norm, timestep_embedding};
+use super::blocks::{RmsNorm, layer_norm, sdpa, timestep_embedding};
 use super::flux::Rope;
 use crate::Error;
 use crate::weights::{TensorStore, Weights};
@@ -175,7 +174,7 @@ impl<B: Backend> Block<B> {
         let q = rope.apply(self.norm_q.forward(split(self.to_q.forward(x.clone()))));
         let k = rope.apply(self.norm_k.forward(split(self.to_k.forward(x.clone()))));
         let v = split(self.to_v.forward(x));
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        let out = sdpa(q, k, v, None, None, AttentionModuleOptions::default());
         self.to_out.forward(out.swap_dims(1, 2).reshape([b, l, d]))
     }
 }

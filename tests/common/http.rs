@@ -182,6 +182,14 @@ pub struct Server {
     pub comfyui_port: u16,
 }
 
+/// The device `hanga serve` runs on in the tests: the CPU, or wgpu in a `--features wgpu`
+/// build (`make test-wgpu`).
+pub const TEST_DEVICE: &str = if cfg!(feature = "wgpu") {
+    "wgpu"
+} else {
+    "cpu"
+};
+
 impl Server {
     /// Starts on ports the OS picks (`--port 0 --comfyui-port 0`) and reads them from the
     /// server's first two lines.
@@ -191,7 +199,7 @@ impl Server {
             .args([
                 "serve",
                 "--device",
-                "cpu",
+                TEST_DEVICE,
                 "--port",
                 "0",
                 "--comfyui-port",

@@ -11,7 +11,12 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use safetensors::{Dtype, SafeTensors};
 
+/// The backend the parity tests run on: the CPU, or burn's wgpu backend when built with
+/// `--features wgpu` (`make test-wgpu`, on Mesa's lavapipe where no GPU is present).
+#[cfg(not(feature = "wgpu"))]
 pub type B = hanga::backend::Cpu;
+#[cfg(feature = "wgpu")]
+pub type B = hanga::backend::Wgpu;
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
