@@ -195,7 +195,7 @@ fn generate_follow_download_and_gallery() {
         prometheus_parse::Value::Counter(n) | prometheus_parse::Value::Untyped(n) if n == 2.0
     ));
     let build = sample("hanga_build_info");
-    assert_eq!(build.labels.get("device"), Some("cpu"));
+    assert_eq!(build.labels.get("device"), Some(common::http::TEST_DEVICE));
     assert_eq!(build.labels.get("version"), Some(env!("CARGO_PKG_VERSION")));
 }
 

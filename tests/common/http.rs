@@ -154,10 +154,10 @@ impl Sse {
         Sse { events, status }
     }
 
-    /// The next event (comments skipped); `None` when the stream ends (or nothing comes for a
-    /// minute).
+    /// The next event (comments skipped); `None` when the stream ends (or nothing comes for
+    /// five minutes: on lavapipe, wgpu's first step autotunes every kernel for minutes).
     pub fn next(&mut self) -> Option<SseEvent> {
-        self.events.recv_timeout(Duration::from_secs(60)).ok()
+        self.events.recv_timeout(Duration::from_secs(300)).ok()
     }
 
     /// Events until one satisfies `until` (included) or the stream ends.
