@@ -169,6 +169,11 @@ pub fn sdpa<B: Backend>(
     bias: Option<Tensor<B, 4>>,
     options: AttentionModuleOptions,
 ) -> Tensor<B, 4> {
+    // burn-cubecl sends these to its materialised-scores attention, which reads any layout
+    // (`ops/module.rs` `attention`); the copies below would be wasted (T5's bias).
+    if bias.is_some() || options.scale.is_some() || options.softcap.is_some() {
+        return attention(q, k, v, mask, bias, options);
+    }
     let [b, h, lq, _] = q.dims();
     let lk = k.dims()[2];
     let dense = |t: Tensor<B, 4>| {
