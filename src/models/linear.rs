@@ -9,7 +9,7 @@
 use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::module::linear;
-use burn::tensor::{DType, IntDType, TensorData};
+use burn::tensor::{DType, ElementConversion, TensorData};
 
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
@@ -24,42 +24,62 @@ pub enum LinearWeight<B: Backend> {
     Fp8(Fp8Matrix<B>),
 }
 
-/// An fp8 e4m3fn matrix as stored: codes [out, in] (PyTorch's layout), one byte each.
+/// An fp8 e4m3fn matrix in one byte per value: its codes [in, out], row-major, packed four
+/// to an i32 word (lowest byte first). WGSL has no 8-bit integers (cubecl-wgpu 0.10 refuses
+/// a u8 tensor in any kernel), and every backend has i32 and its bitwise ops.
 #[derive(Module, Debug)]
 pub struct Fp8Matrix<B: Backend> {
-    codes: Param<Tensor<B, 2, Int>>,
+    packed: Param<Tensor<B, 1, Int>>,
+    shape: [usize; 2],
     /// The value of each of the 256 codes, times the file's `scale_weight`, in the compute
     /// type: widening is one lookup.
     values: Param<Tensor<B, 1>>,
 }
 
 impl<B: Backend> Fp8Matrix<B> {
-    /// `codes` row-major [out, in]; `values`: what each code stands for (already scaled).
-    pub fn new(codes: Vec<u8>, shape: [usize; 2], values: Vec<f32>, device: &B::Device) -> Self {
+    /// `codes` row-major [in, out]; `values`: what each code stands for (already scaled).
+    pub fn new(codes: &[u8], shape: [usize; 2], values: Vec<f32>, device: &B::Device) -> Self {
+        let words: Vec<i32> = codes
+            .chunks(4)
+            .map(|bytes| {
+                let mut word = [0u8; 4];
+                word[..bytes.len()].copy_from_slice(bytes);
+                i32::from_le_bytes(word)
+            })
+            .collect();
+        let len = words.len();
         Self {
-            codes: Param::initialized(
+            packed: Param::initialized(
                 ParamId::new(),
-                Tensor::from_data(TensorData::new(codes, shape), (device, DType::U8)),
+                Tensor::from_data(TensorData::new(words, [len]), (device, DType::I32)),
             ),
+            shape,
             values: Param::from_tensor(Tensor::from_data(TensorData::new(values, [256]), device)),
         }
     }
 
     pub fn codes_id(&self) -> ParamId {
-        self.codes.id
+        self.packed.id
     }
 
     /// The matrix in the compute type, [in, out].
     fn widen(&self) -> Tensor<B, 2> {
-        let codes = self.codes.val();
-        let [rows, cols] = codes.dims();
-        // Index with i32: every backend gathers with it (flex takes u8 as well).
-        let indices = codes.reshape([rows * cols]).cast(IntDType::I32);
-        self.values
-            .val()
-            .select(0, indices)
-            .reshape([rows, cols])
-            .transpose()
+        let packed = self.packed.val();
+        let words = packed.dims()[0];
+        // Byte k of every word, then the bytes of each word side by side: [words, 4].
+        let bytes = (0..4)
+            .map(|k| {
+                packed
+                    .clone()
+                    .bitwise_right_shift_scalar((8 * k).elem())
+                    .bitwise_and_scalar(0xff.elem())
+            })
+            .collect();
+        let [rows, cols] = self.shape;
+        let codes = Tensor::<B, 1, Int>::stack::<2>(bytes, 1)
+            .reshape([words * 4])
+            .slice(0..rows * cols);
+        self.values.val().select(0, codes).reshape([rows, cols])
     }
 }
 

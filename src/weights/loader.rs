@@ -7,6 +7,7 @@ use burn::nn::{Embedding, GroupNorm, LayerNorm, LayerNormConfig, PaddingConfig2d
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
+use super::store::transpose;
 use super::{TensorSlot, TensorStore};
 use crate::Error;
 use crate::models::linear::{Fp8Matrix, Linear, LinearWeight};
@@ -103,8 +104,10 @@ impl<'a, B: Backend> Weights<'a, B> {
         param
     }
 
-    /// PyTorch `nn.Linear` (`weight [out, in]`); burn keeps `[in, out]`, so it is transposed
-    /// here (a strided view, no copy). An fp8 weight stays fp8 (see `models::linear`).
+    /// PyTorch `nn.Linear` (`weight [out, in]`); burn computes with `[in, out]`. The weight is
+    /// transposed here, on the host, so the device holds it dense: with burn's fusion on, a
+    /// matmul reading a transposed view and adding a bias gave wrong rows on wgpu (issue #14).
+    /// An fp8 weight stays fp8 (see `models::linear`).
     pub fn linear(
         &self,
         name: &str,
@@ -113,16 +116,19 @@ impl<'a, B: Backend> Weights<'a, B> {
         bias: bool,
     ) -> Result<Linear<B>, Error> {
         let w = self.pp(name);
-        let weight = match w.slot("weight", &[d_out, d_in])?.fp8_codes() {
+        let slot = w.slot("weight", &[d_out, d_in])?;
+        let weight = match slot.fp8_codes() {
             Some((codes, values)) => {
-                let matrix = Fp8Matrix::new(codes, [d_out, d_in], values, &self.device);
+                let codes = transpose(&codes, d_out, d_in);
+                let matrix = Fp8Matrix::new(&codes, [d_in, d_out], values, &self.device);
                 self.store
                     .record_param(&w.path("weight"), matrix.codes_id(), true);
                 LinearWeight::Fp8(matrix)
             }
-            None => LinearWeight::Float(
-                w.param(w.tensor("weight", [d_out, d_in])?.transpose(), "weight"),
-            ),
+            None => {
+                let data = TensorData::new(transpose(&slot.to_f32()?, d_out, d_in), [d_in, d_out]);
+                LinearWeight::Float(w.param(Tensor::from_data(data, &self.device), "weight"))
+            }
         };
         let bias = if bias {
             Some(Param::from_tensor(w.tensor("bias", [d_out])?))

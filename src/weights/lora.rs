@@ -28,6 +28,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 
 use super::ldm::unet_name;
+use super::store::transpose;
 use super::{LoadedParam, SafetensorsFile, TensorSlot, TensorStore};
 use crate::Error;
 
@@ -529,12 +530,13 @@ impl<B: Backend> ModuleMapper<B> for Apply<'_, B> {
             return param;
         };
         let (id, tensor, mapper) = param.consume();
-        let delta = Tensor::<B, D>::from_data(
-            TensorData::new(delta.clone(), shape.clone()),
-            &tensor.device(),
-        );
-        // Linear weights are kept as [in, out] (burn's layout); deltas come as PyTorch's [out, in].
-        let delta = if D == 2 { delta.transpose() } else { delta };
+        // Linear weights are held as dense [in, out] (see `Weights::linear`); deltas come as
+        // PyTorch's [out, in].
+        let data = match shape[..] {
+            [rows, cols] => TensorData::new(transpose(delta, rows, cols), [cols, rows]),
+            _ => TensorData::new(delta.clone(), shape.clone()),
+        };
+        let delta = Tensor::<B, D>::from_data(data, &tensor.device());
         self.0.originals.insert(id, Box::new(tensor.clone()));
         Param::from_mapped_value(id, tensor + delta, mapper)
     }

@@ -45,6 +45,11 @@ impl SafetensorsFile {
         // any mmap-based loader (safetensors, diffusers, ComfyUI) protects against.
         let mmap = unsafe { Mmap::map(&file) }
             .map_err(|e| Error::weights(format!("cannot map {}: {e}", path.display())))?;
+        Self::from_mmap(path, mmap)
+    }
+
+    /// A safetensors file already in memory (`path` names it in messages).
+    pub fn from_mmap(path: &Path, mmap: Mmap) -> Result<Arc<Self>, Error> {
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
             Error::weights(format!("{} is not a safetensors file: {e}", path.display()))
         })?;
@@ -197,15 +202,19 @@ impl TensorSlot {
             return Ok(values);
         }
         let stored = self.shape();
-        let (rows, cols) = (stored[1], stored[0]);
-        let mut out = vec![0.0; values.len()];
-        for r in 0..rows {
-            for c in 0..cols {
-                out[c * rows + r] = values[r * cols + c];
-            }
-        }
-        Ok(out)
+        Ok(transpose(&values, stored[1], stored[0]))
     }
+}
+
+/// The transpose of a row-major `rows × cols` matrix, row-major (`cols × rows`).
+pub fn transpose<T: Copy + Default>(values: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::default(); values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
 }
 
 fn decode_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
@@ -248,7 +257,7 @@ fn f8_e4m3_to_f32(byte: u8) -> f32 {
 }
 
 /// A loaded weight's burn parameter and its shape as stored (PyTorch layout: [out, in] for a
-/// linear weight, which burn keeps transposed).
+/// linear weight, which burn holds as [in, out]).
 #[derive(Clone, Debug)]
 pub struct LoadedParam {
     pub id: ParamId,
