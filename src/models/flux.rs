@@ -203,14 +203,15 @@ pub fn position_ids(text_tokens: usize, rows: usize, cols: usize) -> Vec<[f32; 3
     text.chain(image).collect()
 }
 
-/// What attention may not (or may less) look at, as SDPA gets it ([B, 1, L, L]).
+/// What attention may not (or may less) look at.
 #[derive(Clone, Debug)]
 pub enum AttentionMask<B: Backend> {
     /// Every token sees every token (Flux).
     None,
-    /// Added to the logits (a float mask given to SDPA).
-    Bias(Tensor<B, 4>),
-    /// `true` pairs are excluded (a bool mask given to SDPA).
+    /// `mᵢ·mⱼ` added to the logits, for the token mask `m` [B, L] (1 = a real token): the float
+    /// mask `ChromaPipeline` hands SDPA, so pairs of real tokens get +1 and the rest +0.
+    PairBonus(Tensor<B, 2>),
+    /// `true` pairs are excluded (a bool mask given to SDPA, [B, 1, L, L]).
     Exclude(Tensor<B, 4, Bool>),
 }
 
@@ -220,14 +221,12 @@ impl<B: Backend> AttentionMask<B> {
     /// (pairs with a padded query or key excluded) or float, which SDPA *adds* to the logits —
     /// what `ChromaPipeline` passes, so its padded pairs get +0 and the others +1.
     pub fn from_tokens(token_mask: Tensor<B, 2>, as_bool: bool) -> Self {
+        if !as_bool {
+            return AttentionMask::PairBonus(token_mask);
+        }
         let keys: Tensor<B, 4> = token_mask.clone().unsqueeze_dims(&[1, 2]);
         let queries: Tensor<B, 4> = token_mask.unsqueeze_dims(&[1, 3]);
-        let pairs = keys * queries;
-        if as_bool {
-            AttentionMask::Exclude(pairs.lower_elem(0.5))
-        } else {
-            AttentionMask::Bias(pairs)
-        }
+        AttentionMask::Exclude((keys * queries).lower_elem(0.5))
     }
 }
 
@@ -241,14 +240,62 @@ fn joint_attention<B: Backend>(
     mask: &AttentionMask<B>,
 ) -> Tensor<B, 3> {
     let (q, k) = (rope.apply(q), rope.apply(k));
-    let (exclude, bias) = match mask {
-        AttentionMask::None => (None, None),
-        AttentionMask::Bias(bias) => (None, Some(bias.clone())),
-        AttentionMask::Exclude(exclude) => (Some(exclude.clone()), None),
+    let [b, h, l, d] = q.dims();
+    let out = match mask {
+        AttentionMask::None => sdpa(q, k, v, None, None, AttentionModuleOptions::default()),
+        AttentionMask::Exclude(exclude) => sdpa(
+            q,
+            k,
+            v,
+            Some(exclude.clone()),
+            None,
+            AttentionModuleOptions::default(),
+        ),
+        AttentionMask::PairBonus(tokens) => {
+            let (q, k, v) = pair_bonus_as_channels(q, k, v, tokens.clone());
+            sdpa(q, k, v, None, None, AttentionModuleOptions::default()).slice([
+                0..b,
+                0..h,
+                0..l,
+                0..d,
+            ])
+        }
     };
-    let out = sdpa(q, k, v, exclude, bias, AttentionModuleOptions::default());
-    let [b, h, l, d] = out.dims();
     out.swap_dims(1, 2).reshape([b, l, h * d])
+}
+
+/// softmax(q·kᵀ/√d + mᵢ·mⱼ)·v as attention without an additive bias, so that burn's flash
+/// kernels take it (burn-cubecl 0.21 `ops/module.rs` sends a bias to its materialised-scores
+/// attention, with the softmax in the tensor's dtype). The bonus is rank one, so it fits in
+/// one more q/k channel: q becomes [√(d'/d)·q, √d'·mᵢ, 0…], k [k, mⱼ, 0…], v [v, 0…], with d'
+/// the next multiple of 16 above d (the kernels' tile width). The default scale 1/√d' then
+/// gives q·k/√d + mᵢ·mⱼ; the first d output channels are the attention's.
+fn pair_bonus_as_channels<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    tokens: Tensor<B, 2>,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let [b, h, l, d] = q.dims();
+    let padded = (d + 1).next_multiple_of(16);
+    let device = q.device();
+    // `parts` side by side, then zero channels up to `padded`.
+    let widen = |mut parts: Vec<Tensor<B, 4>>| {
+        let filled: usize = parts.iter().map(|t| t.dims()[3]).sum();
+        if filled < padded {
+            parts.push(Tensor::zeros([b, h, l, padded - filled], &device));
+        }
+        Tensor::cat(parts, 3)
+    };
+    let rows = tokens.dims()[0];
+    let m: Tensor<B, 4> = tokens.reshape([rows, 1, l, 1]).expand([b, h, l, 1]);
+    let q = widen(vec![
+        q * (padded as f64 / d as f64).sqrt(),
+        m.clone() * (padded as f64).sqrt(),
+    ]);
+    let k = widen(vec![k, m]);
+    let v = widen(vec![v]);
+    (q, k, v)
 }
 
 /// q, k, v projections with per-head q/k RMS norms: [B, L, D] → three [B, H, L, Dh].
