@@ -268,8 +268,11 @@ fn joint_attention<B: Backend>(
 /// kernels take it (burn-cubecl 0.21 `ops/module.rs` sends a bias to its materialised-scores
 /// attention, with the softmax in the tensor's dtype). The bonus is rank one, so it fits in
 /// one more q/k channel: q becomes [√(d'/d)·q, √d'·mᵢ, 0…], k [k, mⱼ, 0…], v [v, 0…], with d'
-/// the next multiple of 16 above d (the kernels' tile width). The default scale 1/√d' then
-/// gives q·k/√d + mᵢ·mⱼ; the first d output channels are the attention's.
+/// the next multiple of 32 above d. The default scale 1/√d' then gives q·k/√d + mᵢ·mⱼ; the
+/// first d output channels are the attention's. Not 16: on lavapipe burn's attention with a
+/// head width of 48 is wrong for some lengths (dense q/k/v [1, 2, 536, 48], no mask: max error
+/// 2.1e-2 against the CPU; 528 and 537 are right), while 64, 96, 144, 160 and 256 were right at
+/// every length tried (issue #14).
 fn pair_bonus_as_channels<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -277,7 +280,7 @@ fn pair_bonus_as_channels<B: Backend>(
     tokens: Tensor<B, 2>,
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     let [b, h, l, d] = q.dims();
-    let padded = (d + 1).next_multiple_of(16);
+    let padded = (d + 1).next_multiple_of(32);
     let device = q.device();
     // `parts` side by side, then zero channels up to `padded`.
     let widen = |mut parts: Vec<Tensor<B, 4>>| {
