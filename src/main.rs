@@ -1,5 +1,5 @@
-//! The `hanga` command: `hanga serve` (the HTTP server) and `hanga generate` (one image, from
-//! the command line).
+//! The `hanga` command: `hanga serve` (the HTTP server), `hanga generate` (one image, from
+//! the command line) and `hanga bench` (network timings on random weights).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 
 use hanga::backend::{DeviceKind, Precision};
+use hanga::bench::{BenchOptions, Size};
 use hanga::output::png::{a1111_parameters, encode_png};
 use hanga::pipelines::{Flow, GenerationRequest, Pipeline};
 use hanga::registry::Registry;
@@ -33,6 +34,8 @@ enum Command {
     Serve(ServeArgs),
     /// Generate one image and write it as PNG (with A1111-style `parameters` metadata).
     Generate(GenerateArgs),
+    /// Time full-size networks on random weights (no model files needed).
+    Bench(BenchArgs),
 }
 
 #[derive(Args)]
@@ -143,11 +146,40 @@ struct GenerateArgs {
     output: PathBuf,
 }
 
+/// Times full-size networks with random weights (no model files): the SDXL UNet at 1024² with
+/// CFG, the FLUX.1 dev transformer, the SDXL and Flux VAE decoders.
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long, env = "HANGA_DEVICE")]
+    device: Option<DeviceKind>,
+    #[arg(long = "dtype", env = "HANGA_DTYPE")]
+    precision: Option<Precision>,
+    /// `small`: reduced widths at 256², for a CPU or lavapipe.
+    #[arg(long, value_enum, default_value = "full")]
+    size: Size,
+    /// Timed forwards per network; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Untimed forwards first (autotune, kernel compilation).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Only these networks (comma-separated names from `--list`).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Also write the rows as JSON here (what benches/gpu/compare.py reads).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Print the cases (diffusers class, config, input sizes) as JSON and exit.
+    #[arg(long)]
+    list: bool,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Generate(args) => generate(args),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -258,6 +290,40 @@ fn generate(args: GenerateArgs) -> Result<(), Error> {
         std::io::BufWriter::new(file),
     )?;
     println!("{} (seed {})", args.output.display(), params.seed);
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<(), Error> {
+    if args.list {
+        let cases = serde_json::to_string_pretty(&hanga::bench::cases(args.size))
+            .map_err(|e| Error::config(e.to_string()))?;
+        println!("{cases}");
+        return Ok(());
+    }
+    let device = args.device.unwrap_or_else(DeviceKind::preferred);
+    let options = BenchOptions {
+        device,
+        precision: Precision::resolve(args.precision, device)?,
+        size: args.size,
+        runs: args.runs.max(1),
+        warmup: args.warmup,
+        only: args.only,
+    };
+    let rows = hanga::bench::run(&options)?;
+    print!("{}", hanga::bench::table(&options, &rows));
+    if let Some(path) = args.json {
+        let report = serde_json::json!({
+            "device": device.to_string(),
+            "dtype": options.precision.name(),
+            "runs": options.runs,
+            "rows": rows,
+        });
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&report).expect("plain data"),
+        )
+        .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))?;
+    }
     Ok(())
 }
 
