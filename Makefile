@@ -1,7 +1,7 @@
 # hanga — two commands do everything: `make run` and `make test`.
 CARGO ?= cargo
 
-.PHONY: run test test-deps test-wgpu release bench bench-server check-gpu fmt
+.PHONY: run test test-deps test-wgpu release bench bench-server gpu-bundle lease-dry-run check-gpu fmt
 
 # Builds and starts the server on 127.0.0.1:8000 with the bundled demo model (random weights):
 # Swagger UI at http://127.0.0.1:8000/docs. The dev profile (dependencies at opt-level 3)
@@ -53,6 +53,32 @@ test-wgpu:
 	$(CARGO) test --features wgpu --no-fail-fast --test components --test sdxl_pipeline \
 	  --test flux_pipeline --test zimage_pipeline
 	$(CARGO) test --features wgpu --test server generate_follow_download_and_gallery
+
+# What benches/gpu/lease.sh needs on a GPU machine: in .gpu/, hanga and the parity test
+# binaries built with --features cuda for CUDA 13.0 (the H200 machines' driver 580; cudarc loads
+# libcuda and libnvrtc at run time, so no CUDA is needed to build), stripped; in .whl/, the
+# diffusers wheel compare.py imports (and importlib_metadata, which that image lacks). The
+# dev profile: dependencies (burn's kernels and launchers) at opt-level 3, one build with the
+# tests. Carry `.gpu` and `.whl` to the machine and run `benches/gpu/lease.sh OUT_DIR` there.
+GPU_TESTS := components sdxl_pipeline flux_pipeline zimage_pipeline
+gpu-bundle:
+	rm -rf .gpu && mkdir -p .gpu/tests .whl
+	CUDARC_CUDA_VERSION=13000 $(CARGO) build --features cuda
+	CUDARC_CUDA_VERSION=13000 $(CARGO) test --features cuda --no-run $(GPU_TESTS:%=--test %) \
+	  --message-format=json | python3 -c 'import json, sys; \
+	  [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("executable")]' \
+	  | xargs -I{} cp {} .gpu/tests/
+	cp target/debug/hanga .gpu/hanga
+	strip .gpu/hanga .gpu/tests/*
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+	  diffusers==0.42.1 importlib_metadata==8.7.0
+	du -sh .gpu .whl
+
+# lease.sh on this machine: with no GPU it says which phases it skipped, and smoke-tests the
+# binary on the CPU.
+lease-dry-run:
+	$(CARGO) build
+	benches/gpu/lease.sh target/lease-dry-run
 
 # The GPU backends must keep compiling even on machines without a GPU.
 check-gpu:

@@ -182,9 +182,11 @@ pub struct Server {
     pub comfyui_port: u16,
 }
 
-/// The device `hanga serve` runs on in the tests: the CPU, or wgpu in a `--features wgpu`
-/// build (`make test-wgpu`).
-pub const TEST_DEVICE: &str = if cfg!(feature = "wgpu") {
+/// The device `hanga serve` runs on in the tests: the CPU, wgpu in a `--features wgpu` build
+/// (`make test-wgpu`), CUDA in a `--features cuda` one (`make gpu-bundle`).
+pub const TEST_DEVICE: &str = if cfg!(feature = "cuda") {
+    "cuda"
+} else if cfg!(feature = "wgpu") {
     "wgpu"
 } else {
     "cpu"

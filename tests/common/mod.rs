@@ -11,12 +11,15 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use safetensors::{Dtype, SafeTensors};
 
-/// The backend the parity tests run on: the CPU, or burn's wgpu backend when built with
-/// `--features wgpu` (`make test-wgpu`, on Mesa's lavapipe where no GPU is present).
-#[cfg(not(feature = "wgpu"))]
+/// The backend the parity tests run on: the CPU; burn's wgpu backend when built with
+/// `--features wgpu` (`make test-wgpu`, on Mesa's lavapipe where no GPU is present); CUDA when
+/// built with `--features cuda` (the GPU bundle, `make gpu-bundle`).
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
 pub type B = hanga::backend::Cpu;
-#[cfg(feature = "wgpu")]
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
 pub type B = hanga::backend::Wgpu;
+#[cfg(feature = "cuda")]
+pub type B = hanga::backend::Cuda;
 
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# A whole GPU check inside ten minutes, for one short lease of a GPU machine. Run it from the
+# repository root there, with the bundle `make gpu-bundle` made here (.gpu/: hanga and the
+# parity test binaries built with --features cuda for the machine's CUDA, stripped) and a
+# diffusers wheel in .whl/:
+#
+#   benches/gpu/lease.sh OUT_DIR
+#
+# Phases, each under its own timeout, each logging to OUT_DIR/<phase>.log:
+#   probe      the GPU, driver, CUDA libraries, glibc, torch
+#   diffusers  benches/gpu/compare.py's diffusers side (random weights, SDPA, CUDA events)
+#   hanga      `hanga bench` on cuda, then compare.py joins both into OUT_DIR/compare.json
+#   parity     the component and pipeline parity tests on cuda (f32)
+#   serve      one SDXL job through `hanga serve` and its SSE stream
+#   caches     burn's autotune cache, cubecl's kernel cache and the driver's JIT cache, as
+#              OUT_DIR/caches.tgz, for the next lease to start from (same binary, same GPU)
+# Without a GPU (no working nvidia-smi) every device phase says it is skipped, and the
+# bundle's binary is smoke-tested on the CPU instead (`hanga bench --size small`).
+set -u
+OUT=${1:?usage: benches/gpu/lease.sh OUT_DIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+BUNDLE=${HANGA_GPU_BUNDLE:-.gpu}
+HANGA=$BUNDLE/hanga
+[ -x "$HANGA" ] || HANGA=target/debug/hanga
+export OUT BUNDLE HANGA
+STARTED=$(date +%s)
+
+# phase NAME SECONDS COMMAND...: runs COMMAND under a timeout, its output to the terminal and
+# to OUT/NAME.log, and reports how it ended.
+phase() {
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name (at most ${limit} s)"
+  local start=$(date +%s)
+  # A shell function of this script runs in a child bash that is given its definition.
+  if declare -F "$1" >/dev/null; then
+    set -- bash -c "$(declare -f "$1"); $(printf '%q ' "$@")"
+  fi
+  timeout --kill-after=5 "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  local took=$(( $(date +%s) - start ))
+  [ "$rc" = 124 ] && echo "=== $name: TIMED OUT after ${took} s" || echo "=== $name: exit $rc after ${took} s"
+  echo "$name $rc $took" >>"$OUT/phases.txt"
+}
+
+skipped() {
+  echo "=== $1: skipped ($2)" | tee "$OUT/$1.log"
+  echo "$1 skipped 0" >>"$OUT/phases.txt"
+}
+
+: >"$OUT/phases.txt"
+if nvidia-smi -L >/dev/null 2>&1; then GPU=yes; else GPU=; fi
+
+probe() {
+  uname -a
+  ldd --version | head -1
+  nvidia-smi || echo "nvidia-smi: none"
+  ldconfig -p | grep -E 'libcuda\.so|libnvrtc' || echo "no libcuda / libnvrtc in ldconfig"
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available())' \
+    || echo "python3 has no torch"
+  "$HANGA" --version
+  ls -l "$HANGA" "$BUNDLE" 2>/dev/null
+}
+phase probe 30 probe
+
+if [ -z "$GPU" ]; then
+  for p in diffusers hanga parity serve caches; do skipped $p "no GPU: nvidia-smi finds none"; done
+  echo "=== CPU smoke of the bundle's binary instead"
+  phase cpu-smoke 120 "$HANGA" bench --device cpu --size small --runs 1 --warmup 0 --json "$OUT/hanga-cpu.json"
+  echo "lease.sh: no GPU; device phases skipped; $(( $(date +%s) - STARTED )) s in all"
+  exit 0
+fi
+
+# NVRTC and the CUDA runtime come with torch's wheels where the system has none.
+if ! ldconfig -p | grep -q libnvrtc; then
+  for d in $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, q, "lib") for p in nvidia.__path__ for q in os.listdir(p)))' 2>/dev/null); do
+    LD_LIBRARY_PATH=$d:${LD_LIBRARY_PATH:-}
+  done
+  export LD_LIBRARY_PATH
+fi
+# Caches: autotune results and compiled kernels (cubecl.toml), the driver's PTX→SASS cache.
+CACHE=/tmp/hanga-gpu-cache
+mkdir -p "$CACHE"
+[ -f "$BUNDLE/caches.tgz" ] && tar -xzf "$BUNDLE/caches.tgz" -C "$CACHE"
+if [ ! -e cubecl.toml ]; then
+  printf '[autotune]\ncache = { file = "%s/autotune" }\n[compilation]\ncache = { file = "%s/kernels" }\n' "$CACHE" "$CACHE" >cubecl.toml
+  trap 'rm -f cubecl.toml' EXIT
+fi
+export CUDA_CACHE_PATH=$CACHE/nv CUDA_CACHE_MAXSIZE=4294967296
+# The parity tests read their fixtures where they were built (/work/main).
+[ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader,nounits -lms 200 >"$OUT/gpu-memory.csv" &
+SAMPLER=$!
+
+export PYTHONUNBUFFERED=1
+phase diffusers 150 python3 benches/gpu/compare.py --hanga "$HANGA" --device cuda --dtype bf16 \
+  --diffusers-only --out "$OUT/diffusers.json"
+phase hanga 240 "$HANGA" bench --device cuda --dtype bf16 --json "$OUT/hanga.json"
+phase compare 20 python3 benches/gpu/compare.py --hanga "$HANGA" --device cuda --dtype bf16 \
+  --hanga-json "$OUT/hanga.json" --diffusers-json "$OUT/diffusers.json" --out "$OUT/compare.json"
+
+parity() {
+  local failed=0
+  for t in "$BUNDLE"/tests/*; do
+    echo "--- $(basename "$t")"
+    "$t" --test-threads 1 || failed=1
+  done
+  return $failed
+}
+phase parity 120 parity
+
+serve() {
+  local data=/tmp/hanga-serve-data
+  rm -rf "$data"
+  "$HANGA" serve --device cuda --port 8000 --no-comfyui --data-dir "$data" \
+    --default-model sdxl-tiny-demo &
+  local server=$!
+  python3 benches/gpu/serve_job.py --port 8000 --width 1024 --height 1024 --steps 8
+  local rc=$?
+  kill $server
+  return $rc
+}
+phase serve 60 serve
+
+kill $SAMPLER 2>/dev/null
+phase caches 30 tar -czf "$OUT/caches.tgz" -C "$CACHE" .
+echo "lease.sh: done in $(( $(date +%s) - STARTED )) s"
+cat "$OUT/phases.txt"
