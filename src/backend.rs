@@ -31,9 +31,29 @@ impl DeviceKind {
         kinds
     }
 
-    /// The best device compiled in (CUDA, then wgpu, then CPU).
+    /// The best device compiled in that can start here (CUDA, then wgpu, then CPU).
     pub fn preferred() -> DeviceKind {
-        *Self::available().last().expect("cpu is always available")
+        Self::available()
+            .into_iter()
+            .rev()
+            .find(|kind| kind.check().is_ok())
+            .unwrap_or(DeviceKind::Cpu)
+    }
+
+    /// Whether this device can start here. burn's CUDA device thread panics when the driver
+    /// library is missing (cudarc's dynamic loading); this says so as an error instead.
+    pub fn check(self) -> Result<(), crate::Error> {
+        #[cfg(feature = "cuda")]
+        if self == DeviceKind::Cuda {
+            // SAFETY: only loads the driver library (cudarc `driver::sys::is_culib_present`).
+            if !unsafe { cudarc::driver::sys::is_culib_present() } {
+                return Err(crate::Error::config(
+                    "--device cuda: the CUDA driver library (libcuda.so) is not installed or \
+                     not on LD_LIBRARY_PATH",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn name(self) -> &'static str {

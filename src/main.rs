@@ -206,6 +206,13 @@ fn registry(manifests: &[PathBuf], models_dirs: &[PathBuf]) -> Result<Registry, 
     Ok(registry)
 }
 
+/// The device asked for, or the best one that can start here; an error when it cannot.
+fn device(asked: Option<DeviceKind>) -> Result<DeviceKind, Error> {
+    let kind = asked.unwrap_or_else(DeviceKind::preferred);
+    kind.check()?;
+    Ok(kind)
+}
+
 fn init_logs(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -230,7 +237,7 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
         }
     };
     init_logs(json);
-    let device = args.device.unwrap_or_else(DeviceKind::preferred);
+    let device = device(args.device)?;
     let options = ServeOptions {
         host: args.host,
         port: args.port,
@@ -267,7 +274,7 @@ fn generate(args: GenerateArgs) -> Result<(), Error> {
         long_prompt: args.long_prompt,
     };
     let params = request.resolve(manifest)?;
-    let device_kind = args.device.unwrap_or_else(DeviceKind::preferred);
+    let device_kind = device(args.device)?;
     let precision = Precision::resolve(args.precision, device_kind)?;
     eprintln!("loading {} on {device_kind} in {precision}…", manifest.id);
     let started = Instant::now();
@@ -300,7 +307,7 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
         println!("{cases}");
         return Ok(());
     }
-    let device = args.device.unwrap_or_else(DeviceKind::preferred);
+    let device = device(args.device)?;
     let options = BenchOptions {
         device,
         precision: Precision::resolve(args.precision, device)?,

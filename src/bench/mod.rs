@@ -369,7 +369,7 @@ pub fn random_weights(shapes: &Shapes, name: &str) -> Result<Arc<SafetensorsFile
 
     // One job per (tensor, chunk of at most 1 Mi values), dealt round-robin to the threads.
     const CHUNK: usize = 1 << 20;
-    let mut jobs: Vec<(&mut [u8], f32, bool)> = Vec::new();
+    let mut jobs: Vec<Fill> = Vec::new();
     let mut rest = &mut mmap[data_start..];
     for (tensor, shape) in shapes {
         let (values, tail) = rest.split_at_mut(2 * shape.iter().product::<usize>());
@@ -380,25 +380,24 @@ pub fn random_weights(shapes: &Shapes, name: &str) -> Result<Arc<SafetensorsFile
             [rows, ..] => ((3.0 / (values.len() / 2 / rows) as f32).sqrt(), true),
             [] => (0.0, false),
         };
-        jobs.extend(
-            values
-                .chunks_mut(2 * CHUNK)
-                .map(|chunk| (chunk, bound, random)),
-        );
+        for chunk in values.chunks_mut(2 * CHUNK) {
+            let seed = jobs.len() as u64;
+            jobs.push(Fill {
+                chunk,
+                bound,
+                random,
+                seed,
+            });
+        }
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut dealt: Vec<Vec<(usize, (&mut [u8], f32, bool))>> =
-        (0..threads).map(|_| Vec::new()).collect();
+    let mut dealt: Vec<Vec<Fill>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, job) in jobs.into_iter().enumerate() {
-        dealt[i % threads].push((i, job));
+        dealt[i % threads].push(job);
     }
     std::thread::scope(|scope| {
         for share in dealt {
-            scope.spawn(move || {
-                for (index, (chunk, bound, random)) in share {
-                    fill(chunk, bound, random, index as u64);
-                }
-            });
+            scope.spawn(move || share.into_iter().for_each(Fill::run));
         }
     });
     let mmap = mmap
@@ -407,23 +406,32 @@ pub fn random_weights(shapes: &Shapes, name: &str) -> Result<Arc<SafetensorsFile
     SafetensorsFile::from_mmap(std::path::Path::new(&format!("<random {name}>")), mmap)
 }
 
-/// bf16 values into `chunk`: uniform in ±`bound` when `random`, else all `bound`
-/// (SplitMix64, seeded by the chunk's index).
-fn fill(chunk: &mut [u8], bound: f32, random: bool, seed: u64) {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    for value in chunk.chunks_exact_mut(2) {
-        let v = if random {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let unit = (z >> 40) as f32 / (1u64 << 24) as f32;
-            (2.0 * unit - 1.0) * bound
-        } else {
-            bound
-        };
-        value.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes());
+/// One chunk of a tensor to fill with bf16 values: uniform in ±`bound` when `random`
+/// (SplitMix64 from `seed`), else all `bound`.
+struct Fill<'a> {
+    chunk: &'a mut [u8],
+    bound: f32,
+    random: bool,
+    seed: u64,
+}
+
+impl Fill<'_> {
+    fn run(self) {
+        let mut state = self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+        for value in self.chunk.chunks_exact_mut(2) {
+            let v = if self.random {
+                state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                let unit = (z >> 40) as f32 / (1u64 << 24) as f32;
+                (2.0 * unit - 1.0) * self.bound
+            } else {
+                self.bound
+            };
+            value.copy_from_slice(&half::bf16::from_f32(v).to_le_bytes());
+        }
     }
 }
 
