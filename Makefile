@@ -33,11 +33,19 @@ test-deps: .venv/comfyui-clients/.installed
 	.venv/comfyui-clients/bin/python -m pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
-# UNet step and VAE decode timings on CPU beside PyTorch's (benches/denoise.rs). Runs the
-# bench binary from the test build (dependencies at opt-level 3) rather than a second, release
-# build of everything. HANGA_BENCH_PYTHON names a Python with torch and diffusers.
+# `hanga bench --size small` on the CPU, beside diffusers on the same networks and inputs
+# (benches/compare.py) when HANGA_BENCH_PYTHON (default python3) imports torch and diffusers;
+# hanga's table alone otherwise. The dev build (dependencies at opt-level 3) is the test build.
+HANGA_BENCH_PYTHON ?= python3
 bench:
-	$(CARGO) test --bench denoise -- --bench
+	$(CARGO) build
+	@if $(HANGA_BENCH_PYTHON) -c 'import torch, diffusers' 2>/dev/null; then \
+	  $(HANGA_BENCH_PYTHON) benches/compare.py --hanga target/debug/hanga --device cpu \
+	    --dtype f32 --size small --runs 3 --warmup 1; \
+	else \
+	  echo "diffusers column skipped: $(HANGA_BENCH_PYTHON) cannot import torch and diffusers"; \
+	  target/debug/hanga bench --device cpu --size small --runs 3 --warmup 1; \
+	fi
 
 # Requests per second and submit→start latency of `hanga serve`, with wrk.
 bench-server:

@@ -8,7 +8,7 @@
 #
 # Phases, each under its own timeout, each logging to OUT_DIR/<phase>.log:
 #   probe      the GPU, driver, CUDA libraries, glibc, torch
-#   diffusers  benches/gpu/compare.py's diffusers side (random weights, SDPA, CUDA events)
+#   diffusers  benches/compare.py's diffusers side (random weights, SDPA, CUDA events)
 #   hanga      `hanga bench` on cuda, then compare.py joins both into OUT_DIR/compare.json
 #   parity     the component and pipeline parity tests on cuda (f32)
 #   serve      one SDXL job through `hanga serve` and its SSE stream
@@ -98,10 +98,10 @@ nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader,nounits -lms 
 SAMPLER=$!
 
 export PYTHONUNBUFFERED=1
-phase diffusers 150 python3 benches/gpu/compare.py --hanga "$HANGA" --device cuda --dtype bf16 \
+phase diffusers 150 python3 benches/compare.py --hanga "$HANGA" --device cuda --dtype bf16 \
   --diffusers-only --out "$OUT/diffusers.json"
 phase hanga 240 "$HANGA" bench --device cuda --dtype bf16 --json "$OUT/hanga.json"
-phase compare 20 python3 benches/gpu/compare.py --hanga "$HANGA" --device cuda --dtype bf16 \
+phase compare 20 python3 benches/compare.py --hanga "$HANGA" --device cuda --dtype bf16 \
   --hanga-json "$OUT/hanga.json" --diffusers-json "$OUT/diffusers.json" --out "$OUT/compare.json"
 
 parity() {

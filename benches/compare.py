@@ -9,7 +9,7 @@ its default attention (PyTorch SDPA), under `torch.inference_mode()`, timed with
 it wrote, `--hanga-json`). One line per network: both times, diffusers/hanga (above 1: hanga is
 faster), and both peaks.
 
-  benches/gpu/compare.py --hanga target/release/hanga --device cuda --dtype bf16
+  benches/compare.py --hanga target/release/hanga --device cuda --dtype bf16
 """
 
 import argparse
