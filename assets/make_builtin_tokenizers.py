@@ -5,7 +5,7 @@
 # prompts, which tests/text.rs checks the built-in tokenizers against.
 #   python assets/make_builtin_tokenizers.py ../shared/reference/tokenizers
 # (transformers 5.23.0, tokenizers 0.23.3)
-import json, shutil, sys
+import gzip, json, sys
 from pathlib import Path
 from transformers import Qwen2Tokenizer, T5TokenizerFast
 
@@ -13,9 +13,14 @@ src = Path(sys.argv[1])
 assets = Path(__file__).parent
 fixtures = assets.parent / "tests/fixtures/tokenizers"
 
-shutil.copyfile(src / "t5/tokenizer.json", assets / "t5_tokenizer.json")
+def write_gzipped(json_text, name):
+    # mtime=0: the same bytes on every run.
+    with gzip.GzipFile(assets / name, "wb", compresslevel=9, mtime=0) as f:
+        f.write(json_text.encode("utf-8"))
+
+write_gzipped((src / "t5/tokenizer.json").read_text(encoding="utf-8"), "t5_tokenizer.json.gz")
 qwen = Qwen2Tokenizer.from_pretrained(src / "qwen2.5")
-qwen.backend_tokenizer.save(str(assets / "qwen_tokenizer.json"), pretty=False)
+write_gzipped(qwen.backend_tokenizer.to_str(pretty=False), "qwen_tokenizer.json.gz")
 t5 = T5TokenizerFast.from_pretrained(src / "t5")
 
 prompts = [

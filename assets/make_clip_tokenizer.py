@@ -1,4 +1,4 @@
-# Builds a tokenizers-format CLIP tokenizer.json from CLIP's original BPE file, following
+# Builds a tokenizers-format CLIP tokenizer.json (gzipped: assets/clip_tokenizer.json.gz) from CLIP's original BPE file, following
 # open_clip/tokenizer.py (bytes_to_unicode, merges = lines[1:49152-256-2+1], vocab order),
 # with the normalizer / pre-tokenizer / post-processor of openai/clip-vit-large-patch14.
 import gzip, json, sys
@@ -27,4 +27,6 @@ t["added_tokens"] = [dict(a, id=49406 if a["content"] == "<|startoftext|>" else 
 t["post_processor"]["cls"] = ["<|startoftext|>", 49406]
 t["post_processor"]["sep"] = ["<|endoftext|>", 49407]
 t["truncation"] = None; t["padding"] = None
-json.dump(t, open(out, "w"), ensure_ascii=False, separators=(",", ":"))
+# Gzipped, as hanga builds it in; mtime=0 gives the same bytes on every run.
+with gzip.GzipFile(out, "wb", compresslevel=9, mtime=0) as f:
+    f.write(json.dumps(t, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))

@@ -76,9 +76,10 @@ impl ClipTokenizer {
     /// CLIP's own BPE vocabulary (`bpe_simple_vocab_16e6.txt.gz`, MIT), built into the binary:
     /// SDXL single-file checkpoints carry no tokenizer.
     pub fn bundled(pad_token: Option<&str>) -> Result<Self, Error> {
-        const CLIP_TOKENIZER: &[u8] = include_bytes!("../../assets/clip_tokenizer.json");
-        let tokenizer = Tokenizer::from_bytes(CLIP_TOKENIZER)
-            .map_err(|e| Error::config(format!("bundled CLIP tokenizer: {e}")))?;
+        let tokenizer = super::bundled_tokenizer(
+            include_bytes!("../../assets/clip_tokenizer.json.gz"),
+            "CLIP",
+        )?;
         Self::new(tokenizer, "bundled CLIP tokenizer", pad_token)
     }
 

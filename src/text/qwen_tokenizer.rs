@@ -21,9 +21,10 @@ impl Qwen3Tokenizer {
     /// `Qwen2Tokenizer`. Its added tokens end with `<|img|>` ... where Qwen3's own tokenizer
     /// has `<think>` ...; the chat template uses neither.
     pub fn bundled() -> Result<Self, Error> {
-        const QWEN_TOKENIZER: &[u8] = include_bytes!("../../assets/qwen_tokenizer.json");
-        let tokenizer = Tokenizer::from_bytes(QWEN_TOKENIZER)
-            .map_err(|e| Error::config(format!("bundled Qwen tokenizer: {e}")))?;
+        let tokenizer = super::bundled_tokenizer(
+            include_bytes!("../../assets/qwen_tokenizer.json.gz"),
+            "Qwen",
+        )?;
         Self::new(tokenizer, "the bundled Qwen tokenizer")
     }
 

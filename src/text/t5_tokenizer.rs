@@ -25,9 +25,8 @@ impl T5Tokenizer {
     /// as ComfyUI ships it in `comfy/text_encoders/t5_tokenizer/`), built into the binary:
     /// split T5 files carry no tokenizer. Made by `assets/make_builtin_tokenizers.py`.
     pub fn bundled() -> Result<Self, Error> {
-        const T5_TOKENIZER: &[u8] = include_bytes!("../../assets/t5_tokenizer.json");
-        let tokenizer = Tokenizer::from_bytes(T5_TOKENIZER)
-            .map_err(|e| Error::config(format!("bundled T5 tokenizer: {e}")))?;
+        let tokenizer =
+            super::bundled_tokenizer(include_bytes!("../../assets/t5_tokenizer.json.gz"), "T5")?;
         Self::new(tokenizer, "the bundled T5 tokenizer")
     }
 
