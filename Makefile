@@ -58,35 +58,38 @@ test-wgpu:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mesa-vulkan-drivers libvulkan1; \
 	fi
-	$(CARGO) test --features wgpu --no-fail-fast --test components --test sdxl_pipeline \
-	  --test flux_pipeline --test zimage_pipeline
+	$(CARGO) test --features wgpu --no-fail-fast --test parity
 	$(CARGO) test --features wgpu --test server generate_follow_download_and_gallery
 
-# What benches/gpu/lease.sh needs on a GPU machine: in .gpu/, hanga and the parity test
-# binaries built with --features cuda for CUDA 13.0 (the H200 machines' driver 580; cudarc loads
-# libcuda and libnvrtc at run time, so no CUDA is needed to build), stripped; in .whl/, the
-# diffusers wheel compare.py imports (and importlib_metadata, which that image lacks). The
-# dev profile: dependencies (burn's kernels and launchers) at opt-level 3, one build with the
-# tests. Carry `.gpu` and `.whl` to the machine and run `benches/gpu/lease.sh OUT_DIR` there.
-GPU_TESTS := components sdxl_pipeline flux_pipeline zimage_pipeline
+# What benches/gpu/lease.sh needs on a GPU machine. In .gpu/: hanga and the parity test binary,
+# built with --features cuda for CUDA 13.0 (the H200 machines' driver 580; cudarc loads libcuda
+# and libnvrtc at run time, so no CUDA is needed to build) in the `gpu` profile, xz-compressed,
+# and `build-dir`, the folder they were built in (the tests have its fixture and binary paths
+# compiled in; lease.sh links it to the checkout). In .whl/: the diffusers wheel compare.py
+# imports (and importlib_metadata, which that image lacks). A lease sends the tracked tree and
+# what a call carries, 64 MiB in all, so lease.sh runs as two calls on one warm machine: `bench`
+# carrying .gpu/hanga.xz, .gpu/build-dir and .whl, then `parity` carrying .gpu/parity.xz.
+# Build it in a worktree of the commit to measure (`git worktree add`), not in a tree being edited.
 gpu-bundle:
-	rm -rf .gpu && mkdir -p .gpu/tests .whl
-	CUDARC_CUDA_VERSION=13000 $(CARGO) build --features cuda
-	CUDARC_CUDA_VERSION=13000 $(CARGO) test --features cuda --no-run $(GPU_TESTS:%=--test %) \
+	rm -rf .gpu && mkdir -p .gpu .whl
+	CUDARC_CUDA_VERSION=13000 $(CARGO) build --profile gpu --features cuda
+	CUDARC_CUDA_VERSION=13000 $(CARGO) test --profile gpu --features cuda --no-run --test parity \
 	  --message-format=json | python3 -c 'import json, sys; \
 	  [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("executable")]' \
-	  | xargs -I{} cp {} .gpu/tests/
-	cp target/debug/hanga .gpu/hanga
-	strip .gpu/hanga .gpu/tests/*
+	  | xargs -I{} cp {} .gpu/parity
+	cp target/gpu/hanga .gpu/hanga
+	xz -T0 -9 .gpu/hanga .gpu/parity
+	echo "$(CURDIR)" >.gpu/build-dir
 	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 	  diffusers==0.42.1 importlib_metadata==8.7.0
-	du -sh .gpu .whl
+	@echo "tracked tree: $$(git ls-files -z | xargs -0 du -bc | tail -1 | cut -f1) bytes"
+	@du -b .gpu/* .whl/*
 
 # lease.sh on this machine: with no GPU it says which phases it skipped, and smoke-tests the
 # binary on the CPU.
 lease-dry-run:
 	$(CARGO) build
-	benches/gpu/lease.sh target/lease-dry-run
+	benches/gpu/lease.sh target/lease-dry-run bench
 
 # The GPU backends must keep compiling even on machines without a GPU.
 check-gpu:

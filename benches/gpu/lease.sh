@@ -1,29 +1,50 @@
 #!/usr/bin/env bash
-# A whole GPU check inside ten minutes, for one short lease of a GPU machine. Run it from the
-# repository root there, with the bundle `make gpu-bundle` made here (.gpu/: hanga and the
-# parity test binaries built with --features cuda for the machine's CUDA, stripped) and a
-# diffusers wheel in .whl/:
+# A whole GPU check inside one short lease of a GPU machine. Run it from the repository root
+# there, with the bundle `make gpu-bundle` made here (.gpu/: hanga.xz and parity.xz, built with
+# --features cuda for the machine's CUDA; build-dir) and a diffusers wheel in .whl/. A call
+# sends the tracked tree and what it carries, 64 MiB in all, which holds one binary beside the
+# fixtures, so the check is two calls on one warm machine:
 #
-#   benches/gpu/lease.sh OUT_DIR
+#   benches/gpu/lease.sh OUT_DIR bench    # carry .gpu/hanga.xz .gpu/build-dir .whl
+#   benches/gpu/lease.sh OUT_DIR parity   # carry .gpu/parity.xz .gpu/build-dir
 #
-# Phases, each under its own timeout, each logging to OUT_DIR/<phase>.log:
+# (`all`, the default, runs both where both binaries are there.) Phases, each under its own
+# timeout, each logging to OUT_DIR/<phase>.log:
 #   probe      the GPU, driver, CUDA libraries, glibc, torch
 #   diffusers  benches/compare.py's diffusers side (random weights, SDPA, CUDA events)
 #   hanga      `hanga bench` on cuda, then compare.py joins both into OUT_DIR/compare.json
-#   parity     the component and pipeline parity tests on cuda (f32)
 #   serve      one SDXL job through `hanga serve` and its SSE stream
+#   parity     the component and pipeline parity tests on cuda (f32)
 #   caches     burn's autotune cache, cubecl's kernel cache and the driver's JIT cache, as
 #              OUT_DIR/caches.tgz, for the next lease to start from (same binary, same GPU)
-# Without a GPU (no working nvidia-smi) every device phase says it is skipped, and the
-# bundle's binary is smoke-tested on the CPU instead (`hanga bench --size small`).
+# Without a GPU (no working nvidia-smi) every device phase says it is skipped, and hanga is
+# smoke-tested on the CPU instead (`hanga bench --size small`).
 set -u
-OUT=${1:?usage: benches/gpu/lease.sh OUT_DIR}
+OUT=${1:?usage: benches/gpu/lease.sh OUT_DIR [bench|parity|all]}
+PART=${2:-all}
+case $PART in bench | parity | all) ;; *) echo "lease.sh: part must be bench, parity or all" >&2; exit 2 ;; esac
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 BUNDLE=${HANGA_GPU_BUNDLE:-.gpu}
-HANGA=$BUNDLE/hanga
+mkdir -p "$BUNDLE/bin"
+for packed in "$BUNDLE"/*.xz; do
+  [ -e "$packed" ] || continue
+  unpacked=$BUNDLE/bin/$(basename "$packed" .xz)
+  xz -dc "$packed" >"$unpacked" && chmod +x "$unpacked"
+done
+HANGA=$BUNDLE/bin/hanga
 [ -x "$HANGA" ] || HANGA=target/debug/hanga
-export OUT BUNDLE HANGA
+PARITY=$BUNDLE/bin/parity
+# The tests read their fixtures, and run hanga, where they were built: that folder becomes a
+# link to this checkout, and its target/gpu/hanga the bundle's.
+if [ -f "$BUNDLE/build-dir" ]; then
+  BUILT_IN=$(cat "$BUNDLE/build-dir")
+  if [ "$BUILT_IN" != "$PWD" ] && [ ! -e "$BUILT_IN" ]; then
+    mkdir -p "$(dirname "$BUILT_IN")" && ln -s "$PWD" "$BUILT_IN"
+  fi
+  [ -x "$BUNDLE/bin/hanga" ] && mkdir -p target/gpu && ln -sf "$PWD/$BUNDLE/bin/hanga" target/gpu/hanga
+fi
+export OUT BUNDLE HANGA PARITY
 STARTED=$(date +%s)
 
 # phase NAME SECONDS COMMAND...: runs COMMAND under a timeout, its output to the terminal and
@@ -65,8 +86,8 @@ probe() {
 phase probe 30 probe
 
 if [ -z "$GPU" ]; then
-  for p in diffusers hanga parity serve caches; do skipped $p "no GPU: nvidia-smi finds none"; done
-  echo "=== CPU smoke of the bundle's binary instead"
+  for p in diffusers hanga serve parity caches; do skipped $p "no GPU: nvidia-smi finds none"; done
+  echo "=== CPU smoke of hanga instead"
   phase cpu-smoke 120 "$HANGA" bench --device cpu --size small --runs 1 --warmup 0 --json "$OUT/hanga-cpu.json"
   echo "lease.sh: no GPU; device phases skipped; $(( $(date +%s) - STARTED )) s in all"
   exit 0
@@ -88,8 +109,6 @@ if [ ! -e cubecl.toml ]; then
   trap 'rm -f cubecl.toml' EXIT
 fi
 export CUDA_CACHE_PATH=$CACHE/nv CUDA_CACHE_MAXSIZE=4294967296
-# The parity tests read their fixtures where they were built (/work/main).
-[ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
@@ -98,22 +117,6 @@ nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader,nounits -lms 
 SAMPLER=$!
 
 export PYTHONUNBUFFERED=1
-phase diffusers 150 python3 benches/compare.py --hanga "$HANGA" --device cuda --dtype bf16 \
-  --diffusers-only --out "$OUT/diffusers.json"
-phase hanga 240 "$HANGA" bench --device cuda --dtype bf16 --json "$OUT/hanga.json"
-phase compare 20 python3 benches/compare.py --hanga "$HANGA" --device cuda --dtype bf16 \
-  --hanga-json "$OUT/hanga.json" --diffusers-json "$OUT/diffusers.json" --out "$OUT/compare.json"
-
-parity() {
-  local failed=0
-  for t in "$BUNDLE"/tests/*; do
-    echo "--- $(basename "$t")"
-    "$t" --test-threads 1 || failed=1
-  done
-  return $failed
-}
-phase parity 120 parity
-
 serve() {
   local data=/tmp/hanga-serve-data
   rm -rf "$data"
@@ -125,7 +128,21 @@ serve() {
   kill $server
   return $rc
 }
-phase serve 60 serve
+if [ "$PART" != parity ]; then
+  phase diffusers 150 python3 benches/compare.py --hanga "$HANGA" --device cuda --dtype bf16 \
+    --diffusers-only --out "$OUT/diffusers.json"
+  phase hanga 240 "$HANGA" bench --device cuda --dtype bf16 --json "$OUT/hanga.json"
+  phase compare 20 python3 benches/compare.py --hanga "$HANGA" --device cuda --dtype bf16 \
+    --hanga-json "$OUT/hanga.json" --diffusers-json "$OUT/diffusers.json" --out "$OUT/compare.json"
+  phase serve 60 serve
+fi
+if [ "$PART" != bench ]; then
+  if [ -x "$PARITY" ]; then
+    phase parity 240 "$PARITY" --test-threads 1
+  else
+    skipped parity "no $PARITY: carry .gpu/parity.xz"
+  fi
+fi
 
 kill $SAMPLER 2>/dev/null
 phase caches 30 tar -czf "$OUT/caches.tgz" -C "$CACHE" .

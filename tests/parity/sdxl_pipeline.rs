@@ -2,11 +2,11 @@
 //! single-file layout and from the diffusers folder (fixtures: ../shared/reference/pipelines/sdxl).
 //! Tolerances (issue #2): initial noise ≤ 1e-6, each step's latents ≤ 1e-3, image ≤ 2/255.
 
-mod common;
-
 use std::process::Command;
 
-use common::{B, PipelineCase, assert_close, fixtures, max_abs_diff, max_pixel_diff, repo, values};
+use crate::common::{
+    B, PipelineCase, assert_close, fixtures, max_abs_diff, max_pixel_diff, repo, values,
+};
 use hanga::pipelines::{Flow, SdxlPipeline};
 use hanga::registry::Manifest;
 use hanga::sampling::{SamplerKind, ScheduleKind, TorchGenerator};

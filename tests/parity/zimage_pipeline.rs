@@ -3,9 +3,7 @@
 //! ../shared/reference/pipelines/z-image-turbo). Tolerances (issue #6): noise ≤ 1e-6, each
 //! step's latents ≤ 1e-3, image ≤ 2/255.
 
-mod common;
-
-use common::{B, PipelineCase, assert_close, fixtures, max_abs_diff, values};
+use crate::common::{B, PipelineCase, assert_close, fixtures, max_abs_diff, values};
 use hanga::pipelines::ZImagePipeline;
 use hanga::registry::Manifest;
 use hanga::sampling::{SamplerKind, ScheduleKind};

@@ -3,9 +3,7 @@
 //! folders (fixtures: ../shared/reference/pipelines/{flux-dev,flux-schnell,chroma}).
 //! Tolerances (issue #5): noise ≤ 1e-6, each step's latents ≤ 1e-3, image ≤ 2/255.
 
-mod common;
-
-use common::{B, PipelineCase, assert_close, fixtures, max_abs_diff, values};
+use crate::common::{B, PipelineCase, assert_close, fixtures, max_abs_diff, values};
 use hanga::pipelines::{Flow, FluxPipeline, GenerationParams};
 use hanga::registry::{Family, Manifest, Registry};
 use hanga::sampling::{SamplerKind, ScheduleKind};
@@ -49,10 +47,10 @@ fn run_cases(manifest: &Manifest, family: &str, cases: &[&str]) {
 /// models that reproduce diffusers' runs as the manifests' do.
 #[test]
 fn models_folder_files_match_diffusers() {
-    let dir = common::temp_dir("flux-models-dir");
+    let dir = crate::common::temp_dir("flux-models-dir");
     let mut registry = Registry::default();
     registry
-        .add_models_dir(&common::tiny_models_dir(&dir))
+        .add_models_dir(&crate::common::tiny_models_dir(&dir))
         .unwrap();
     let ids: Vec<(&str, Family)> = registry
         .models()
@@ -221,7 +219,7 @@ fn fp8_files_stay_fp8_and_run_as_their_widened_weights() {
         worst <= 1e-6,
         "fp8 vs widened: step latents differ by {worst:e}"
     );
-    assert_eq!(common::max_pixel_diff(&fp8_image, &widened_image), 0);
+    assert_eq!(crate::common::max_pixel_diff(&fp8_image, &widened_image), 0);
 
     // The widened files hold every value in f32; the fp8 ones their linear weights in one
     // byte (T5's embedding table is widened on load: half of the tiny T5, 3% of T5-XXL).
@@ -250,7 +248,7 @@ fn t5_is_released_before_sampling_and_loaded_again_only_for_new_prompts() {
     assert_eq!((pipeline.t5_loads(), held(&pipeline, "t5")), (1, 0));
 
     let (_, image) = run(&mut pipeline, &case.params);
-    assert!(common::max_pixel_diff(&image, &case.png) <= 2);
+    assert!(crate::common::max_pixel_diff(&image, &case.png) <= 2);
     assert_eq!((pipeline.t5_loads(), held(&pipeline, "t5")), (1, 0));
     let other_prompt = GenerationParams {
         prompt: "a lighthouse at dusk".into(),

@@ -2,11 +2,9 @@
 //! (fixtures: ../shared/reference/components). Tolerance: max abs error ≤ 1e-4, relative to the
 //! output's scale where it exceeds 1.
 
-mod common;
-
+use crate::common::{B, assert_close, fixtures, load, values};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use common::{B, assert_close, fixtures, load, values};
 use hanga::models::chroma::ChromaTransformer;
 use hanga::models::clip::{Activation, ClipConfig, ClipTextModel};
 use hanga::models::flux::{
@@ -274,7 +272,7 @@ fn t5_encoder_matches_transformers() {
     println!("t5: no mask {e1:e}, masked {e2:e}");
 }
 
-fn ids(io: &std::collections::HashMap<String, common::Recorded>) -> Vec<[f32; 3]> {
+fn ids(io: &std::collections::HashMap<String, crate::common::Recorded>) -> Vec<[f32; 3]> {
     let (txt, img) = (io["in.txt_ids"].f32(), io["in.img_ids"].f32());
     txt.chunks(3)
         .chain(img.chunks(3))

@@ -1,0 +1,13 @@
+//! The parity suite: each network and scheduler (`components`) and each pipeline end to end
+//! (`sdxl_pipeline`, `flux_pipeline`, `zimage_pipeline`) against the reference code's runs on
+//! the same tiny weights. One test binary, so it links once, and so a GPU lease carries one
+//! file (`make gpu-bundle`). Runs on the CPU, on wgpu (`make test-wgpu`) or on CUDA, as
+//! `common::B` says.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod components;
+mod flux_pipeline;
+mod sdxl_pipeline;
+mod zimage_pipeline;
