@@ -10,8 +10,10 @@
 //! - `server/`: HTTP (where HTTP ends; the dashboard too); `queue/`: jobs, priorities, events;
 //!   `runner.rs`: the thread that owns the device; `store/`: images and the sled index;
 //!   `metrics.rs`: what /metrics reports.
+//! - `auth/`: API keys (hashed in the data directory) and per-key rate limits.
 //! - `bench/`: `hanga bench`, full-size networks with random weights, timed.
 
+pub mod auth;
 pub mod backend;
 pub mod bench;
 mod error;

@@ -1,5 +1,6 @@
 //! The `hanga` command: `hanga serve` (the HTTP server), `hanga generate` (one image, from
-//! the command line) and `hanga bench` (network timings on random weights).
+//! the command line), `hanga keys` (API keys) and `hanga bench` (network timings on random
+//! weights).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
+use hanga::auth::{KeyFile, Rate, Scope};
 use hanga::backend::{DeviceKind, Precision};
 use hanga::bench::{BenchOptions, Size};
 use hanga::output::png::{a1111_parameters, encode_png};
@@ -36,6 +38,53 @@ enum Command {
     Generate(GenerateArgs),
     /// Time full-size networks on random weights (no model files needed).
     Bench(BenchArgs),
+    /// API keys: create, list, revoke (also while `hanga serve` runs: it re-reads them
+    /// within a second).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (once: only its hash is kept).
+    Create {
+        /// What the key is for (shown by `keys list`).
+        #[arg(long)]
+        name: String,
+        /// A request budget, refilled evenly: N/second, N/minute, N/hour or N/day (e.g.
+        /// 1000/hour). None: no limit.
+        #[arg(long)]
+        rate: Option<Rate>,
+        /// generate (queue and cancel jobs), read (jobs, streams, images, models), admin
+        /// (everything, and metrics, rescans).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "generate,read"
+        )]
+        scopes: Vec<Scope>,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// List the keys (never their secrets).
+    List {
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+    /// Revoke a key, by its id (or its name, where one key has it).
+    Revoke {
+        key: String,
+        #[command(flatten)]
+        data: DataDirArg,
+    },
+}
+
+#[derive(Args)]
+struct DataDirArg {
+    /// The data directory of the `hanga serve` the keys are for.
+    #[arg(long, env = "HANGA_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -95,6 +144,10 @@ struct ServeArgs {
     #[arg(long, env = "HANGA_PREVIEW_METHOD", default_value = "none",
           value_parser = ["none", "auto", "latent2rgb"])]
     preview_method: String,
+    /// Serve without API keys even on an address other machines reach (without it, such an
+    /// address needs a key from `hanga keys create`; loopback needs none until one exists).
+    #[arg(long, env = "HANGA_NO_AUTH")]
+    no_auth: bool,
 }
 
 #[derive(Args)]
@@ -180,6 +233,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Generate(args) => generate(args),
         Command::Bench(args) => bench(args),
+        Command::Keys(command) => keys(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -254,6 +308,7 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
         max_body_bytes: 1 << 20,
         comfyui_port: (!args.no_comfyui).then_some(args.comfyui_port),
         comfyui_previews: args.preview_method != "none",
+        no_auth: args.no_auth,
     };
     tokio::runtime::Runtime::new()?.block_on(hanga::server::serve(options))
 }
@@ -332,6 +387,63 @@ fn bench(args: BenchArgs) -> Result<(), Error> {
         .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))?;
     }
     Ok(())
+}
+
+fn keys(command: KeysCommand) -> Result<(), Error> {
+    match command {
+        KeysCommand::Create {
+            name,
+            rate,
+            scopes,
+            data,
+        } => {
+            let (secret, key) =
+                KeyFile::in_data_dir(&data.data_dir).create(&name, &scopes, rate)?;
+            eprintln!(
+                "created {} ({}): scopes {}, {}. The key is shown this once; only its hash is kept.",
+                key.id,
+                key.name,
+                list(&key.scopes),
+                key.rate
+                    .map_or("no rate limit".into(), |r| format!("rate {r}")),
+            );
+            println!("{secret}");
+        }
+        KeysCommand::List { data } => {
+            let keys = KeyFile::in_data_dir(&data.data_dir).read()?;
+            println!(
+                "{:<12} {:<20} {:<10} {:<22} {:<12} {:>10} status",
+                "id", "name", "prefix", "scopes", "rate", "created"
+            );
+            for key in keys {
+                let status = key
+                    .revoked
+                    .map_or("active".to_owned(), |t| format!("revoked at {t}"));
+                println!(
+                    "{:<12} {:<20} {:<10} {:<22} {:<12} {:>10} {status}",
+                    key.id,
+                    key.name,
+                    key.prefix,
+                    list(&key.scopes),
+                    key.rate.map_or("-".into(), |r| r.to_string()),
+                    key.created,
+                );
+            }
+        }
+        KeysCommand::Revoke { key, data } => {
+            let key = KeyFile::in_data_dir(&data.data_dir).revoke(&key)?;
+            eprintln!("revoked {} ({})", key.id, key.name);
+        }
+    }
+    Ok(())
+}
+
+fn list(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(Scope::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn progress_bar(step: usize, total: usize, seconds: f32) {

@@ -620,3 +620,62 @@ async fn swagger_ui_tries_out_generate() {
     browser.close().await;
     drop(server);
 }
+
+/// On a server with keys, the dashboard asks for one at its first 401, keeps it, sends it as
+/// `Authorization` on its calls and as `?token=` on its streams and images.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_asks_for_an_api_key_and_uses_it() {
+    let dir = common::temp_dir("browser-key");
+    let made = Command::new(env!("CARGO_BIN_EXE_hanga"))
+        .args(["keys", "create", "--name", "browser", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let key = String::from_utf8(made.stdout).unwrap().trim().to_owned();
+    let server = Server::start(&dir, &[]);
+    let port = server.port;
+    let browser = Browser::start(&dir.join("profile")).await;
+    browser
+        .client
+        .goto(&format!("http://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let asked = loop {
+        match browser.client.get_alert_text().await {
+            Ok(text) => break text,
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("no key prompt: {e}"),
+        }
+    };
+    assert!(asked.contains("API key"), "{asked}");
+    browser.client.send_alert_text(&key).await.unwrap();
+    browser.client.accept_alert().await.unwrap();
+    browser
+        .wait_js("the form", "document.body.dataset.ready")
+        .await;
+
+    // A job queued from the page arrives in its gallery, the thumbnail loaded with the token.
+    type_into(&browser, "form#generate-form [name=prompt]", "a keyed cat").await;
+    type_into(&browser, "form#generate-form [name=width]", "64").await;
+    type_into(&browser, "form#generate-form [name=height]", "64").await;
+    type_into(&browser, "form#generate-form [name=steps]", "1").await;
+    browser.click("button#submit").await;
+    let src = browser
+        .wait_js(
+            "a loaded gallery thumbnail",
+            "[...document.querySelectorAll('#gallery .tile img')].find(i => i.complete && i.naturalWidth > 0)?.src",
+        )
+        .await;
+    assert!(src.as_str().unwrap().contains("token=hk_"), "{src}");
+    assert_eq!(
+        browser
+            .js("return localStorage.getItem('hanga.apiKey')")
+            .await,
+        key
+    );
+    browser.close().await;
+}

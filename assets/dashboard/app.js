@@ -26,13 +26,28 @@ class ApiError extends Error {
   }
 }
 
+// A server with API keys answers 401 until the page sends one: the key is asked for once and
+// kept in this browser (localStorage); EventSource and <img>, which cannot set headers, carry it
+// as ?token=.
+const KEY_STORE = 'hanga.apiKey';
+const apiKey = () => localStorage.getItem(KEY_STORE) || '';
+let keyDeclined = false;
+
+function withToken(url) {
+  const key = apiKey();
+  if (!key || !url) return url;
+  return `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(key)}`;
+}
+
 /** fetch + JSON; a non-2xx answer or a network failure throws an ApiError with a readable message. */
-async function api(method, url, body) {
-  const init = { method };
+async function api(method, url, body, askedForKey = false) {
+  const init = { method, headers: {} };
   if (body !== undefined) {
-    init.headers = { 'Content-Type': 'application/json' };
+    init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
+  const sentKey = apiKey();
+  if (sentKey) init.headers.Authorization = `Bearer ${sentKey}`;
   let res;
   try {
     res = await fetch(url, init);
@@ -48,6 +63,15 @@ async function api(method, url, body) {
   }
   if (res.ok) return data;
   const detail = typeof data?.detail === 'string' ? data.detail : text;
+  if (res.status === 401 && !askedForKey) {
+    // Calls refused together ask once: the others find the key changed and go again with it.
+    if (apiKey() === sentKey && !keyDeclined) {
+      const key = window.prompt(`${detail}\n\nAPI key (from \`hanga keys create\`):`);
+      if (key) localStorage.setItem(KEY_STORE, key.trim());
+      else keyDeclined = true;
+    }
+    if (apiKey() !== sentKey) return api(method, url, body, true);
+  }
   if (res.status === 429) {
     const after = res.headers.get('Retry-After');
     throw new ApiError(after ? `${detail} (retry in ${after} s)` : detail, 429, data);
@@ -428,7 +452,7 @@ function openStreams() {
 }
 
 function openStream(job) {
-  const es = new EventSource(`/api/sse/${encodeURIComponent(job.id)}`);
+  const es = new EventSource(withToken(`/api/sse/${encodeURIComponent(job.id)}`));
   job.stream = es;
   es.onmessage = (event) => applyUpdate(job, JSON.parse(event.data));
   es.onerror = () => {
@@ -488,7 +512,7 @@ function tile(image) {
     type: 'button', class: 'tile', 'data-filename': image.filename, title: image.prompt,
     onclick: () => openViewer(image),
   }, el('img', {
-    src: image.thumb_url, alt: image.prompt, loading: 'lazy', decoding: 'async',
+    src: withToken(image.thumb_url), alt: image.prompt, loading: 'lazy', decoding: 'async',
     width: image.width, height: image.height,
   }));
 }
@@ -526,12 +550,14 @@ async function loadPage() {
   sentinel.hidden = gallery.done;
 }
 
-function setupGallery() {
+async function setupGallery() {
   gallery.observer = new IntersectionObserver((entries) => {
     if (entries.some((e) => e.isIntersecting)) loadPage();
   }, { rootMargin: '600px 0px' });
-  loadPage();
-  const live = new EventSource('/api/sse/gallery');
+  // The stream opens after the first page: on a server with keys, that call has asked for the
+  // key (an EventSource refused with 401 does not try again).
+  await loadPage();
+  const live = new EventSource(withToken('/api/sse/gallery'));
   live.onmessage = (event) => addImages([JSON.parse(event.data)], true);
 }
 
@@ -558,7 +584,7 @@ async function openViewer(image) {
   const basic = { model: image.model, prompt: image.prompt, width: image.width, height: image.height, seed: image.seed };
   viewing = { image, params: basic };
   const img = $('#viewer-image');
-  Object.assign(img, { src: image.url, alt: image.prompt, width: image.width, height: image.height });
+  Object.assign(img, { src: withToken(image.url), alt: image.prompt, width: image.width, height: image.height });
   $('#viewer-note').textContent = 'Loading parameters…';
   renderParams(basic, image);
   $('#viewer').showModal();

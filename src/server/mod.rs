@@ -3,6 +3,7 @@
 //! it.
 
 mod api;
+pub mod auth;
 mod comfyui;
 mod dashboard;
 mod openapi;
@@ -20,6 +21,9 @@ use poem::middleware::Cors;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
 use poem_openapi::OpenApiService;
 
+use auth::Face;
+
+use crate::auth::Auth;
 use crate::backend::{DeviceKind, Precision};
 use crate::graph::folders::ComfyFolders;
 use crate::metrics::Metrics;
@@ -48,6 +52,8 @@ pub struct ServeOptions {
     pub comfyui_port: Option<u16>,
     /// Binary latent previews on ComfyUI's WebSocket (`--preview-method latent2rgb`).
     pub comfyui_previews: bool,
+    /// Serve without checking API keys, on any address (`--no-auth`).
+    pub no_auth: bool,
 }
 
 pub struct AppState {
@@ -67,6 +73,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         None => options.registry.models().next().map(|m| m.id.clone()),
     };
     let store = Arc::new(Store::open(&options.data_dir, &options.thumbnails_dir)?);
+    let auth = Arc::new(Auth::open(
+        &options.data_dir,
+        store.clone(),
+        &options.host,
+        options.no_auth,
+    )?);
     let mut lora_dirs = vec![options.loras_dir.clone()];
     let manifest_loras = options
         .registry
@@ -134,7 +146,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         );
     println!("hanga listening on http://{address}");
     let comfyui = match options.comfyui_port {
-        Some(port) => Some(comfyui_listener(&options.host, port, &state).await?),
+        Some(port) => Some(comfyui_listener(&options.host, port, &state, auth.clone()).await?),
         None => None,
     };
     let apis = (api::Api(state.clone()), dashboard::Dashboard);
@@ -162,7 +174,16 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         )
         .nest("/", service)
         .around(move |endpoint, request| limit_body(endpoint, request, options.max_body_bytes))
-        .around(move |endpoint, request| allow_on_405(endpoint, request, paths.clone()));
+        .around(move |endpoint, request| allow_on_405(endpoint, request, paths.clone()))
+        .around(move |endpoint, request| {
+            auth::guard(
+                endpoint,
+                request,
+                auth.clone(),
+                Face::Native,
+                auth::native_scope,
+            )
+        });
     let app = match options.cors_origin {
         Some(origin) => app.with(Cors::new().allow_origin(origin)).boxed(),
         None => app.boxed(),
@@ -186,6 +207,7 @@ async fn comfyui_listener(
     host: &str,
     port: u16,
     state: &Arc<AppState>,
+    auth: Arc<Auth>,
 ) -> Result<impl std::future::Future<Output = std::io::Result<()>> + use<>, Error> {
     let acceptor = TcpListener::bind(format!("{host}:{port}"))
         .into_acceptor()
@@ -209,7 +231,16 @@ async fn comfyui_listener(
     // Multipart uploads carry up to the upload limit plus their framing.
     let limit = comfyui::MAX_UPLOAD_BYTES + (1 << 20);
     let app = comfyui::routes(comfy_state)
-        .around(move |endpoint, request| limit_body(endpoint, request, limit));
+        .around(move |endpoint, request| limit_body(endpoint, request, limit))
+        .around(move |endpoint, request| {
+            auth::guard(
+                endpoint,
+                request,
+                auth.clone(),
+                Face::ComfyUi,
+                auth::comfyui_scope,
+            )
+        });
     Ok(
         Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
             app,

@@ -20,7 +20,51 @@ pub fn document(generated: &str, state: &AppState) -> Value {
     doc["components"]["schemas"][GENERATE_BODY] = generate_body(state);
     describe_event_streams(&mut doc);
     document_body_limits(&mut doc);
+    document_security(&mut doc);
     doc
+}
+
+/// The API keys (server/auth.rs): a bearer token, or `?token=` where headers cannot be set,
+/// on every operation that needs a scope, and the refusals it can get. A loopback server with
+/// no key created needs none.
+fn document_security(doc: &mut Value) {
+    doc["components"]["securitySchemes"] = json!({
+        "bearer": {"type": "http", "scheme": "bearer",
+                   "description": "A key from `hanga keys create`. Needed once any key exists, \
+                                   and always on an address other machines reach (unless \
+                                   `--no-auth`)."},
+        "token": {"type": "apiKey", "in": "query", "name": "token",
+                  "description": "The same key, for EventSource and `<img>`, which cannot set \
+                                  headers."},
+    });
+    let error = |description: &str| {
+        json!({"description": description, "content": {"application/json": {"schema":
+            {"$ref": "#/components/schemas/ErrorBody"}}}})
+    };
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, operation) in item.iter_mut() {
+            let Ok(method) = method.to_uppercase().parse::<poem::http::Method>() else {
+                continue;
+            };
+            let Some(scope) = super::auth::native_scope(&method, path) else {
+                continue;
+            };
+            operation["security"] = json!([{"bearer": []}, {"token": []}]);
+            let responses = &mut operation["responses"];
+            responses["401"] = error("No API key, or not an active one.");
+            responses["403"] = error(&format!("The key lacks the `{scope}` scope."));
+            // Generate's own 429 (a full queue) documents Retry-After already.
+            if responses.get("429").is_none() {
+                responses["429"] = error("The key's rate limit is spent; see Retry-After.");
+            }
+        }
+    }
 }
 
 /// The answers of `limit_body` (server/mod.rs), which runs before any operation that takes a

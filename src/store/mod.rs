@@ -45,6 +45,8 @@ pub struct Store {
     images: sled::Tree,
     /// filename → id
     names: sled::Tree,
+    /// API key id → its rate-limit bucket level (`auth/limits.rs`)
+    rate_levels: sled::Tree,
     data_dir: PathBuf,
     outputs: PathBuf,
     thumbnails: PathBuf,
@@ -70,6 +72,7 @@ impl Store {
             jobs: db.open_tree("jobs").map_err(db_err)?,
             images: db.open_tree("images").map_err(db_err)?,
             names: db.open_tree("names").map_err(db_err)?,
+            rate_levels: db.open_tree("rate_levels").map_err(db_err)?,
             db,
             data_dir: data_dir.to_owned(),
             outputs,
@@ -112,6 +115,35 @@ impl Store {
             });
         self.db.flush().map_err(db_err)?;
         Ok(life)
+    }
+
+    /// Saves a key's rate-limit bucket level (requests left, at epoch milliseconds), flushed
+    /// before the request is answered so that a crash right after it keeps it.
+    pub fn put_rate_level(
+        &self,
+        key_id: &str,
+        remaining: u32,
+        at_millis: u64,
+    ) -> Result<(), Error> {
+        let mut value = remaining.to_be_bytes().to_vec();
+        value.extend_from_slice(&at_millis.to_be_bytes());
+        self.rate_levels
+            .insert(key_id.as_bytes(), value)
+            .map_err(db_err)?;
+        self.rate_levels.flush().map_err(db_err)?;
+        Ok(())
+    }
+
+    /// A key's last saved bucket level: (requests left, at epoch milliseconds).
+    pub fn rate_level(&self, key_id: &str) -> Result<Option<(u32, u64)>, Error> {
+        let Some(value) = self.rate_levels.get(key_id.as_bytes()).map_err(db_err)? else {
+            return Ok(None);
+        };
+        let (remaining, at) = value.split_at(4.min(value.len()));
+        Ok(match (remaining.try_into(), at.try_into()) {
+            (Ok(r), Ok(a)) => Some((u32::from_be_bytes(r), u64::from_be_bytes(a))),
+            _ => None,
+        })
     }
 
     pub fn put_job(&self, job: &Job) -> Result<(), Error> {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # API conformance run (issue #12): schemathesis with every check (schemathesis.toml) over the examples, coverage,
-# fuzzing and stateful phases, against a real `hanga serve` on the demo model (CPU).
+# fuzzing and stateful phases, against a real `hanga serve` on the demo model (CPU), with an API key.
 #
 #   tests/schemathesis/run.sh [path/to/hanga]        (default: target/debug/hanga)
 #
@@ -61,6 +61,10 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# An admin key: every operation then needs it, and schemathesis' ignored_auth check sends each
+# one without it and with a wrong one, expecting the documented 401.
+key="$("$hanga" keys create --name schemathesis --scopes admin --data-dir "$work/data" 2>/dev/null)"
+
 # The server: a fresh store, the demo model, no previews (SSE events stay small), a short queue
 # (when full it answers the documented 429 instead of piling up work).
 RAYON_NUM_THREADS="${HANGA_THREADS:-1}" RUST_LOG="${RUST_LOG:-warn}" \
@@ -93,6 +97,7 @@ set +e
   # shellcheck disable=SC2086
   SCHEMATHESIS_HOOKS="$here/hooks.py" "$venv/bin/st" --no-color --config-file "$here/schemathesis.toml" \
     run "$base/openapi.json" \
+    --header "Authorization: Bearer $key" \
     --phases examples,coverage,fuzzing,stateful \
     ${ST_SEED:+--seed "$ST_SEED"} \
     --report junit,json,ndjson --report-dir "$reports" \

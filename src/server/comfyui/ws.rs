@@ -1,11 +1,13 @@
 //! `/ws?clientId=`: ComfyUI's WebSocket (`server.py websocket_handler`). The socket gets a
 //! `status` with its sid at once, then every broadcast message and the messages of prompts
-//! it submitted; there is no replay.
+//! it submitted; there is no replay. Where a key is needed and the upgrade carried none
+//! (no header, no `?token=`), the first message must be `{"type": "auth", "api_key": KEY}`;
+//! anything else closes the socket with 1008 (policy violation).
 
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use poem::web::websocket::{Message, WebSocket};
+use poem::web::websocket::{CloseCode, Message, WebSocket};
 use poem::web::{Data, Query};
 use poem::{IntoResponse, handler};
 use serde::Deserialize;
@@ -14,6 +16,7 @@ use serde_json::{Value, json};
 use super::ComfyState;
 use super::prompt::status_with_sid;
 use crate::queue::ComfyFrame;
+use crate::server::auth::AuthChallenge;
 
 #[derive(Deserialize)]
 pub struct WsQuery {
@@ -26,14 +29,28 @@ pub async fn websocket(
     ws: WebSocket,
     state: Data<&Arc<ComfyState>>,
     Query(query): Query<WsQuery>,
+    challenge: Option<Data<&AuthChallenge>>,
 ) -> impl IntoResponse {
     let state = state.clone();
+    let challenge = challenge.map(|c| c.0.clone());
     let sid = query
         .client_id
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     ws.on_upgrade(move |socket| async move {
         let (mut sink, mut stream) = socket.split();
+        if let Some(challenge) = challenge {
+            let authenticated = match stream.next().await {
+                Some(Ok(Message::Text(text))) => challenge.accepts(&text),
+                _ => false,
+            };
+            if !authenticated {
+                let reason = "authentication required: send {\"type\": \"auth\", \"api_key\": KEY} first";
+                let close = CloseCode::Policy;
+                let _ = sink.send(Message::Close(Some((close, reason.into())))).await;
+                return;
+            }
+        }
         let mut messages = state.shared.comfy_events.subscribe();
         let hello = json!({"type": "status", "data": status_with_sid(&state, &sid)});
         if sink.send(Message::Text(hello.to_string())).await.is_err() {
