@@ -63,21 +63,25 @@ test-wgpu:
 
 # What benches/gpu/lease.sh needs on a GPU machine. In .gpu/: hanga and the parity test binary,
 # built with --features cuda for CUDA 13.0 (the H200 machines' driver 580; cudarc loads libcuda
-# and libnvrtc at run time, so no CUDA is needed to build) in the `gpu` profile, xz-compressed,
-# and `build-dir`, the folder they were built in (the tests have its fixture and binary paths
-# compiled in; lease.sh links it to the checkout). In .whl/: the diffusers wheel compare.py
-# imports (and importlib_metadata, which that image lacks). A lease sends the tracked tree and
-# what a call carries, 64 MiB in all, so lease.sh runs as two calls on one warm machine: `bench`
-# carrying .gpu/hanga.xz, .gpu/build-dir and .whl, then `parity` carrying .gpu/parity.xz.
-# Build it in a worktree of the commit to measure (`git worktree add`), not in a tree being edited.
+# and libnvrtc at run time, so no CUDA is needed to build) in the `gpu` profile and folded by
+# the linker (identical code once: --icf=all), xz-compressed; cases.json, the networks
+# `hanga bench` times (for compare.py's diffusers side, which runs without hanga); build-dir,
+# the folder they were built in (the tests have its fixture and binary paths compiled in;
+# lease.sh links it to the checkout). In .whl/: the diffusers wheel compare.py imports (and
+# importlib_metadata, which that image lacks). A lease sends the tracked tree and what a call
+# carries, 64 MiB in all: lease.sh runs as one call per part (diffusers, bench, parity) on one
+# warm machine; benches/gpu/lease.sh says what each carries. Build it in a worktree of the
+# commit to measure (`git worktree add`), not in a tree being edited.
+GPU_BUILD := CUDARC_CUDA_VERSION=13000 RUSTFLAGS="-C link-arg=-Wl,--icf=all"
 gpu-bundle:
 	rm -rf .gpu && mkdir -p .gpu .whl
-	CUDARC_CUDA_VERSION=13000 $(CARGO) build --profile gpu --features cuda
-	CUDARC_CUDA_VERSION=13000 $(CARGO) test --profile gpu --features cuda --no-run --test parity \
+	$(GPU_BUILD) $(CARGO) test --profile gpu --features cuda --no-run --test parity \
 	  --message-format=json | python3 -c 'import json, sys; \
-	  [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("executable")]' \
+	  [print(m["executable"]) for m in map(json.loads, sys.stdin) \
+	   if m.get("executable") and m["target"]["kind"] == ["test"]]' \
 	  | xargs -I{} cp {} .gpu/parity
 	cp target/gpu/hanga .gpu/hanga
+	.gpu/hanga bench --list >.gpu/cases.json
 	xz -T0 -9 .gpu/hanga .gpu/parity
 	echo "$(CURDIR)" >.gpu/build-dir
 	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
@@ -89,7 +93,7 @@ gpu-bundle:
 # binary on the CPU.
 lease-dry-run:
 	$(CARGO) build
-	benches/gpu/lease.sh target/lease-dry-run bench
+	benches/gpu/lease.sh target/lease-dry-run
 
 # The GPU backends must keep compiling even on machines without a GPU.
 check-gpu:

@@ -28,6 +28,7 @@ def parse_args():
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--only", default="", help="comma-separated case names (see `hanga bench --list`)")
+    p.add_argument("--cases-json", help="what `hanga bench --list` wrote; then no hanga is needed for the cases")
     p.add_argument("--hanga-json", help="rows `hanga bench --json` already wrote; skips running it")
     p.add_argument("--diffusers-only", action="store_true", help="time diffusers alone (write them with --out)")
     p.add_argument("--diffusers-json", help="what an earlier --diffusers-only run wrote; skips diffusers")
@@ -36,9 +37,13 @@ def parse_args():
 
 
 def hanga_cases(args):
-    out = subprocess.run([args.hanga, "bench", "--list", "--size", args.size],
-                         check=True, capture_output=True, text=True)
-    cases = json.loads(out.stdout)
+    if args.cases_json:
+        with open(args.cases_json) as f:
+            cases = json.load(f)
+    else:
+        out = subprocess.run([args.hanga, "bench", "--list", "--size", args.size],
+                             check=True, capture_output=True, text=True)
+        cases = json.loads(out.stdout)
     only = [n for n in args.only.split(",") if n]
     return [c for c in cases if not only or c["name"] in only]
 
@@ -62,7 +67,10 @@ def build(case, device, dtype):
     import diffusers
 
     cls = getattr(diffusers, case["class"])
-    model = cls.from_config(case["config"]).to(device=device, dtype=dtype).eval()
+    # Initialised where it runs: FLUX.1's 12B random weights take minutes on a CPU.
+    with device:
+        model = cls.from_config(case["config"])
+    model = model.to(dtype=dtype).eval()
     latent = case["image"] // 8
     b, tokens = case["batch"], case["text_tokens"]
     randn = lambda *shape: torch.randn(*shape, device=device, dtype=dtype)

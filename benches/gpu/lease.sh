@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # A whole GPU check inside one short lease of a GPU machine. Run it from the repository root
 # there, with the bundle `make gpu-bundle` made here (.gpu/: hanga.xz and parity.xz, built with
-# --features cuda for the machine's CUDA; build-dir) and a diffusers wheel in .whl/. A call
-# sends the tracked tree and what it carries, 64 MiB in all, which holds one binary beside the
-# fixtures, so the check is two calls on one warm machine:
+# --features cuda for the machine's CUDA; cases.json; build-dir) and a diffusers wheel in .whl/.
+# A call sends the tracked tree and what it carries, 64 MiB in all, which holds one of these
+# beside the fixtures, so the check is one call per part on one warm machine (what an earlier
+# call carried stays there):
 #
-#   benches/gpu/lease.sh OUT_DIR bench    # carry .gpu/hanga.xz .gpu/build-dir .whl
-#   benches/gpu/lease.sh OUT_DIR parity   # carry .gpu/parity.xz .gpu/build-dir
+#   benches/gpu/lease.sh OUT_DIR diffusers  # carry .whl .gpu/cases.json
+#   benches/gpu/lease.sh OUT_DIR bench      # carry .gpu/hanga.xz .gpu/build-dir, and the first
+#                                           # call's OUT_DIR/diffusers.json as .gpu/diffusers.json
+#   benches/gpu/lease.sh OUT_DIR parity     # carry .gpu/parity.xz .gpu/build-dir
 #
-# (`all`, the default, runs both where both binaries are there.) Phases, each under its own
+# (`all`, the default, runs every part where everything is there.) Phases, each under its own
 # timeout, each logging to OUT_DIR/<phase>.log:
 #   probe      the GPU, driver, CUDA libraries, glibc, torch
 #   diffusers  benches/compare.py's diffusers side (random weights, SDPA, CUDA events)
@@ -20,9 +23,12 @@
 # Without a GPU (no working nvidia-smi) every device phase says it is skipped, and hanga is
 # smoke-tested on the CPU instead (`hanga bench --size small`).
 set -u
-OUT=${1:?usage: benches/gpu/lease.sh OUT_DIR [bench|parity|all]}
+OUT=${1:?usage: benches/gpu/lease.sh OUT_DIR [diffusers|bench|parity|all]}
 PART=${2:-all}
-case $PART in bench | parity | all) ;; *) echo "lease.sh: part must be bench, parity or all" >&2; exit 2 ;; esac
+case $PART in diffusers | bench | parity | all) ;;
+  *) echo "lease.sh: the part is diffusers, bench, parity or all" >&2; exit 2 ;;
+esac
+runs() { [ "$PART" = all ] || [ "$PART" = "$1" ]; }
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 BUNDLE=${HANGA_GPU_BUNDLE:-.gpu}
@@ -86,7 +92,7 @@ probe() {
 phase probe 30 probe
 
 if [ -z "$GPU" ]; then
-  for p in diffusers hanga serve parity caches; do skipped $p "no GPU: nvidia-smi finds none"; done
+  for p in diffusers hanga compare serve parity caches; do skipped $p "no GPU: nvidia-smi finds none"; done
   echo "=== CPU smoke of hanga instead"
   phase cpu-smoke 120 "$HANGA" bench --device cpu --size small --runs 1 --warmup 0 --json "$OUT/hanga-cpu.json"
   echo "lease.sh: no GPU; device phases skipped; $(( $(date +%s) - STARTED )) s in all"
@@ -128,15 +134,25 @@ serve() {
   kill $server
   return $rc
 }
-if [ "$PART" != parity ]; then
-  phase diffusers 150 python3 benches/compare.py --hanga "$HANGA" --device cuda --dtype bf16 \
+if runs diffusers; then
+  CASES=$BUNDLE/cases.json
+  [ -f "$CASES" ] || { "$HANGA" bench --list >"$OUT/cases.json" && CASES=$OUT/cases.json; }
+  phase diffusers 150 python3 benches/compare.py --cases-json "$CASES" --device cuda --dtype bf16 \
     --diffusers-only --out "$OUT/diffusers.json"
+fi
+if runs bench; then
   phase hanga 240 "$HANGA" bench --device cuda --dtype bf16 --json "$OUT/hanga.json"
-  phase compare 20 python3 benches/compare.py --hanga "$HANGA" --device cuda --dtype bf16 \
-    --hanga-json "$OUT/hanga.json" --diffusers-json "$OUT/diffusers.json" --out "$OUT/compare.json"
+  DIFFUSERS=$OUT/diffusers.json
+  [ -f "$DIFFUSERS" ] || DIFFUSERS=$BUNDLE/diffusers.json
+  if [ -f "$DIFFUSERS" ]; then
+    phase compare 20 python3 benches/compare.py --hanga "$HANGA" --device cuda --dtype bf16 \
+      --hanga-json "$OUT/hanga.json" --diffusers-json "$DIFFUSERS" --out "$OUT/compare.json"
+  else
+    skipped compare "no diffusers.json: run the diffusers part first, carry its output"
+  fi
   phase serve 60 serve
 fi
-if [ "$PART" != bench ]; then
+if runs parity; then
   if [ -x "$PARITY" ]; then
     phase parity 240 "$PARITY" --test-threads 1
   else
