@@ -64,17 +64,17 @@ test-wgpu:
 # What benches/gpu/lease.sh needs on a GPU machine. In .gpu/: hanga and the parity test binary,
 # built with --features cuda for CUDA 13.0 (the H200 machines' driver 580; cudarc loads libcuda
 # and libnvrtc at run time, so no CUDA is needed to build) in the `gpu` profile and folded by
-# the linker (identical code once: --icf=all), xz-compressed; cases.json, the networks
-# `hanga bench` times (for compare.py's diffusers side, which runs without hanga); build-dir,
-# the folder they were built in (the tests have its fixture and binary paths compiled in;
-# lease.sh links it to the checkout). In .whl/: the diffusers wheel compare.py imports (and
-# importlib_metadata, which that image lacks). A lease sends the tracked tree and what a call
-# carries, 64 MiB in all: lease.sh runs as one call per part (diffusers, bench, parity) on one
-# warm machine; benches/gpu/lease.sh says what each carries. Build it in a worktree of the
-# commit to measure (`git worktree add`), not in a tree being edited.
+# the linker (identical code once: --icf=all), xz-compressed, hanga in two halves; cases.json,
+# the networks `hanga bench` times (compare.py's diffusers side runs without hanga);
+# build-dir, the folder they were built in (the tests have its fixture and binary paths
+# compiled in; lease.sh links it to the checkout). In .whl/site.tar.xz: the diffusers wheel and
+# importlib_metadata (which that image lacks) unpacked, as xz (6.4 MB of wheels, 1.9 MB so).
+# A lease call sends the tracked tree and what it carries, 64 MiB in all: the last lines check
+# each of lease.sh's three calls. Build it in a worktree of the commit to measure
+# (`git worktree add`), not in a tree being edited.
 GPU_BUILD := CUDARC_CUDA_VERSION=13000 RUSTFLAGS="-C link-arg=-Wl,--icf=all"
 gpu-bundle:
-	rm -rf .gpu && mkdir -p .gpu .whl
+	rm -rf .gpu .whl && mkdir -p .gpu .whl/site
 	$(GPU_BUILD) $(CARGO) test --profile gpu --features cuda --no-run --test parity \
 	  --message-format=json | python3 -c 'import json, sys; \
 	  [print(m["executable"]) for m in map(json.loads, sys.stdin) \
@@ -83,11 +83,18 @@ gpu-bundle:
 	cp target/gpu/hanga .gpu/hanga
 	.gpu/hanga bench --list >.gpu/cases.json
 	xz -T0 -9 .gpu/hanga .gpu/parity
+	split -n 2 -d .gpu/hanga.xz .gpu/hanga.xz. && rm .gpu/hanga.xz
 	echo "$(CURDIR)" >.gpu/build-dir
 	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
 	  diffusers==0.42.1 importlib_metadata==8.7.0
-	@echo "tracked tree: $$(git ls-files -z | xargs -0 du -bc | tail -1 | cut -f1) bytes"
-	@du -b .gpu/* .whl/*
+	cd .whl/site && for w in ../*.whl; do python3 -m zipfile -e "$$w" .; done
+	tar -cf - -C .whl/site . | xz -9 -T0 >.whl/site.tar.xz && rm -rf .whl/site .whl/*.whl
+	@tree=$$(git ls-files -z | xargs -0 du -bc | tail -1 | cut -f1); \
+	for part in diffusers bench parity; do \
+	  carried=$$(du -bc $$(benches/gpu/lease.sh --carry $$part) 2>/dev/null | tail -1 | cut -f1); \
+	  echo "lease call $$part: tree $$tree + carried $$carried = $$((tree + carried)) of 67108864 bytes"; \
+	  [ $$((tree + carried)) -le 67108864 ] || { echo "too big for one lease call"; exit 1; }; \
+	done
 
 # lease.sh on this machine: with no GPU it says which phases it skipped, and smoke-tests the
 # binary on the CPU.

@@ -1,18 +1,17 @@
 #!/usr/bin/env bash
 # A whole GPU check inside one short lease of a GPU machine. Run it from the repository root
-# there, with the bundle `make gpu-bundle` made here (.gpu/: hanga.xz and parity.xz, built with
-# --features cuda for the machine's CUDA; cases.json; build-dir) and a diffusers wheel in .whl/.
-# A call sends the tracked tree and what it carries, 64 MiB in all, which holds one of these
-# beside the fixtures, so the check is one call per part on one warm machine (what an earlier
-# call carried stays there):
+# there, with the bundle `make gpu-bundle` made here (.gpu/: hanga.xz in two halves, parity.xz,
+# cases.json, build-dir; .whl/site.tar.xz: diffusers and what that machine's Python lacks).
+# A call sends the tracked tree and what it carries, 64 MiB in all, which leaves room for about
+# one binary beside the fixtures, so the check is three calls on one warm machine (what an
+# earlier call carried stays there):
 #
-#   benches/gpu/lease.sh OUT_DIR diffusers  # carry .whl .gpu/cases.json
-#   benches/gpu/lease.sh OUT_DIR bench      # carry .gpu/hanga.xz .gpu/build-dir, and the first
-#                                           # call's OUT_DIR/diffusers.json as .gpu/diffusers.json
-#   benches/gpu/lease.sh OUT_DIR parity     # carry .gpu/parity.xz .gpu/build-dir
+#   benches/gpu/lease.sh OUT_DIR diffusers   then   bench   then   parity
 #
-# (`all`, the default, runs every part where everything is there.) Phases, each under its own
-# timeout, each logging to OUT_DIR/<phase>.log:
+# each carrying what `benches/gpu/lease.sh --carry PART` prints (bench also the diffusers
+# call's OUT_DIR/diffusers.json, copied to .gpu/diffusers.json). `all`, the default, runs every
+# part where everything is there. Phases, each under its own timeout, each logging to
+# OUT_DIR/<phase>.log:
 #   probe      the GPU, driver, CUDA libraries, glibc, torch
 #   diffusers  benches/compare.py's diffusers side (random weights, SDPA, CUDA events)
 #   hanga      `hanga bench` on cuda, then compare.py joins both into OUT_DIR/compare.json
@@ -23,6 +22,15 @@
 # Without a GPU (no working nvidia-smi) every device phase says it is skipped, and hanga is
 # smoke-tested on the CPU instead (`hanga bench --size small`).
 set -u
+if [ "${1:-}" = --carry ]; then
+  case ${2:-} in
+    diffusers) echo .whl/site.tar.xz .gpu/cases.json .gpu/hanga.xz.00 ;;
+    bench) echo .gpu/hanga.xz.01 .gpu/build-dir .gpu/diffusers.json ;;
+    parity) echo .gpu/parity.xz .gpu/build-dir ;;
+    *) echo "lease.sh --carry diffusers|bench|parity" >&2; exit 2 ;;
+  esac
+  exit 0
+fi
 OUT=${1:?usage: benches/gpu/lease.sh OUT_DIR [diffusers|bench|parity|all]}
 PART=${2:-all}
 case $PART in diffusers | bench | parity | all) ;;
@@ -33,6 +41,10 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 BUNDLE=${HANGA_GPU_BUNDLE:-.gpu}
 mkdir -p "$BUNDLE/bin"
+# hanga travels in two halves, one per call; joined once both are here.
+if [ -e "$BUNDLE/hanga.xz.00" ] && [ -e "$BUNDLE/hanga.xz.01" ]; then
+  cat "$BUNDLE/hanga.xz.00" "$BUNDLE/hanga.xz.01" >"$BUNDLE/hanga.xz"
+fi
 for packed in "$BUNDLE"/*.xz; do
   [ -e "$packed" ] || continue
   unpacked=$BUNDLE/bin/$(basename "$packed" .xz)
@@ -115,9 +127,9 @@ if [ ! -e cubecl.toml ]; then
   trap 'rm -f cubecl.toml' EXIT
 fi
 export CUDA_CACHE_PATH=$CACHE/nv CUDA_CACHE_MAXSIZE=4294967296
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site
+# The wheels' contents, unpacked as pip --target would (they are pure Python).
+if [ -f .whl/site.tar.xz ]; then
+  mkdir -p /tmp/site && tar -xJf .whl/site.tar.xz -C /tmp/site && export PYTHONPATH=/tmp/site
 fi
 nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader,nounits -lms 200 >"$OUT/gpu-memory.csv" &
 SAMPLER=$!
