@@ -11,11 +11,13 @@
 //!   `runner.rs`: the thread that owns the device; `store/`: images and the sled index;
 //!   `metrics.rs`: what /metrics reports.
 //! - `auth/`: API keys (hashed in the data directory) and per-key rate limits.
+//! - `chat/`: chat messages (Japanese, English) read as generation parameters, by rules.
 //! - `bench/`: `hanga bench`, full-size networks with random weights, timed.
 
 pub mod auth;
 pub mod backend;
 pub mod bench;
+pub mod chat;
 mod error;
 pub mod graph;
 pub mod metrics;

@@ -60,6 +60,31 @@ pub struct ManifestDefaults {
     pub height: Option<usize>,
 }
 
+/// `[catalog]`: what the gateway's model listing and chat requests read. A chat request that
+/// asks for a style (anime, realistic) gets a model whose category or tags name it.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    /// The kind of images the model makes: `anime`, `realistic`, `general`, ...
+    pub category: Option<String>,
+    /// Free words (`illustrious`, `photo`, ...).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The weights' licence as their publisher names it (`openrail++`,
+    /// `flux-1-dev-non-commercial-license`, ...).
+    pub license: Option<String>,
+}
+
+impl Catalog {
+    /// Whether the category or a tag is `word` (case aside).
+    pub fn names(&self, word: &str) -> bool {
+        self.category
+            .iter()
+            .chain(&self.tags)
+            .any(|w| w.eq_ignore_ascii_case(word))
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -79,6 +104,8 @@ pub struct Manifest {
     pub keep_text_encoder: bool,
     #[serde(default)]
     pub defaults: ManifestDefaults,
+    #[serde(default)]
+    pub catalog: Catalog,
     /// `[architecture.<component>]`: hyper-parameters tensor shapes cannot tell, named as in
     /// that component's diffusers config.json.
     #[serde(default)]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use loras::{LoraEntry, LoraLibrary};
-pub use manifest::{Family, Manifest, ManifestDefaults, ManifestFiles};
+pub use manifest::{Catalog, Family, Manifest, ManifestDefaults, ManifestFiles};
 pub use models_dir::{ModelFile, Role};
 
 use crate::Error;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{Family, Manifest, ManifestDefaults, ManifestFiles};
+use super::{Catalog, Family, Manifest, ManifestDefaults, ManifestFiles};
 use crate::Error;
 use crate::weights::{FileKind, SafetensorsFile, TransformerKind, file_kind};
 
@@ -90,6 +90,8 @@ pub struct Sidecar {
     pub files: SidecarFiles,
     #[serde(default)]
     pub defaults: ManifestDefaults,
+    #[serde(default)]
+    pub catalog: Catalog,
     /// A checkpoint's tables are a manifest's (`unet`, `vae`, `text_encoder`,
     /// `text_encoder_2`); a one-network file's table is named by its role (`transformer`,
     /// `vae`, `clip_l`, `t5`, `qwen3`).
@@ -371,6 +373,7 @@ fn manifest(family: Family, parts: &[&ModelFile]) -> Manifest {
         loras: None,
         keep_text_encoder: sidecar.keep_text_encoder,
         defaults: sidecar.defaults.clone(),
+        catalog: sidecar.catalog.clone(),
         architecture,
         dir: main.path.parent().unwrap_or(Path::new(".")).to_owned(),
         from_models_dir: true,

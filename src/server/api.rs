@@ -18,8 +18,9 @@ use super::AppState;
 use super::openapi::GENERATE_BODY;
 use super::schemas::*;
 use super::sse;
-use super::validation::{ValidationErrors, parameter_schema, validate};
-use crate::queue::{Job, JobStatus, QueueError, new_job_id};
+use super::submit::{SubmitError, submit_generate};
+use super::validation::{ValidationErrors, parameter_schema};
+use crate::queue::{JobStatus, QueueError};
 use crate::registry::LoraLibrary;
 
 pub struct Api(pub Arc<AppState>);
@@ -365,25 +366,8 @@ impl Api {
             Ok(body) => body,
             Err(errors) => return GenerateResponse::Invalid(Json(errors)),
         };
-        let validated = match validate(
-            &body,
-            &state.shared.registry,
-            &state.shared.loras.read().expect("loras lock"),
-            state.default_model.as_deref(),
-        ) {
-            Ok(v) => v,
-            Err(errors) => return GenerateResponse::Invalid(Json(errors)),
-        };
-        let job = Job {
-            total_steps: validated.params.steps as u32 * validated.num_images,
-            params: Some(validated.params),
-            num_images: validated.num_images,
-            loras: validated.loras,
-            ..Job::new(new_job_id(), validated.model, validated.priority)
-        };
-        match state.shared.queue.submit(job) {
+        match submit_generate(state, &body) {
             Ok((job, position)) => {
-                tracing::info!(job_id = %job.job_id, position, "job accepted");
                 let location = format!("/api/jobs/{}", job.job_id);
                 GenerateResponse::Accepted(
                     Json(Accepted {
@@ -394,10 +378,11 @@ impl Api {
                     location,
                 )
             }
-            Err(QueueError::Full) => {
+            Err(SubmitError::Invalid(errors)) => GenerateResponse::Invalid(Json(errors)),
+            Err(SubmitError::Full) => {
                 GenerateResponse::Busy(error("the queue is full; retry later"), 10)
             }
-            Err(e) => GenerateResponse::Internal(error(format!("{e:?}"))),
+            Err(SubmitError::Internal(e)) => GenerateResponse::Internal(error(e)),
         }
     }
 

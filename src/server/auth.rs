@@ -9,16 +9,8 @@ use poem::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
 use serde::Deserialize;
 
+use super::face::Face;
 use crate::auth::{Allowance, Auth, Rejection, Scope, Verdict};
-
-/// Whose error shape a refusal takes.
-#[derive(Clone, Copy, Debug)]
-pub enum Face {
-    /// The native API: FastAPI's `{"detail": "..."}`.
-    Native,
-    /// ComfyUI's port: a bare status, as ComfyUI's own middlewares answer.
-    ComfyUi,
-}
 
 /// A WebSocket let through without a key where one is needed: its first message must be
 /// `{"type": "auth", "api_key": KEY}` (the gateway's WebSocket handshake).
@@ -108,17 +100,12 @@ fn put_allowance(headers: &mut HeaderMap, allowance: &Allowance) {
 }
 
 fn refusal(face: Face, rejection: &Rejection) -> Response {
-    let status = match rejection {
-        Rejection::Missing | Rejection::Invalid => StatusCode::UNAUTHORIZED,
-        Rejection::Forbidden(_) => StatusCode::FORBIDDEN,
-        Rejection::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
+    let (status, code) = match rejection {
+        Rejection::Missing | Rejection::Invalid => (StatusCode::UNAUTHORIZED, "INVALID_API_KEY"),
+        Rejection::Forbidden(_) => (StatusCode::FORBIDDEN, "INSUFFICIENT_SCOPE"),
+        Rejection::Limited(_) => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMIT_EXCEEDED"),
     };
-    let mut response = match face {
-        Face::Native => poem::web::Json(serde_json::json!({ "detail": rejection.message() }))
-            .with_status(status)
-            .into_response(),
-        Face::ComfyUi => Response::builder().status(status).finish(),
-    };
+    let mut response = face.error(status, code, rejection.message());
     let headers = response.headers_mut();
     // RFC 6750 §3: a bad token says `error="invalid_token"`; a missing one says no more.
     let challenge = match rejection {
@@ -138,14 +125,15 @@ fn refusal(face: Face, rejection: &Rejection) -> Response {
     response
 }
 
-/// The middleware: `app.around(move |e, r| guard(e, r, auth.clone(), Face::Native, native_scope))`.
+/// The middleware: `app.around(move |e, r| guard(e, r, auth.clone(), face_of, scope_of))`.
 pub async fn guard<E: Endpoint>(
     endpoint: Arc<E>,
     mut request: Request,
     auth: Arc<Auth>,
-    face: Face,
+    face_of: fn(&str) -> Face,
     scope_of: fn(&Method, &str) -> Option<Scope>,
 ) -> poem::Result<Response> {
+    let face = face_of(request.uri().path());
     let scope = scope_of(request.method(), request.uri().path());
     let key = token(&request);
     let allowance = match auth.check(key.as_deref(), scope) {

@@ -6,9 +6,12 @@ mod api;
 pub mod auth;
 mod comfyui;
 mod dashboard;
+mod face;
+mod gateway;
 mod openapi;
 mod schemas;
 mod sse;
+mod submit;
 mod validation;
 
 use std::path::PathBuf;
@@ -21,7 +24,7 @@ use poem::middleware::Cors;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
 use poem_openapi::OpenApiService;
 
-use auth::Face;
+use face::Face;
 
 use crate::auth::Auth;
 use crate::backend::{DeviceKind, Precision};
@@ -149,7 +152,11 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         Some(port) => Some(comfyui_listener(&options.host, port, &state, auth.clone()).await?),
         None => None,
     };
-    let apis = (api::Api(state.clone()), dashboard::Dashboard);
+    let apis = (
+        api::Api(state.clone()),
+        gateway::GatewayApi(state.clone()),
+        dashboard::Dashboard,
+    );
     let service = OpenApiService::new(apis, "hanga", env!("CARGO_PKG_VERSION")).description(
         "Text-to-image generation: queue jobs, follow them over SSE, browse the gallery.",
     );
@@ -162,25 +169,34 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
     );
     // Every request passes `allow_on_405`: it shares the document rather than copying it.
     let paths = Arc::new(document);
+    let gateway_ws = poem::get(gateway::ws::websocket).data(state.clone());
     let spec = poem::endpoint::make_sync(move |_| {
         // LoRAs come and go with rescans: the document is made afresh for every request.
         poem::web::Json(openapi::document(&generated, &state))
     });
     let app = Route::new()
         .at("/openapi.json", spec)
+        .at("/v1/ws", gateway_ws)
         .nest(
             "/docs",
             poem::endpoint::make_sync(move |_| poem::web::Html(docs_page.clone())),
         )
         .nest("/", service)
-        .around(move |endpoint, request| limit_body(endpoint, request, options.max_body_bytes))
+        .around(move |endpoint, request| {
+            limit_body(
+                endpoint,
+                request,
+                options.max_body_bytes,
+                Face::of_native_path,
+            )
+        })
         .around(move |endpoint, request| allow_on_405(endpoint, request, paths.clone()))
         .around(move |endpoint, request| {
             auth::guard(
                 endpoint,
                 request,
                 auth.clone(),
-                Face::Native,
+                Face::of_native_path,
                 auth::native_scope,
             )
         });
@@ -231,13 +247,13 @@ async fn comfyui_listener(
     // Multipart uploads carry up to the upload limit plus their framing.
     let limit = comfyui::MAX_UPLOAD_BYTES + (1 << 20);
     let app = comfyui::routes(comfy_state)
-        .around(move |endpoint, request| limit_body(endpoint, request, limit))
+        .around(move |endpoint, request| limit_body(endpoint, request, limit, |_| Face::ComfyUi))
         .around(move |endpoint, request| {
             auth::guard(
                 endpoint,
                 request,
                 auth.clone(),
-                Face::ComfyUi,
+                |_| Face::ComfyUi,
                 auth::comfyui_scope,
             )
         });
@@ -259,6 +275,7 @@ async fn limit_body<E: Endpoint>(
     endpoint: Arc<E>,
     request: Request,
     max: usize,
+    face_of: fn(&str) -> Face,
 ) -> poem::Result<Response> {
     let length = request
         .header(header::CONTENT_LENGTH)
@@ -266,11 +283,16 @@ async fn limit_body<E: Endpoint>(
     let chunked = request
         .header(header::TRANSFER_ENCODING)
         .is_some_and(|v| v.contains("chunked"));
-    // The API's error body (`{"detail": ...}`); openapi.rs documents both answers.
+    // The error body of the API asked (`{"detail": ...}` on the native API); openapi.rs
+    // documents both answers.
+    let face = face_of(request.uri().path());
     let refuse = |status: StatusCode, detail: String| {
-        Ok(poem::web::Json(serde_json::json!({ "detail": detail }))
-            .with_status(status)
-            .into_response())
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "PAYLOAD_TOO_LARGE"
+        } else {
+            "LENGTH_REQUIRED"
+        };
+        Ok(face.error(status, code, detail))
     };
     if let Some(length) = length.filter(|&l| l > max) {
         // Read what the client is sending before answering: a server that answers and closes

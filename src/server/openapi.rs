@@ -7,6 +7,7 @@
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::face::Face;
 use super::validation::parameter_schema;
 
 /// The component name of `POST /api/generate`'s body.
@@ -24,6 +25,16 @@ pub fn document(generated: &str, state: &AppState) -> Value {
     doc
 }
 
+/// An error answer in the body shape of the face `path` belongs to (face.rs).
+fn error_response(path: &str, description: &str) -> Value {
+    let schema = match Face::of_native_path(path) {
+        Face::Gateway => "Failure",
+        _ => "ErrorBody",
+    };
+    json!({"description": description, "content": {"application/json": {"schema":
+        {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
 /// The API keys (server/auth.rs): a bearer token, or `?token=` where headers cannot be set,
 /// on every operation that needs a scope, and the refusals it can get. A loopback server with
 /// no key created needs none.
@@ -37,10 +48,6 @@ fn document_security(doc: &mut Value) {
                   "description": "The same key, for EventSource and `<img>`, which cannot set \
                                   headers."},
     });
-    let error = |description: &str| {
-        json!({"description": description, "content": {"application/json": {"schema":
-            {"$ref": "#/components/schemas/ErrorBody"}}}})
-    };
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
     };
@@ -57,11 +64,12 @@ fn document_security(doc: &mut Value) {
             };
             operation["security"] = json!([{"bearer": []}, {"token": []}]);
             let responses = &mut operation["responses"];
-            responses["401"] = error("No API key, or not an active one.");
-            responses["403"] = error(&format!("The key lacks the `{scope}` scope."));
+            responses["401"] = error_response(path, "No API key, or not an active one.");
+            responses["403"] = error_response(path, &format!("The key lacks the `{scope}` scope."));
             // Generate's own 429 (a full queue) documents Retry-After already.
             if responses.get("429").is_none() {
-                responses["429"] = error("The key's rate limit is spent; see Retry-After.");
+                responses["429"] =
+                    error_response(path, "The key's rate limit is spent; see Retry-After.");
             }
         }
     }
@@ -70,22 +78,17 @@ fn document_security(doc: &mut Value) {
 /// The answers of `limit_body` (server/mod.rs), which runs before any operation that takes a
 /// body.
 fn document_body_limits(doc: &mut Value) {
-    let error = |description: &str| {
-        json!({"description": description, "content": {"application/json": {"schema":
-            {"$ref": "#/components/schemas/ErrorBody"}}}})
-    };
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
     };
-    for operation in paths
-        .values_mut()
-        .flat_map(|p| p.as_object_mut())
-        .flat_map(|p| p.values_mut())
-    {
-        if operation.get("requestBody").is_some() {
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for operation in item.values_mut().filter(|o| o.get("requestBody").is_some()) {
             let responses = &mut operation["responses"];
-            responses["413"] = error("The body is larger than the server takes.");
-            responses["411"] = error("A chunked body without Content-Length.");
+            responses["413"] = error_response(path, "The body is larger than the server takes.");
+            responses["411"] = error_response(path, "A chunked body without Content-Length.");
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Store {
     names: sled::Tree,
     /// API key id → its rate-limit bucket level (`auth/limits.rs`)
     rate_levels: sled::Tree,
+    /// id (big-endian u64) → a gateway chat message and its answer (JSON)
+    chat: sled::Tree,
     data_dir: PathBuf,
     outputs: PathBuf,
     thumbnails: PathBuf,
@@ -73,6 +75,7 @@ impl Store {
             images: db.open_tree("images").map_err(db_err)?,
             names: db.open_tree("names").map_err(db_err)?,
             rate_levels: db.open_tree("rate_levels").map_err(db_err)?,
+            chat: db.open_tree("chat").map_err(db_err)?,
             db,
             data_dir: data_dir.to_owned(),
             outputs,
@@ -144,6 +147,35 @@ impl Store {
             (Ok(r), Ok(a)) => Some((u32::from_be_bytes(r), u64::from_be_bytes(a))),
             _ => None,
         })
+    }
+
+    /// A new id for a chat message, increasing.
+    pub fn next_chat_id(&self) -> Result<u64, Error> {
+        self.db.generate_id().map_err(db_err)
+    }
+
+    /// Keeps a chat message (the gateway's JSON record) under `id`.
+    pub fn put_chat(&self, id: u64, record: &serde_json::Value) -> Result<(), Error> {
+        self.chat
+            .insert(
+                id.to_be_bytes(),
+                serde_json::to_vec(record).map_err(json_err)?,
+            )
+            .map_err(db_err)?;
+        self.chat.flush().map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The chat messages, newest first.
+    pub fn chat_messages(&self) -> Result<Vec<serde_json::Value>, Error> {
+        self.chat
+            .iter()
+            .rev()
+            .map(|entry| {
+                let (_, value) = entry.map_err(db_err)?;
+                serde_json::from_slice(&value).map_err(json_err)
+            })
+            .collect()
     }
 
     pub fn put_job(&self, job: &Job) -> Result<(), Error> {
