@@ -840,8 +840,8 @@ fn lora_directories_rescan_and_manifest_paths() {
     let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
     let example = readme
         .lines()
-        .find_map(|l| l.trim().strip_prefix("-d '")?.strip_suffix("'"))
-        .filter(|body| body.contains("trigger_weight"))
+        .filter_map(|l| l.trim().strip_prefix("-d '")?.strip_suffix("'"))
+        .find(|body| body.contains("trigger_weight"))
         .expect("README has a LoRA request example");
     let mut body: serde_json::Value = serde_json::from_str(example).unwrap();
     body["steps"] = json!(1); // only to keep the test short
