@@ -468,17 +468,23 @@ fn check_lora(
     ))
 }
 
-/// The JSON Schema of a model's generate parameters, with that model's defaults and limits and
-/// the LoRAs it can take now: exactly what [`validate`] accepts (but for `null`, which it also
-/// takes for every optional field and reads as absent).
-pub fn parameter_schema(manifest: &Manifest, library: &LoraLibrary) -> Value {
-    let defaults = GenerationRequest {
+/// What a request that leaves every field out gets from `manifest` (seed 0); None where the
+/// manifest's defaults do not resolve.
+pub fn model_defaults(manifest: &Manifest) -> Option<GenerationParams> {
+    GenerationRequest {
         prompt: String::new(),
         seed: Some(0),
         ..Default::default()
     }
     .resolve(manifest)
-    .ok();
+    .ok()
+}
+
+/// The JSON Schema of a model's generate parameters, with that model's defaults and limits and
+/// the LoRAs it can take now: exactly what [`validate`] accepts (but for `null`, which it also
+/// takes for every optional field and reads as absent).
+pub fn parameter_schema(manifest: &Manifest, library: &LoraLibrary) -> Value {
+    let defaults = model_defaults(manifest);
     let d = |f: fn(&GenerationParams) -> Value| defaults.as_ref().map(f).unwrap_or(Value::Null);
     let multiple = size_multiple(manifest.family);
     let names = |all: &[&str]| all.iter().map(|s| Value::from(*s)).collect::<Vec<_>>();

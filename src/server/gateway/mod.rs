@@ -17,9 +17,8 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::submit::{SubmitError, submit_generate};
-use super::validation::parameter_schema;
+use super::validation::{model_defaults, parameter_schema};
 use crate::chat::{self, Orientation, Reason};
-use crate::pipelines::GenerationRequest;
 use crate::queue::{Job, JobStatus, QueueError};
 use crate::registry::Manifest;
 use views::*;
@@ -104,7 +103,8 @@ gateway_response!(CancelResponse, Cancelled,
 gateway_response!(QueueResponse, QueueSummary);
 gateway_response!(ModelListResponse, ModelList);
 gateway_response!(ModelInfoResponse, ModelDetails,
-    NotFound = 404: "`MODEL_NOT_FOUND`.");
+    NotFound = 404: "`MODEL_NOT_FOUND`.",
+    Internal = 500: "`GENERATION_FAILED`: the model's manifest defaults do not resolve.");
 
 /// What poem-openapi refused before a handler ran (a body that is not JSON or lacks a field,
 /// a query parameter out of range), as the gateway's 400.
@@ -200,21 +200,15 @@ fn summary(state: &AppState, manifest: &Manifest) -> ModelSummary {
     }
 }
 
-/// The model's defaults, as a request that leaves every field out gets them.
-fn defaults(manifest: &Manifest) -> crate::pipelines::GenerationParams {
-    GenerationRequest {
-        prompt: String::new(),
-        seed: Some(0),
-        ..Default::default()
-    }
-    .resolve(manifest)
-    .expect("a manifest's defaults resolve")
+fn reason_view(r: &Reason) -> ParsedReason {
+    parsed_reason(r.parameter, r.words.clone())
 }
 
-fn reason_view(r: &Reason) -> ParsedReason {
+/// Why a parameter has its value: the words (or the option) that chose it.
+fn parsed_reason(parameter: &str, words: String) -> ParsedReason {
     ParsedReason {
-        parameter: r.parameter.into(),
-        words: r.words.clone(),
+        parameter: parameter.into(),
+        words,
     }
 }
 
@@ -251,10 +245,7 @@ impl GatewayApi {
         let mut because: Vec<ParsedReason> = understood.because.iter().map(reason_view).collect();
         let style = match options.style.as_ref().map(|t| t.0.as_str()) {
             Some(style) => {
-                because.push(ParsedReason {
-                    parameter: "style".into(),
-                    words: format!("options.style = {style}"),
-                });
+                because.push(parsed_reason("style", format!("options.style = {style}")));
                 Some(style.to_lowercase())
             }
             None => understood.style.map(str::to_owned),
@@ -275,10 +266,7 @@ impl GatewayApi {
                         None,
                     ));
                 }
-                because.push(ParsedReason {
-                    parameter: "model".into(),
-                    words: format!("options.model = {id}"),
-                });
+                because.push(parsed_reason("model", format!("options.model = {id}")));
                 id.to_owned()
             }
             None => {
@@ -289,7 +277,13 @@ impl GatewayApi {
             }
         };
         let manifest = state.shared.registry.get(&model).expect("a known model");
-        let base = defaults(manifest);
+        let Some(base) = model_defaults(manifest) else {
+            return ChatResponse::Internal(failure(
+                "GENERATION_FAILED",
+                format!("model `{model}`: its manifest's [defaults] do not resolve"),
+                None,
+            ));
+        };
         let (width, height) = match (understood.size, understood.orientation) {
             (Some(size), _) => size,
             (None, Some(o)) => chat::dimensions(o, (base.width as u32, base.height as u32)),
@@ -298,10 +292,10 @@ impl GatewayApi {
         let steps = match options.quality.as_ref().map(|t| t.0.as_str()) {
             Some(quality) => match chat::preset_steps(quality, base.steps as u32) {
                 Some(steps) => {
-                    because.push(ParsedReason {
-                        parameter: "steps".into(),
-                        words: format!("options.quality = {quality}"),
-                    });
+                    because.push(parsed_reason(
+                        "steps",
+                        format!("options.quality = {quality}"),
+                    ));
                     steps
                 }
                 None => {
@@ -553,7 +547,16 @@ impl GatewayApi {
                 None,
             ));
         };
-        let base = defaults(manifest);
+        let Some(base) = model_defaults(manifest) else {
+            return ModelInfoResponse::Internal(failure(
+                "GENERATION_FAILED",
+                format!(
+                    "model `{}`: its manifest's [defaults] do not resolve",
+                    manifest.id
+                ),
+                None,
+            ));
+        };
         let default_size = (base.width as u32, base.height as u32);
         let resolutions = [
             ("square", Orientation::Square),
