@@ -80,13 +80,64 @@ impl ClipConfig {
     }
 }
 
+/// One `CLIPEncoderLayer`: pre-norm self-attention and MLP, each with a residual. The text and
+/// vision towers share it (transformers `modeling_clip.py`); the text tower attends causally.
 #[derive(Module, Debug)]
-struct EncoderLayer<B: Backend> {
+pub struct EncoderLayer<B: Backend> {
     layer_norm1: LayerNorm<B>,
     self_attn: Attention<B>,
     layer_norm2: LayerNorm<B>,
     fc1: Linear<B>,
     fc2: Linear<B>,
+    #[module(skip)]
+    quick_gelu: bool,
+}
+
+/// The widths an encoder layer is loaded with.
+pub struct LayerShape {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_attention_heads: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+}
+
+impl<B: Backend> EncoderLayer<B> {
+    /// `w` is the layer's view (`...encoder.layers.{i}`).
+    pub fn load(w: &Weights<B>, shape: &LayerShape) -> Result<Self, Error> {
+        let (d, eps) = (shape.hidden_size, shape.layer_norm_eps);
+        let a = w.pp("self_attn");
+        Ok(Self {
+            layer_norm1: w.layer_norm("layer_norm1", d, eps)?,
+            self_attn: Attention::new(
+                a.linear("q_proj", d, d, true)?,
+                a.linear("k_proj", d, d, true)?,
+                a.linear("v_proj", d, d, true)?,
+                a.linear("out_proj", d, d, true)?,
+                shape.num_attention_heads,
+            ),
+            layer_norm2: w.layer_norm("layer_norm2", d, eps)?,
+            fc1: w.linear("mlp.fc1", d, shape.intermediate_size, true)?,
+            fc2: w.linear("mlp.fc2", shape.intermediate_size, d, true)?,
+            quick_gelu: shape.hidden_act == Activation::QuickGelu,
+        })
+    }
+
+    /// x: [B, L, D] → [B, L, D]
+    pub fn forward(&self, x: Tensor<B, 3>, causal: bool) -> Tensor<B, 3> {
+        let h = self
+            .self_attn
+            .forward(self.layer_norm1.forward(x.clone()), None, causal);
+        let x = x + h;
+        let h = self.fc1.forward(self.layer_norm2.forward(x.clone()));
+        let h = if self.quick_gelu {
+            // transformers `QuickGELUActivation`: x · σ(1.702 x)
+            h.clone() * sigmoid(h * 1.702)
+        } else {
+            gelu(h)
+        };
+        x + self.fc2.forward(h)
+    }
 }
 
 #[derive(Module, Debug)]
@@ -96,8 +147,6 @@ pub struct ClipTextModel<B: Backend> {
     layers: Vec<EncoderLayer<B>>,
     final_layer_norm: LayerNorm<B>,
     text_projection: Option<Linear<B>>,
-    #[module(skip)]
-    quick_gelu: bool,
     #[module(skip)]
     hidden_size: usize,
 }
@@ -120,24 +169,15 @@ impl<B: Backend> ClipTextModel<B> {
         let root = Weights::new(store, device);
         let w = root.pp("text_model");
         let (d, eps) = (config.hidden_size, config.layer_norm_eps);
+        let shape = LayerShape {
+            hidden_size: d,
+            intermediate_size: config.intermediate_size,
+            num_attention_heads: config.num_attention_heads,
+            hidden_act: config.hidden_act,
+            layer_norm_eps: eps,
+        };
         let layers = (0..config.num_hidden_layers)
-            .map(|i| {
-                let l = w.pp("encoder.layers").pp(i);
-                let a = l.pp("self_attn");
-                Ok(EncoderLayer {
-                    layer_norm1: l.layer_norm("layer_norm1", d, eps)?,
-                    self_attn: Attention::new(
-                        a.linear("q_proj", d, d, true)?,
-                        a.linear("k_proj", d, d, true)?,
-                        a.linear("v_proj", d, d, true)?,
-                        a.linear("out_proj", d, d, true)?,
-                        config.num_attention_heads,
-                    ),
-                    layer_norm2: l.layer_norm("layer_norm2", d, eps)?,
-                    fc1: l.linear("mlp.fc1", d, config.intermediate_size, true)?,
-                    fc2: l.linear("mlp.fc2", config.intermediate_size, d, true)?,
-                })
-            })
+            .map(|i| EncoderLayer::load(&w.pp("encoder.layers").pp(i), &shape))
             .collect::<Result<Vec<_>, Error>>()?;
         let text_projection = match config.projection_dim {
             Some(p) => Some(root.linear("text_projection", d, p, false)?),
@@ -153,7 +193,6 @@ impl<B: Backend> ClipTextModel<B> {
             layers,
             final_layer_norm: w.layer_norm("final_layer_norm", d, eps)?,
             text_projection,
-            quick_gelu: config.hidden_act == Activation::QuickGelu,
             hidden_size: d,
         })
     }
@@ -203,7 +242,7 @@ impl<B: Backend> ClipTextModel<B> {
         let mut x = tokens + self.position_embedding.forward(positions);
         let mut hidden = None;
         for (i, l) in self.layers.iter().enumerate() {
-            x = self.layer_forward(l, x);
+            x = l.forward(x, true);
             if Some(i) == layer {
                 hidden = Some(x.clone());
             }
@@ -226,20 +265,5 @@ impl<B: Backend> ClipTextModel<B> {
             hidden: hidden.unwrap_or_else(|| last.clone()),
             pooled,
         }
-    }
-
-    fn layer_forward(&self, layer: &EncoderLayer<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = layer
-            .self_attn
-            .forward(layer.layer_norm1.forward(x.clone()), None, true);
-        let x = x + h;
-        let h = layer.fc1.forward(layer.layer_norm2.forward(x.clone()));
-        let h = if self.quick_gelu {
-            // transformers `QuickGELUActivation`: x · σ(1.702 x)
-            h.clone() * sigmoid(h * 1.702)
-        } else {
-            gelu(h)
-        };
-        x + layer.fc2.forward(h)
     }
 }

@@ -6,6 +6,7 @@ pub mod clip;
 pub mod flux;
 pub mod linear;
 pub mod qwen3;
+pub mod safety_checker;
 pub mod t5;
 pub mod unet_sdxl;
 pub mod vae;

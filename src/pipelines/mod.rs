@@ -2,7 +2,9 @@
 
 mod components;
 pub mod flux;
+mod pil_resample;
 mod request;
+pub mod safety;
 pub mod sdxl;
 mod text_encoder;
 pub mod zimage;

@@ -62,6 +62,51 @@ pub struct JobTimings {
     pub generate_ms: Option<u64>,
 }
 
+/// How `nsfw/filter` hides an image the safety checker flags.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, poem_openapi::Enum,
+)]
+#[serde(rename_all = "snake_case")]
+#[oai(rename_all = "snake_case")]
+pub enum NsfwFilter {
+    /// A strong Gaussian blur (σ = 3 % of the longer side).
+    #[default]
+    Blur,
+    /// Blocks of 1/16 of the longer side, each its mean colour.
+    Pixelate,
+    /// All black, as diffusers' safety checker returns a flagged image.
+    Black,
+}
+
+/// The safety checker's verdict on one image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, poem_openapi::Object)]
+pub struct NsfwVerdict {
+    pub is_nsfw: bool,
+    /// The highest concept score: cosine similarity to a concept less that concept's
+    /// threshold (plus 0.01 after a special-care hit), rounded to thousandths as diffusers
+    /// rounds it. Above 0 means flagged; the further from 0, the clearer the verdict.
+    pub confidence: f32,
+    /// What was found: `concept_<i>` for each concept above its threshold and
+    /// `special_care_<i>` for each special-care concept (the checker's concepts are unnamed).
+    pub labels: Vec<String>,
+    /// Every concept's score (17 for CompVis' checker).
+    pub concept_scores: Vec<f32>,
+    /// Every special-care concept's score (3).
+    pub special_scores: Vec<f32>,
+}
+
+/// An NSFW check of one stored image: the gateway's `nsfw/analyze`, and `nsfw/filter` with a
+/// filter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SafetyCheck {
+    /// The image, relative to the data directory.
+    pub image: std::path::PathBuf,
+    /// Write a copy of the image, hidden this way where the checker flags it.
+    pub filter: Option<NsfwFilter>,
+    /// Once run.
+    pub verdict: Option<NsfwVerdict>,
+}
+
 /// One accepted request: what to make, and how far it got. Persisted on every status change.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Job {
@@ -77,6 +122,13 @@ pub struct Job {
     /// A ComfyUI prompt, for a graph job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<Workflow>,
+    /// An NSFW check, for a check job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<SafetyCheck>,
+    /// A generate job's `nsfw_filter`: each image goes through the safety checker after
+    /// decoding, and a flagged one is stored black (diffusers' behaviour) and marked.
+    #[serde(default)]
+    pub nsfw_filter: bool,
     pub num_images: u32,
     #[serde(default)]
     pub loras: Vec<JobLora>,
@@ -128,6 +180,8 @@ impl Job {
             model,
             params: None,
             workflow: None,
+            check: None,
+            nsfw_filter: false,
             num_images: 1,
             loras: Vec::new(),
             step: 0,

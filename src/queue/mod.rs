@@ -12,7 +12,10 @@ use std::sync::{Arc, Condvar, Mutex};
 
 pub use comfy_events::{ComfyEvents, ComfyFrame, ComfyMessage, status_data};
 pub use events::{Events, JobEvent, Numbered, Subscription};
-pub use job::{Job, JobLora, JobStatus, JobTimings, Workflow, new_job_id, now_ms};
+pub use job::{
+    Job, JobLora, JobStatus, JobTimings, NsfwFilter, NsfwVerdict, SafetyCheck, Workflow,
+    new_job_id, now_ms,
+};
 
 use crate::Error;
 use crate::store::Store;

@@ -118,35 +118,102 @@ pub struct Manifest {
     pub from_models_dir: bool,
 }
 
-impl Manifest {
+/// A safety checker (`family = "safety-checker"`): the files of
+/// CompVis/stable-diffusion-safety-checker, run on images by the gateway's NSFW routes and by
+/// jobs that ask for `nsfw_filter`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckerManifest {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub files: CheckerFiles,
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckerFiles {
+    /// `model.safetensors`
+    pub weights: PathBuf,
+    /// `config.json` (a `CLIPConfig`): the vision tower's head count and activation.
+    pub config: Option<PathBuf>,
+}
+
+impl CheckerManifest {
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        resolve(&self.dir, path)
+    }
+}
+
+fn resolve(dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        dir.join(path)
+    }
+}
+
+/// What a manifest file describes: an image model, or a safety checker.
+pub enum AnyManifest {
+    Model(Manifest),
+    Checker(CheckerManifest),
+}
+
+impl AnyManifest {
     pub fn from_file(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
-        let mut manifest: Manifest =
+        let table: toml::Table =
             toml::from_str(&text).map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
-        manifest.dir = path.parent().unwrap_or(Path::new(".")).to_owned();
-        if manifest.id.is_empty()
-            || !manifest
-                .id
+        let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
+        let is_checker = table.get("family").and_then(|f| f.as_str()) == Some("safety-checker");
+        let parsed = if is_checker {
+            let mut table = table;
+            table.remove("family");
+            table
+                .try_into()
+                .map(|m: CheckerManifest| AnyManifest::Checker(CheckerManifest { dir, ..m }))
+        } else {
+            table
+                .try_into()
+                .map(|m: Manifest| AnyManifest::Model(Manifest { dir, ..m }))
+        };
+        let manifest = parsed.map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
+        let id = match &manifest {
+            AnyManifest::Model(m) => &m.id,
+            AnyManifest::Checker(m) => &m.id,
+        };
+        if id.is_empty()
+            || !id
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
             return Err(Error::config(format!(
-                "{}: id `{}` must be non-empty and use only letters, digits, '-', '_' and '.'",
-                path.display(),
-                manifest.id
+                "{}: id `{id}` must be non-empty and use only letters, digits, '-', '_' and '.'",
+                path.display()
             )));
         }
         Ok(manifest)
     }
+}
+
+impl Manifest {
+    /// An image model's manifest file; a safety checker's is an error here.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        match AnyManifest::from_file(path)? {
+            AnyManifest::Model(manifest) => Ok(manifest),
+            AnyManifest::Checker(_) => Err(Error::config(format!(
+                "{} describes a safety checker, not an image model",
+                path.display()
+            ))),
+        }
+    }
 
     /// A path from `[files]`, resolved against the manifest's directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_owned()
-        } else {
-            self.dir.join(path)
-        }
+        resolve(&self.dir, path)
     }
 
     /// The `[architecture.<component>]` table, or an empty object.

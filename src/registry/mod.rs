@@ -9,7 +9,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use loras::{LoraEntry, LoraLibrary};
-pub use manifest::{Catalog, Family, Manifest, ManifestDefaults, ManifestFiles};
+pub use manifest::{
+    AnyManifest, Catalog, CheckerFiles, CheckerManifest, Family, Manifest, ManifestDefaults,
+    ManifestFiles,
+};
 pub use models_dir::{ModelFile, Role};
 
 use crate::Error;
@@ -22,6 +25,8 @@ pub struct Registry {
     /// The models folders' textual-inversion embeddings: (name without extension, file).
     embeddings: Vec<(String, PathBuf)>,
     models_dirs: Vec<PathBuf>,
+    /// The safety checker, when a manifest names one.
+    checker: Option<CheckerManifest>,
 }
 
 impl Registry {
@@ -43,7 +48,10 @@ impl Registry {
                 .collect();
             paths.sort();
             for path in paths {
-                registry.add(Manifest::from_file(&path)?)?;
+                match AnyManifest::from_file(&path)? {
+                    AnyManifest::Model(manifest) => registry.add(manifest)?,
+                    AnyManifest::Checker(checker) => registry.set_checker(checker)?,
+                }
             }
         }
         Ok(registry)
@@ -97,6 +105,26 @@ impl Registry {
         }
         self.models.insert(manifest.id.clone(), manifest);
         Ok(())
+    }
+
+    /// One safety checker serves the server: a second is a configuration error, not a choice
+    /// made silently.
+    pub fn set_checker(&mut self, checker: CheckerManifest) -> Result<(), Error> {
+        if let Some(existing) = &self.checker {
+            return Err(Error::config(format!(
+                "two safety checkers: `{}` ({}) and `{}` ({}); keep one",
+                existing.id,
+                existing.dir.display(),
+                checker.id,
+                checker.dir.display()
+            )));
+        }
+        self.checker = Some(checker);
+        Ok(())
+    }
+
+    pub fn checker(&self) -> Option<&CheckerManifest> {
+        self.checker.as_ref()
     }
 
     pub fn get(&self, id: &str) -> Result<&Manifest, Error> {

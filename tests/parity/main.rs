@@ -9,5 +9,6 @@ mod common;
 
 mod components;
 mod flux_pipeline;
+mod safety_checker;
 mod sdxl_pipeline;
 mod zimage_pipeline;
