@@ -14,11 +14,17 @@ use crate::Error;
 use crate::graph::execute::Executor;
 use crate::graph::folders::{ComfyFolders, FolderHost, GraphEvent};
 use crate::metrics::Metrics;
+use crate::models::safety_checker::{SafetyChecker, Verdict};
+use crate::output::nsfw_filter::{NsfwFilter, hide};
+use crate::output::png::read_parameters;
 use crate::output::preview::{LatentRgb, SDXL_LATENT_RGB, jpeg, latent_preview};
+use crate::pipelines::safety::{check_images, load_checker};
 use crate::pipelines::{Flow, Pipeline};
-use crate::queue::{ComfyEvents, Events, Job, JobEvent, JobStatus, Queue, now_ms};
+use crate::queue::{
+    ComfyEvents, Events, Job, JobEvent, JobStatus, NsfwVerdict, Queue, SafetyCheck, now_ms,
+};
 use crate::registry::{LoraLibrary, Registry};
-use crate::store::Store;
+use crate::store::{ImageMeta, Store};
 use crate::weights::LoraFile;
 
 pub struct RunnerConfig {
@@ -73,10 +79,12 @@ pub fn spawn<B: Backend>(
         .spawn(move || {
             let mut pipeline: Option<(String, Pipeline<B>)> = None;
             let mut executor = Executor::<B>::default();
+            let mut checker: Option<SafetyChecker<B>> = None;
             loop {
                 let (job, cancel) = shared.queue.next_job();
                 if shared.free_requested.swap(false, Ordering::SeqCst) {
                     pipeline = None;
+                    checker = None;
                     *shared.loaded.lock().expect("loaded lock") = None;
                     executor.clear();
                 }
@@ -84,6 +92,7 @@ pub fn spawn<B: Backend>(
                 let mut models = Models {
                     pipeline: &mut pipeline,
                     executor: &mut executor,
+                    checker: &mut checker,
                 };
                 let (finished, event) =
                     run_job(&shared, &device, &config, &mut models, job, &cancel);
@@ -106,11 +115,31 @@ pub fn spawn<B: Backend>(
         .expect("spawn runner thread")
 }
 
-/// What the runner keeps loaded between jobs: the native API's pipeline, and the graph
-/// executor with its cached node outputs.
+/// What the runner keeps loaded between jobs: the native API's pipeline, the graph executor
+/// with its cached node outputs, and the safety checker once a job needed it.
 struct Models<'a, B: Backend> {
     pipeline: &'a mut Option<(String, Pipeline<B>)>,
     executor: &'a mut Executor<B>,
+    checker: &'a mut Option<SafetyChecker<B>>,
+}
+
+/// The safety checker, loaded on first use.
+fn safety_checker<'a, B: Backend>(
+    shared: &Shared,
+    device: &B::Device,
+    slot: &'a mut Option<SafetyChecker<B>>,
+) -> Result<&'a SafetyChecker<B>, Error> {
+    if slot.is_none() {
+        let manifest = shared.registry.checker().ok_or_else(|| {
+            Error::request(
+                "no safety checker is set up: add a manifest with family = \"safety-checker\"",
+            )
+        })?;
+        let start = Instant::now();
+        *slot = Some(load_checker(manifest, device)?);
+        tracing::info!(checker = %manifest.id, load_ms = millis(start.elapsed()), "safety checker loaded");
+    }
+    Ok(slot.as_ref().expect("loaded above"))
 }
 
 /// Runs one job to its end and returns it with its terminal event; a failure (bad weights, a
@@ -131,20 +160,27 @@ fn run_job<B: Backend>(
     );
     // One API's networks at a time: the graph cache and the native pipeline share none, so
     // the other side's are released before this job loads its own, rather than held twice.
+    // (A check job's checker is small beside either, and kept.)
     if job.workflow.is_some() {
         if models.pipeline.take().is_some() {
             *shared.loaded.lock().expect("loaded lock") = None;
         }
-    } else {
+    } else if job.check.is_none() {
         models.executor.clear();
     }
-    let result = catch_unwind(AssertUnwindSafe(|| match job.workflow.is_some() {
-        true => run_workflow(shared, device, config, models.executor, &mut job, cancel),
-        false => generate(shared, device, config, models.pipeline, &mut job, cancel),
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        if job.check.is_some() {
+            run_check(shared, device, models.checker, &mut job)
+        } else if job.workflow.is_some() {
+            run_workflow(shared, device, config, models.executor, &mut job, cancel)
+        } else {
+            generate(shared, device, config, models, &mut job, cancel)
+        }
     }))
     .unwrap_or_else(|panic| {
         // The pipeline may be half-updated: drop it so the next job loads it afresh.
         *models.pipeline = None;
+        *models.checker = None;
         models.executor.clear();
         *shared.loaded.lock().expect("loaded lock") = None;
         let msg = panic
@@ -188,10 +224,15 @@ fn generate<B: Backend>(
     shared: &Shared,
     device: &B::Device,
     config: &RunnerConfig,
-    pipeline: &mut Option<(String, Pipeline<B>)>,
+    models: &mut Models<B>,
     job: &mut Job,
     cancel: &AtomicBool,
 ) -> Result<(), Error> {
+    let checker = match job.nsfw_filter {
+        true => Some(safety_checker(shared, device, models.checker)?),
+        false => None,
+    };
+    let pipeline = &mut *models.pipeline;
     if pipeline.as_ref().is_none_or(|(id, _)| *id != job.model) {
         *pipeline = None;
         *shared.loaded.lock().expect("loaded lock") = None;
@@ -224,24 +265,38 @@ fn generate<B: Backend>(
         })
         .collect::<Result<Vec<_>, Error>>()?;
     let loras: Vec<(&LoraFile, f32)> = files.iter().map(|(f, w)| (f, *w)).collect();
+    let run = Run {
+        config,
+        checker,
+        device,
+    };
     if loras.is_empty() {
-        return generate_images(shared, config, pipeline, job, cancel);
+        return generate_images(shared, &run, pipeline, job, cancel);
     }
     // One merge serves all images; the weights come back whatever the images' outcome.
     let start = Instant::now();
     let merged = pipeline.merge_loras(&loras)?;
     let merging = start.elapsed();
-    let result = generate_images(shared, config, pipeline, job, cancel);
+    let result = generate_images(shared, &run, pipeline, job, cancel);
     let start = Instant::now();
     pipeline.unmerge_loras(merged);
     job.timings.lora_merge_ms = Some(millis(merging + start.elapsed()));
     result
 }
 
-/// Generates, saves and announces each image of `job`.
+/// What a generate job's images go through besides the pipeline.
+struct Run<'a, B: Backend> {
+    config: &'a RunnerConfig,
+    /// The safety checker, for a job with `nsfw_filter`.
+    checker: Option<&'a SafetyChecker<B>>,
+    device: &'a B::Device,
+}
+
+/// Generates, saves and announces each image of `job`; with a checker, a flagged image is
+/// stored black, as diffusers' `run_safety_checker` returns it.
 fn generate_images<B: Backend>(
     shared: &Shared,
-    config: &RunnerConfig,
+    run: &Run<B>,
     pipeline: &mut Pipeline<B>,
     job: &mut Job,
     cancel: &AtomicBool,
@@ -257,7 +312,7 @@ fn generate_images<B: Backend>(
     for index in 0..job.num_images {
         let mut params = base.clone();
         params.seed = params.seed.wrapping_add(index as u64);
-        let mut previews = Previews::new(config.preview_interval);
+        let mut previews = Previews::new(run.config.preview_interval);
         let mut last_step = Instant::now();
         let image = pipeline.generate(&params, &mut |p| {
             if cancel.load(Ordering::SeqCst) {
@@ -278,7 +333,16 @@ fn generate_images<B: Backend>(
             );
             Flow::Continue
         })?;
-        let record = shared.store.save_image(job, index, &params, &image)?;
+        let nsfw = match run.checker {
+            Some(checker) => Some(check_images(checker, &[&image], run.device)?[0].is_nsfw),
+            None => None,
+        };
+        let image = match nsfw {
+            Some(true) => hide(&image, NsfwFilter::Black),
+            _ => image,
+        };
+        let meta = ImageMeta::generated(&params, &job.model, nsfw);
+        let record = shared.store.save_image(job, index, &image, meta)?;
         shared.metrics.image_written();
         shared.events.announce_image(&record);
         job.images.push(record.filename);
@@ -287,6 +351,85 @@ fn generate_images<B: Backend>(
     job.total_steps = total;
     job.timings.generate_ms = Some(millis(start.elapsed()));
     Ok(())
+}
+
+/// An NSFW check job: the checker's verdict on its image and, for `nsfw/filter`, a copy in
+/// the gallery, hidden where flagged (marked either way).
+fn run_check<B: Backend>(
+    shared: &Shared,
+    device: &B::Device,
+    checker: &mut Option<SafetyChecker<B>>,
+    job: &mut Job,
+) -> Result<(), Error> {
+    let start = Instant::now();
+    let check = job.check.clone().expect("a check job");
+    let path = shared.store.data_dir().join(&check.image);
+    let bytes = std::fs::read(&path)?;
+    if check.source.is_none() {
+        // An upload is kept only until its check has read it (a copy goes to the gallery).
+        let _ = std::fs::remove_file(&path);
+    }
+    let image = image::load_from_memory(&bytes)
+        .map_err(|e| Error::request(format!("not an image: {e}")))?
+        .to_rgb8();
+    let checker = safety_checker(shared, device, checker)?;
+    let verdict = check_images(checker, &[&image], device)?.remove(0);
+    if let Some(filter) = check.filter {
+        let copy = match verdict.is_nsfw {
+            true => hide(&image, filter),
+            false => image,
+        };
+        // The copy keeps what the original says of itself (a gallery image's prompt).
+        let original = check
+            .source
+            .as_deref()
+            .and_then(|name| shared.store.image(name).ok().flatten());
+        let meta = ImageMeta {
+            parameters: read_parameters(&bytes).unwrap_or_default(),
+            prompt: original
+                .as_ref()
+                .map(|r| r.prompt.clone())
+                .unwrap_or_default(),
+            seed: original.as_ref().map_or(0, |r| r.seed),
+            nsfw: Some(verdict.is_nsfw),
+        };
+        let record = shared.store.save_image(job, 0, &copy, meta)?;
+        shared.events.announce_image(&record);
+        job.images = vec![record.filename];
+    }
+    job.check = Some(SafetyCheck {
+        verdict: Some(verdict_view(&verdict)),
+        ..check
+    });
+    (job.step, job.total_steps) = (1, 1);
+    job.timings.generate_ms = Some(millis(start.elapsed()));
+    Ok(())
+}
+
+/// The checker's verdict as jobs record it: `confidence` is the highest concept score.
+fn verdict_view(verdict: &Verdict) -> NsfwVerdict {
+    let labels = verdict
+        .bad_concepts
+        .iter()
+        .map(|i| format!("concept_{i}"))
+        .chain(
+            verdict
+                .special_care
+                .iter()
+                .map(|i| format!("special_care_{i}")),
+        )
+        .collect();
+    NsfwVerdict {
+        is_nsfw: verdict.is_nsfw,
+        confidence: verdict
+            .concept_scores
+            .iter()
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max),
+        labels,
+        concept_scores: verdict.concept_scores.clone(),
+        special_scores: verdict.special_scores.clone(),
+    }
 }
 
 /// Step previews of a run, at most one per `interval` (and always the last step's).
@@ -582,6 +725,7 @@ fn add_to_gallery(
                         seed,
                         created_at: now_ms(),
                         source: None,
+                        nsfw: None,
                     };
                     shared.store.index_file(&path, record)
                 });

@@ -331,6 +331,30 @@ fn models_and_bad_input_in_the_gateways_shape() {
         503,
         "NSFW_CHECKER_UNAVAILABLE",
     );
+    // No checker: the NSFW routes say how to add one, and the native field is refused.
+    for route in ["analyze", "filter"] {
+        let answer = post_json(
+            port,
+            &format!("/v1/api/nsfw/{route}"),
+            &json!({"image_url": "/api/images/x.png"}),
+        );
+        assert_failure(&answer, 503, "NSFW_CHECKER_UNAVAILABLE");
+        assert!(
+            answer.text().contains("safety-checker"),
+            "{}",
+            answer.text()
+        );
+    }
+    let refused = post_json(
+        port,
+        "/api/generate",
+        &json!({"prompt": "a cat", "nsfw_filter": true}),
+    );
+    assert_eq!(refused.status, 422, "{}", refused.text());
+    assert_eq!(
+        refused.json()["detail"][0]["loc"],
+        json!(["body", "nsfw_filter"])
+    );
     let huge = json!({"message": "a".repeat(2 << 20)});
     assert_failure(&chat(port, huge), 413, "PAYLOAD_TOO_LARGE");
     assert_failure(
@@ -373,6 +397,246 @@ fn models_and_bad_input_in_the_gateways_shape() {
         Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Policy),
         other => panic!("expected a close, got {other:?}"),
     }
+}
+
+/// The tiny safety checker of the parity fixture (tests/fixtures/components/safety_checker),
+/// as a manifest beside the catalogued models.
+fn with_checker(manifests: &Path) {
+    let fixture = common::fixtures().join("components/safety_checker");
+    std::fs::write(
+        manifests.join("tiny-checker.toml"),
+        format!(
+            "id = \"tiny-checker\"\nname = \"Tiny safety checker (random weights)\"\n\
+             family = \"safety-checker\"\n[files]\nweights = \"{}\"\nconfig = \"{}\"\n",
+            fixture.join("model.safetensors").display(),
+            fixture.join("config.json").display()
+        ),
+    )
+    .unwrap();
+}
+
+fn fixture_png(i: usize) -> Vec<u8> {
+    std::fs::read(common::fixtures().join(format!("components/safety_checker/image_{i}.png")))
+        .unwrap()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn gateway_data(response: Response) -> Value {
+    assert_eq!(response.status, 200, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["success"], true, "{body}");
+    body["data"].clone()
+}
+
+fn rgb(bytes: &[u8]) -> image::RgbImage {
+    image::load_from_memory(bytes).unwrap().to_rgb8()
+}
+
+/// The gallery's entry for `name`.
+fn gallery_entry(port: u16, name: &Value) -> Value {
+    let gallery = get(port, "/api/images?limit=100").json();
+    gallery["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["filename"] == *name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not in {gallery}"))
+}
+
+/// The safety checker behind the gateway: verdicts on uploads and on the server's own images
+/// (those of the parity fixture: image 0 flagged, image 1 not), filtered copies in the
+/// gallery, jobs with `nsfw_filter`, and refusals of anything that is not an image here.
+#[test]
+fn nsfw_checks_with_the_tiny_checker() {
+    let dir = temp_dir("gateway-nsfw");
+    let manifests = catalogued_models(&dir);
+    with_checker(&manifests);
+    let server = Server::start(
+        &dir,
+        &[
+            "--manifests",
+            manifests.to_str().unwrap(),
+            "--default-model",
+            "sdxl-tiny-demo",
+        ],
+    );
+    let port = server.port;
+    let analyze = |body: Value| post_json(port, "/v1/api/nsfw/analyze", &body);
+
+    // Uploads, with and without a data: prefix: the verdicts of the parity fixture.
+    let flagged = gateway_data(analyze(json!({"image": base64(&fixture_png(0))})));
+    assert_eq!(flagged["is_nsfw"], true, "{flagged}");
+    assert_eq!(flagged["labels"], json!(["concept_12"]));
+    assert!(
+        (flagged["confidence"].as_f64().unwrap() - 0.048).abs() < 1e-6,
+        "{flagged}"
+    );
+    assert_eq!(flagged["concept_scores"].as_array().unwrap().len(), 17);
+    let clean = gateway_data(analyze(
+        json!({"image": format!("data:image/png;base64,{}", base64(&fixture_png(1)))}),
+    ));
+    assert_eq!(clean["is_nsfw"], false, "{clean}");
+    assert_eq!(clean["labels"], json!([]));
+    assert!(clean["confidence"].as_f64().unwrap() < 0.0);
+    // Image 2 is flagged through a special-care concept's adjustment.
+    let special = gateway_data(analyze(json!({"image": base64(&fixture_png(2))})));
+    assert_eq!(
+        special["labels"],
+        json!(["concept_2", "special_care_2"]),
+        "{special}"
+    );
+
+    // Filtered copies: hidden where flagged, the same picture where not; in the gallery.
+    let input = rgb(&fixture_png(0));
+    for filter in ["blur", "pixelate", "black"] {
+        let data = gateway_data(post_json(
+            port,
+            "/v1/api/nsfw/filter",
+            &json!({"image": base64(&fixture_png(0)), "filter": filter}),
+        ));
+        assert_eq!(
+            (data["filtered"].as_bool(), data["filter"].as_str()),
+            (Some(true), Some(filter))
+        );
+        let copy = get(port, data["url"].as_str().unwrap());
+        assert_eq!(copy.status, 200);
+        let copy = rgb(&copy.body);
+        assert_eq!(copy.dimensions(), input.dimensions());
+        let changed = copy
+            .as_raw()
+            .iter()
+            .zip(input.as_raw())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(
+            changed > input.as_raw().len() / 2,
+            "{filter}: {changed} values changed"
+        );
+        if filter == "black" {
+            assert!(copy.as_raw().iter().all(|&v| v == 0));
+        }
+    }
+    let kept = gateway_data(post_json(
+        port,
+        "/v1/api/nsfw/filter",
+        &json!({"image": base64(&fixture_png(1))}),
+    ));
+    assert_eq!(
+        (kept["filtered"].as_bool(), kept["filter"].as_str()),
+        (Some(false), Some("blur"))
+    );
+    assert_eq!(
+        rgb(&get(port, kept["url"].as_str().unwrap()).body),
+        rgb(&fixture_png(1))
+    );
+    assert_eq!(gallery_entry(port, &kept["filename"])["nsfw"], false);
+
+    // The server's own images by URL: relative, and absolute on the address asked.
+    let own = format!("/api/images/{}", kept["filename"].as_str().unwrap());
+    assert_eq!(
+        gateway_data(analyze(json!({"image_url": own})))["is_nsfw"],
+        false
+    );
+    let absolute = format!("http://127.0.0.1:{port}{own}");
+    assert_eq!(
+        gateway_data(analyze(json!({"image_url": absolute})))["is_nsfw"],
+        false
+    );
+
+    // Refused: foreign URLs (never fetched), unknown images, not images, neither, both.
+    for url in [
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        format!("http://127.0.0.1:{}{own}", port + 1),
+        "file:///etc/passwd".into(),
+        "/api/thumbs/x.png".into(),
+    ] {
+        assert_failure(&analyze(json!({"image_url": url})), 422, "INVALID_IMAGE");
+    }
+    assert_failure(
+        &analyze(json!({"image_url": "/api/images/nope.png"})),
+        404,
+        "IMAGE_NOT_FOUND",
+    );
+    assert_failure(&analyze(json!({"image": "%%%"})), 422, "INVALID_IMAGE");
+    assert_failure(
+        &analyze(json!({"image": base64(b"not an image")})),
+        422,
+        "INVALID_IMAGE",
+    );
+    assert_failure(&analyze(json!({})), 422, "INVALID_IMAGE");
+    assert_failure(
+        &analyze(json!({"image": base64(&fixture_png(1)), "image_url": own})),
+        422,
+        "INVALID_IMAGE",
+    );
+    assert_failure(&analyze(json!({"image": 7})), 400, "INVALID_REQUEST");
+    assert_failure(
+        &post_json(
+            port,
+            "/v1/api/nsfw/filter",
+            &json!({"image_url": own, "filter": "sepia"}),
+        ),
+        400,
+        "INVALID_REQUEST",
+    );
+
+    // Uploads are gone once checked; checks are jobs of their own kind in /api/jobs.
+    let uploads = std::fs::read_dir(dir.join("uploads")).unwrap().count();
+    assert_eq!(uploads, 0);
+    let jobs = get(port, "/api/jobs?limit=100").json();
+    let checks = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["kind"] == "nsfw_check")
+        .count();
+    assert_eq!(checks, 9, "{jobs}");
+
+    // A generation with the filter (native field, and the chat option): each image checked,
+    // stored black when flagged, marked in the gallery either way.
+    let accepted = post_json(
+        port,
+        "/api/generate",
+        &json!({"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, "seed": 3,
+                "nsfw_filter": true, "num_images": 2}),
+    );
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    let job = wait_finished(
+        port,
+        accepted.json()["job_id"].as_str().unwrap(),
+        Duration::from_secs(300),
+    );
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["params"]["nsfw_filter"], true);
+    for name in job["images"].as_array().unwrap() {
+        let record = gallery_entry(port, name);
+        let black = rgb(&get(port, &format!("/api/images/{}", name.as_str().unwrap())).body)
+            .as_raw()
+            .iter()
+            .all(|&v| v == 0);
+        assert_eq!(record["nsfw"].as_bool(), Some(black), "{record}");
+    }
+    let chat = gateway_data(chat(
+        port,
+        json!({"message": "a small boat", "options": {"nsfw_filter": true}}),
+    ));
+    let job = wait_finished(
+        port,
+        chat["prompt_id"].as_str().unwrap(),
+        Duration::from_secs(300),
+    );
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["params"]["nsfw_filter"].as_bool()
+        ),
+        (Some("completed"), Some(true))
+    );
 }
 
 type Socket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;

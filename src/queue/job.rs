@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::output::nsfw_filter::NsfwFilter;
 use crate::pipelines::GenerationParams;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, poem_openapi::Enum)]
@@ -62,22 +63,6 @@ pub struct JobTimings {
     pub generate_ms: Option<u64>,
 }
 
-/// How `nsfw/filter` hides an image the safety checker flags.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, poem_openapi::Enum,
-)]
-#[serde(rename_all = "snake_case")]
-#[oai(rename_all = "snake_case")]
-pub enum NsfwFilter {
-    /// A strong Gaussian blur (σ = 3 % of the longer side).
-    #[default]
-    Blur,
-    /// Blocks of 1/16 of the longer side, each its mean colour.
-    Pixelate,
-    /// All black, as diffusers' safety checker returns a flagged image.
-    Black,
-}
-
 /// The safety checker's verdict on one image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, poem_openapi::Object)]
 pub struct NsfwVerdict {
@@ -101,6 +86,8 @@ pub struct NsfwVerdict {
 pub struct SafetyCheck {
     /// The image, relative to the data directory.
     pub image: std::path::PathBuf,
+    /// The gallery file name, when the image is one of this server's.
+    pub source: Option<String>,
     /// Write a copy of the image, hidden this way where the checker flags it.
     pub filter: Option<NsfwFilter>,
     /// Once run.

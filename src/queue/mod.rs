@@ -13,8 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 pub use comfy_events::{ComfyEvents, ComfyFrame, ComfyMessage, status_data};
 pub use events::{Events, JobEvent, Numbered, Subscription};
 pub use job::{
-    Job, JobLora, JobStatus, JobTimings, NsfwFilter, NsfwVerdict, SafetyCheck, Workflow,
-    new_job_id, now_ms,
+    Job, JobLora, JobStatus, JobTimings, NsfwVerdict, SafetyCheck, Workflow, new_job_id, now_ms,
 };
 
 use crate::Error;

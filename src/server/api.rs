@@ -581,7 +581,11 @@ impl Api {
                 family: m.family.name().into(),
                 description: m.description.clone(),
                 loaded: loaded.as_deref() == Some(m.id.as_str()),
-                parameters: parameter_schema(m, &library),
+                parameters: parameter_schema(
+                    m,
+                    &library,
+                    state.shared.registry.checker().is_some(),
+                ),
             })
             .collect();
         Json(Info {

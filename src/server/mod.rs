@@ -155,6 +155,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
     let apis = (
         api::Api(state.clone()),
         gateway::GatewayApi(state.clone()),
+        gateway::nsfw::NsfwApi(state.clone()),
         dashboard::Dashboard,
     );
     let service = OpenApiService::new(apis, "hanga", env!("CARGO_PKG_VERSION")).description(
@@ -183,12 +184,12 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         )
         .nest("/", service)
         .around(move |endpoint, request| {
-            limit_body(
-                endpoint,
-                request,
-                options.max_body_bytes,
-                Face::of_native_path,
-            )
+            // The NSFW routes take images in their bodies.
+            let max = match request.uri().path().starts_with(gateway::nsfw::PATH_PREFIX) {
+                true => gateway::nsfw::MAX_BODY_BYTES,
+                false => options.max_body_bytes,
+            };
+            limit_body(endpoint, request, max, Face::of_native_path)
         })
         .around(move |endpoint, request| allow_on_405(endpoint, request, paths.clone()))
         .around(move |endpoint, request| {

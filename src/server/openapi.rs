@@ -101,7 +101,11 @@ fn generate_body(state: &AppState) -> Value {
         .registry
         .models()
         .map(|manifest| {
-            let mut schema = parameter_schema(manifest, &library);
+            let mut schema = parameter_schema(
+                manifest,
+                &library,
+                state.shared.registry.checker().is_some(),
+            );
             if state.default_model.as_deref() != Some(manifest.id.as_str()) {
                 schema["required"]
                     .as_array_mut()

@@ -50,6 +50,8 @@ pub struct JobParams {
     pub num_images: u32,
     pub priority: i32,
     pub loras: Vec<LoraRef>,
+    /// Whether each image went through the safety checker.
+    pub nsfw_filter: bool,
 }
 
 /// Where a job came from.
@@ -60,6 +62,8 @@ pub enum JobKind {
     Generate,
     /// A ComfyUI prompt (`POST /prompt` on the ComfyUI port).
     Comfyui,
+    /// An NSFW check (the gateway's `nsfw/analyze` and `nsfw/filter`).
+    NsfwCheck,
 }
 
 /// Contract: ../shared/design.md "job". Times are Unix milliseconds.
@@ -92,9 +96,10 @@ impl JobView {
     pub fn new(job: &Job, position: Option<usize>) -> Self {
         Self {
             job_id: job.job_id.clone(),
-            kind: match job.workflow {
-                Some(_) => JobKind::Comfyui,
-                None => JobKind::Generate,
+            kind: match (&job.workflow, &job.check) {
+                (Some(_), _) => JobKind::Comfyui,
+                (_, Some(_)) => JobKind::NsfwCheck,
+                _ => JobKind::Generate,
             },
             status: job.status,
             position: position.map(|p| p as u32),
@@ -129,6 +134,7 @@ impl JobView {
                         trigger_weight: Some(decimal(l.trigger_weight)),
                     })
                     .collect(),
+                nsfw_filter: job.nsfw_filter,
             }),
             images: job.images.clone(),
             error: job.error.clone(),
@@ -168,6 +174,10 @@ pub struct ImageView {
     pub prompt: String,
     pub seed: u64,
     pub created_at: u64,
+    /// Whether the safety checker flagged the image (what is stored is then hidden); null
+    /// where it did not look at it.
+    #[oai(nullable)]
+    pub nsfw: Option<bool>,
 }
 
 impl From<&ImageRecord> for ImageView {
@@ -184,6 +194,7 @@ impl From<&ImageRecord> for ImageView {
             prompt: r.prompt.clone(),
             seed: r.seed,
             created_at: r.created_at,
+            nsfw: r.nsfw,
         }
     }
 }

@@ -30,6 +30,7 @@ pub fn submit_generate(state: &AppState, body: &Value) -> Result<(Job, usize), S
         params: Some(validated.params),
         num_images: validated.num_images,
         loras: validated.loras,
+        nsfw_filter: validated.nsfw_filter,
         ..Job::new(new_job_id(), validated.model, validated.priority)
     };
     let (job, position) = state.shared.queue.submit(job).map_err(|e| match e {

@@ -50,6 +50,10 @@ pub const MAX_GUIDANCE: f64 = 30.0;
 pub const MAX_IMAGES: u32 = 8;
 pub const MAX_PROMPT_CHARS: usize = 10_000;
 
+/// Why an NSFW filter cannot be had, and how to get one.
+pub const NO_CHECKER: &str = "this server has no safety checker: add a manifest with \
+     family = \"safety-checker\" for CompVis/stable-diffusion-safety-checker (README: NSFW checks)";
+
 /// Pixel sizes must be multiples of this (the latent is 1/8 of the image; Flux packs 2×2).
 pub fn size_multiple(family: Family) -> u32 {
     match family {
@@ -65,6 +69,7 @@ pub struct Validated {
     pub num_images: u32,
     pub priority: i32,
     pub loras: Vec<JobLora>,
+    pub nsfw_filter: bool,
 }
 
 struct Fields<'a> {
@@ -178,7 +183,7 @@ impl<'a> Fields<'a> {
     }
 }
 
-const KNOWN_FIELDS: [&str; 14] = [
+const KNOWN_FIELDS: [&str; 15] = [
     "prompt",
     "negative_prompt",
     "model",
@@ -193,6 +198,7 @@ const KNOWN_FIELDS: [&str; 14] = [
     "num_images",
     "loras",
     "priority",
+    "nsfw_filter",
 ];
 
 /// Checks a generate body against the model it names; every problem is reported at once.
@@ -303,6 +309,27 @@ pub fn validate(
     let long_prompt: Option<LongPrompt> = f.one_of("long_prompt");
     let num_images = f.integer("num_images", 1, MAX_IMAGES as i64).unwrap_or(1) as u32;
     let priority = f.integer("priority", -1000, 1000).unwrap_or(0) as i32;
+    let nsfw_filter = match f.value("nsfw_filter") {
+        None => false,
+        Some(Value::Bool(on)) => *on,
+        Some(v) => {
+            f.error(
+                "nsfw_filter",
+                "bool_type",
+                "Input should be a valid boolean",
+                Some(v),
+            );
+            false
+        }
+    };
+    if nsfw_filter && registry.checker().is_none() {
+        f.error(
+            "nsfw_filter",
+            "value_error",
+            NO_CHECKER,
+            Some(&Value::Bool(true)),
+        );
+    }
     let mut loras = Vec::new();
     let mut triggers = Vec::new();
     if let Some(list) = f.value("loras") {
@@ -373,6 +400,7 @@ pub fn validate(
         num_images,
         priority,
         loras,
+        nsfw_filter,
     })
 }
 
@@ -483,7 +511,7 @@ pub fn model_defaults(manifest: &Manifest) -> Option<GenerationParams> {
 /// The JSON Schema of a model's generate parameters, with that model's defaults and limits and
 /// the LoRAs it can take now: exactly what [`validate`] accepts (but for `null`, which it also
 /// takes for every optional field and reads as absent).
-pub fn parameter_schema(manifest: &Manifest, library: &LoraLibrary) -> Value {
+pub fn parameter_schema(manifest: &Manifest, library: &LoraLibrary, checker: bool) -> Value {
     let defaults = model_defaults(manifest);
     let d = |f: fn(&GenerationParams) -> Value| defaults.as_ref().map(f).unwrap_or(Value::Null);
     let multiple = size_multiple(manifest.family);
@@ -502,6 +530,10 @@ pub fn parameter_schema(manifest: &Manifest, library: &LoraLibrary) -> Value {
         "priority": {"type": "integer", "minimum": -1000, "maximum": 1000, "default": 0,
             "description": "higher runs first; equal priorities run in submission order"},
     });
+    if checker {
+        properties["nsfw_filter"] = json!({"type": "boolean", "default": false,
+            "description": "run the safety checker on each image; a flagged one is stored black and marked `nsfw` in the gallery"});
+    }
     let optional = [
         (
             options.negative_prompt,

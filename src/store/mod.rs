@@ -36,6 +36,31 @@ pub struct ImageRecord {
     /// data directory; `None`: `outputs/<filename>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<PathBuf>,
+    /// The safety checker's flag, where it looked at the image: `Some(true)` means it was
+    /// flagged and what is stored is the hidden version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nsfw: Option<bool>,
+}
+
+/// What a stored image says about itself: its PNG `parameters` text and its gallery fields.
+pub struct ImageMeta {
+    /// A1111's `parameters` text chunk.
+    pub parameters: String,
+    pub prompt: String,
+    pub seed: u64,
+    pub nsfw: Option<bool>,
+}
+
+impl ImageMeta {
+    /// A generated image's: A1111's text for its parameters.
+    pub fn generated(params: &GenerationParams, model: &str, nsfw: Option<bool>) -> Self {
+        Self {
+            parameters: a1111_parameters(params, model),
+            prompt: params.prompt.clone(),
+            seed: params.seed,
+            nsfw,
+        }
+    }
 }
 
 pub struct Store {
@@ -209,8 +234,8 @@ impl Store {
         &self,
         job: &Job,
         index: u32,
-        params: &GenerationParams,
         image: &image::RgbImage,
+        meta: ImageMeta,
     ) -> Result<ImageRecord, Error> {
         let filename = format!("{}_{index}.png", job.job_id);
         let path = self.outputs.join(&filename);
@@ -218,7 +243,7 @@ impl Store {
         {
             let file = File::create(&tmp)?;
             let mut writer = BufWriter::new(file);
-            encode_png(image, &a1111_parameters(params, &job.model), &mut writer)?;
+            encode_png(image, &meta.parameters, &mut writer)?;
             let file = writer.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
         }
@@ -231,11 +256,33 @@ impl Store {
             height: image.height(),
             job_id: job.job_id.clone(),
             model: job.model.clone(),
-            prompt: params.prompt.clone(),
-            seed: params.seed,
+            prompt: meta.prompt,
+            seed: meta.seed,
             created_at: crate::queue::now_ms(),
             source: None,
+            nsfw: meta.nsfw,
         })
+    }
+
+    /// Keeps an uploaded image for a job under `uploads/`, written as the gallery's files are
+    /// (temporary name, fsync, rename); returns its path relative to the data directory.
+    pub fn save_upload(&self, job_id: &str, bytes: &[u8]) -> Result<PathBuf, Error> {
+        let dir = self.data_dir.join("uploads");
+        fs::create_dir_all(&dir)?;
+        let name = format!("{job_id}.upload");
+        let tmp = dir.join(format!("{name}.tmp"));
+        {
+            let mut file = File::create(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+        }
+        fs::rename(&tmp, dir.join(&name))?;
+        Ok(PathBuf::from("uploads").join(name))
+    }
+
+    /// The data directory, which relative paths in jobs start from.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// Indexes an image file written elsewhere under the data directory (ComfyUI's

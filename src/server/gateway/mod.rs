@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::submit::{SubmitError, submit_generate};
-use super::validation::{model_defaults, parameter_schema};
+use super::validation::{NO_CHECKER, model_defaults, parameter_schema};
 use crate::chat::{self, Orientation, Reason};
 use crate::queue::{Job, JobStatus, QueueError};
 use crate::registry::Manifest;
@@ -105,6 +105,8 @@ gateway_response!(ModelListResponse, ModelList);
 gateway_response!(ModelInfoResponse, ModelDetails,
     NotFound = 404: "`MODEL_NOT_FOUND`.",
     Internal = 500: "`GENERATION_FAILED`: the model's manifest defaults do not resolve.");
+
+pub mod nsfw;
 
 /// What poem-openapi refused before a handler ran (a body that is not JSON or lacks a field,
 /// a query parameter out of range), as the gateway's 400.
@@ -226,11 +228,11 @@ impl GatewayApi {
         let state = &self.0;
         let request = body.0;
         let options = request.options.clone().unwrap_or_default();
-        if options.nsfw_filter == Some(true) {
+        let nsfw_filter = options.nsfw_filter == Some(true);
+        if nsfw_filter && state.shared.registry.checker().is_none() {
             return ChatResponse::Unavailable(failure(
                 "NSFW_CHECKER_UNAVAILABLE",
-                "options.nsfw_filter needs the safety checker, and this server has none: add a \
-                 manifest with family = \"safety-checker\" for CompVis/stable-diffusion-safety-checker",
+                NO_CHECKER,
                 None,
             ));
         }
@@ -318,6 +320,9 @@ impl GatewayApi {
         }
         if let Some(seed) = understood.seed {
             generate["seed"] = seed.into();
+        }
+        if nsfw_filter {
+            generate["nsfw_filter"] = true.into();
         }
         let (job, _) = match submit_generate(state, &generate) {
             Ok(accepted) => accepted,
@@ -585,7 +590,11 @@ impl GatewayApi {
                 scheduler: base.scheduler.name().into(),
             },
             resolutions,
-            parameters: parameter_schema(manifest, &library),
+            parameters: parameter_schema(
+                manifest,
+                &library,
+                state.shared.registry.checker().is_some(),
+            ),
         }))
     }
 }
