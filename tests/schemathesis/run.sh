@@ -65,12 +65,25 @@ trap 'exit 143' TERM
 # one without it and with a wrong one, expecting the documented 401.
 key="$("$hanga" keys create --name schemathesis --scopes admin --data-dir "$work/data" 2>/dev/null)"
 
-# The server: a fresh store, the demo model, no previews (SSE events stay small), a short queue
-# (when full it answers the documented 429 instead of piling up work).
+# The tiny safety checker of the parity fixture, so the NSFW routes and `nsfw_filter` run for real.
+mkdir -p "$work/manifests"
+checker="$root/tests/fixtures/components/safety_checker"
+cat >"$work/manifests/tiny-checker.toml" <<EOF
+id = "tiny-checker"
+name = "Tiny safety checker (random weights)"
+family = "safety-checker"
+[files]
+weights = "$checker/model.safetensors"
+config = "$checker/config.json"
+EOF
+
+# The server: a fresh store, the demo model and the checker, no previews (SSE events stay small),
+# a short queue (when full it answers the documented 429 instead of piling up work).
 RAYON_NUM_THREADS="${HANGA_THREADS:-1}" RUST_LOG="${RUST_LOG:-warn}" \
   "$hanga" serve --device cpu --host 127.0.0.1 --port 0 --no-comfyui \
   --data-dir "$work/data" --thumbnails-dir "$work/thumbs" \
-  --default-model sdxl-tiny-demo --preview-interval-ms 0 --queue-capacity 64 \
+  --manifests "$work/manifests" --default-model sdxl-tiny-demo --preview-interval-ms 0 \
+  --queue-capacity 64 \
   >"$reports/server.stdout" 2>"$reports/server.log" &
 server_pid=$!
 
