@@ -30,6 +30,7 @@ pub mod runner;
 pub mod sampling;
 pub mod server;
 pub mod store;
+pub mod templates;
 pub mod text;
 pub mod weights;
 

@@ -102,6 +102,10 @@ struct ServeArgs {
     /// Cache of gallery thumbnails.
     #[arg(long, env = "HANGA_THUMBNAILS_DIR", default_value = "thumbnails")]
     thumbnails_dir: PathBuf,
+    /// Workflow templates, `*.toml` / `*.json` (default: `<data-dir>/templates`), beside the
+    /// built-in ones.
+    #[arg(long, env = "HANGA_TEMPLATES_DIR")]
+    templates_dir: Option<PathBuf>,
     /// Extra directories of model manifests (`model_manifests/` is always read if present).
     #[arg(long = "manifests", env = "HANGA_MANIFESTS", value_delimiter = ',')]
     manifests: Vec<PathBuf>,
@@ -296,6 +300,9 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
         host: args.host,
         port: args.port,
         loras_dir: args.loras.unwrap_or_else(|| args.data_dir.join("loras")),
+        templates_dir: args
+            .templates_dir
+            .unwrap_or_else(|| args.data_dir.join("templates")),
         data_dir: args.data_dir,
         thumbnails_dir: args.thumbnails_dir,
         registry: registry(&args.manifests, &args.models_dirs)?,

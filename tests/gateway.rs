@@ -639,6 +639,167 @@ fn nsfw_checks_with_the_tiny_checker() {
     );
 }
 
+fn execute(port: u16, body: Value) -> Response {
+    post_json(port, "/v1/api/workflows/execute", &body)
+}
+
+/// Workflow templates: the built-in ones and the templates directory's, listed with their
+/// parameters' schemas; filled and queued as generate requests and as ComfyUI graphs (the
+/// built-in graph gives ComfyUI's own image); every bad request in the gateway's shape.
+#[test]
+fn workflow_templates_fill_and_queue() {
+    let dir = temp_dir("gateway-templates");
+    let templates = dir.join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::write(
+        templates.join("cat.toml"),
+        "id = \"cat\"\nname = \"Cat\"\n[parameters.color]\ntype = \"string\"\n\
+         [parameters.steps]\ntype = \"integer\"\ndefault = 2\nminimum = 1\nmaximum = 4\n\
+         [generate]\nprompt = \"a {{color}} cat\"\nsteps = \"{{steps}}\"\nwidth = 64\nheight = 64\nseed = 7\n",
+    )
+    .unwrap();
+    std::fs::write(
+        templates.join("broken.toml"),
+        "id = \"broken\"\n[generate]\n",
+    )
+    .unwrap();
+    let server = catalogued_server(&dir);
+    let port = server.port;
+
+    let listed = gateway_data(get(port, "/v1/api/workflows/templates"));
+    let ids: Vec<&str> = listed["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["cat", "comfyui-txt2img", "landscape", "portrait"]);
+    let cat = &listed["templates"][0];
+    assert_eq!(
+        (cat["kind"].as_str(), cat["builtin"].as_bool()),
+        (Some("generate"), Some(false))
+    );
+    assert_eq!(cat["parameters"]["required"], json!(["color"]));
+    assert_eq!(cat["parameters"]["properties"]["steps"]["default"], 2);
+    assert_eq!(listed["templates"][1]["kind"], "comfyui");
+
+    // A generate template: the placeholders filled, the job run as any generate request.
+    let data = gateway_data(execute(
+        port,
+        json!({"template_id": "cat", "parameters": {"color": "black"}}),
+    ));
+    assert_eq!(data["queued"]["prompt"], "a black cat");
+    assert_eq!(data["queued"]["steps"], 2);
+    let job = wait_finished(
+        port,
+        data["prompt_id"].as_str().unwrap(),
+        Duration::from_secs(300),
+    );
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(
+        (
+            job["params"]["prompt"].as_str(),
+            job["params"]["seed"].as_u64()
+        ),
+        (Some("a black cat"), Some(7))
+    );
+
+    // The built-in ComfyUI graph with the reference case's values: ComfyUI's image.
+    let reference = common::comfyui::case_json("euler_normal_64x64")["workflow_api"].clone();
+    let data = gateway_data(execute(
+        port,
+        json!({"template_id": "comfyui-txt2img", "parameters": {
+            "checkpoint": "sd_xl_tiny.safetensors",
+            "prompt": reference["6"]["inputs"]["text"], "negative": reference["7"]["inputs"]["text"],
+            "width": 64, "height": 64, "seed": reference["3"]["inputs"]["seed"],
+            "steps": reference["3"]["inputs"]["steps"], "cfg": reference["3"]["inputs"]["cfg"]}}),
+    ));
+    assert_eq!(data["kind"], "comfyui");
+    assert_eq!(
+        data["queued"]["3"]["inputs"]["steps"],
+        reference["3"]["inputs"]["steps"]
+    );
+    let job = wait_finished(
+        port,
+        data["prompt_id"].as_str().unwrap(),
+        Duration::from_secs(300),
+    );
+    assert_eq!(job["status"], "completed", "{job}");
+    let image = get(
+        port,
+        &format!("/api/images/{}", job["images"][0].as_str().unwrap()),
+    );
+    let ours = rgb(&image.body);
+    let theirs = common::comfyui::comfyui_image("euler_normal_64x64", "image.png");
+    assert!(common::max_pixel_diff(&ours, &theirs) <= 2);
+
+    // Bad requests.
+    assert_failure(
+        &execute(port, json!({"template_id": "nope"})),
+        404,
+        "TEMPLATE_NOT_FOUND",
+    );
+    let missing = execute(
+        port,
+        json!({"template_id": "cat", "parameters": {"steps": 9, "size": 3}}),
+    );
+    assert_failure(&missing, 422, "INVALID_PARAMETERS");
+    let named: Vec<Value> = missing.json()["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["parameter"].clone())
+        .collect();
+    assert_eq!(named, [json!("size"), json!("color"), json!("steps")]);
+    assert_failure(&execute(port, json!({})), 400, "INVALID_REQUEST");
+    assert_failure(
+        &execute(port, json!({"template_id": "cat", "template": {}})),
+        400,
+        "INVALID_REQUEST",
+    );
+    assert_failure(
+        &execute(port, json!({"template_id": 5})),
+        400,
+        "INVALID_REQUEST",
+    );
+    let posted = |body: Value| execute(port, json!({"template": body, "parameters": {"p": "x"}}));
+    assert_failure(
+        &posted(json!({"id": "t", "name": "T", "generate": {"prompt": "{{q}}"}})),
+        422,
+        "INVALID_TEMPLATE",
+    );
+    let declared = json!({"p": {"type": "string"}});
+    assert_failure(
+        &posted(
+            json!({"id": "t", "name": "T", "parameters": declared, "generate": {"prompt": "{{p}}", "width": 13}}),
+        ),
+        422,
+        "INVALID_PROMPT",
+    );
+    let mut graph = reference.clone();
+    graph["6"]["inputs"]["text"] = json!("{{p}}");
+    graph["4"]["inputs"]["ckpt_name"] = json!("nope.safetensors");
+    let invalid =
+        posted(json!({"id": "t", "name": "T", "parameters": declared, "workflow": graph}));
+    assert_failure(&invalid, 422, "INVALID_WORKFLOW");
+    assert!(
+        invalid.json()["error"]["details"]["node_errors"]["4"].is_object(),
+        "{}",
+        invalid.text()
+    );
+
+    // The routes are in the OpenAPI document.
+    let doc = get(port, "/openapi.json").json();
+    for path in [
+        "/v1/api/workflows/templates",
+        "/v1/api/workflows/execute",
+        "/v1/api/nsfw/analyze",
+        "/v1/api/nsfw/filter",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} not documented");
+    }
+}
+
 type Socket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
 
 fn connect(port: u16) -> Socket {

@@ -44,6 +44,8 @@ pub struct ServeOptions {
     pub registry: Registry,
     /// LoRA files (`*.safetensors`), scanned at start.
     pub loras_dir: PathBuf,
+    /// Workflow templates (`templates/`), read on each request.
+    pub templates_dir: PathBuf,
     pub device: DeviceKind,
     pub precision: Precision,
     pub default_model: Option<String>,
@@ -66,6 +68,7 @@ pub struct AppState {
     precision: Precision,
     keep_alive: Duration,
     runner: std::thread::JoinHandle<()>,
+    templates_dir: PathBuf,
 }
 
 /// Opens the store, restores the queue, starts the runner on `options.device` and serves until
@@ -133,6 +136,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         precision: options.precision,
         keep_alive: api::KEEP_ALIVE,
         runner,
+        templates_dir: options.templates_dir,
     });
 
     // Bind first so that `--port 0` works: the line below tells which port was taken.
@@ -156,6 +160,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         api::Api(state.clone()),
         gateway::GatewayApi(state.clone()),
         gateway::nsfw::NsfwApi(state.clone()),
+        gateway::workflows::WorkflowsApi(state.clone()),
         dashboard::Dashboard,
     );
     let service = OpenApiService::new(apis, "hanga", env!("CARGO_PKG_VERSION")).description(

@@ -1,12 +1,18 @@
-//! The one way a generate request becomes a queued job, whichever face it came through (the
-//! native API, the gateway's chat and workflow routes): validated once by `validation.rs`,
-//! made a [`Job`], submitted. Each face turns the outcome into its own answers.
+//! The one way a request becomes a queued job, whichever face it came through: a generate
+//! request (the native API, the gateway's chat and workflow routes), validated once by
+//! `validation.rs`; a ComfyUI graph (ComfyUI's `/prompt`, the gateway's workflow templates),
+//! validated once against the node definitions. Each face turns the outcome into its own
+//! answers.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::AppState;
 use super::validation::{ValidationErrors, validate};
-use crate::queue::{Job, QueueError, new_job_id};
+use crate::graph::definitions::{NodeDef, node_defs};
+use crate::graph::nodes::IMPLEMENTED;
+use crate::graph::validate::{Rejection, validate as validate_graph};
+use crate::queue::{Job, QueueError, Workflow, new_job_id};
+use crate::runner::Shared;
 
 pub enum SubmitError {
     /// Fields missing or invalid, FastAPI-style.
@@ -39,4 +45,68 @@ pub fn submit_generate(state: &AppState, body: &Value) -> Result<(Job, usize), S
     })?;
     tracing::info!(job_id = %job.job_id, position, "job accepted");
     Ok((job, position))
+}
+
+/// The node definitions with today's file lists (what graphs are checked against).
+pub fn graph_node_defs(shared: &Shared) -> Vec<NodeDef> {
+    let lists = shared
+        .comfy_folders
+        .read()
+        .expect("folders lock")
+        .combo_lists();
+    node_defs(IMPLEMENTED, &lists)
+}
+
+/// A ComfyUI prompt to queue, with what `POST /prompt` may say besides the graph.
+pub struct GraphSubmission {
+    pub prompt_id: String,
+    /// The API-format graph: node id → `{class_type, inputs}`.
+    pub prompt: Map<String, Value>,
+    pub extra_data: Map<String, Value>,
+    pub client_id: Option<String>,
+    /// The client's `number`, or null to number it by acceptance order.
+    pub number: Value,
+    pub front: bool,
+    /// `partial_execution_targets`: the output nodes to run, when not all.
+    pub targets: Option<Vec<String>>,
+}
+
+pub enum GraphSubmitError {
+    /// ComfyUI's `{error, node_errors}`.
+    Invalid(Box<Rejection>),
+    Full,
+    Internal(String),
+}
+
+/// Validates a graph and queues its job; returns the job and the `node_errors` of outputs that
+/// were dropped (ComfyUI answers them beside an accepted prompt).
+pub fn submit_graph(
+    shared: &Shared,
+    graph: GraphSubmission,
+) -> Result<(Job, Value), GraphSubmitError> {
+    let accepted = validate_graph(
+        &graph.prompt,
+        &graph_node_defs(shared),
+        graph.targets.as_deref(),
+    )
+    .map_err(GraphSubmitError::Invalid)?;
+    let job = Job {
+        workflow: Some(Workflow {
+            prompt: graph.prompt,
+            extra_data: Value::Object(graph.extra_data),
+            outputs: accepted.outputs,
+            number: graph.number,
+            front: graph.front,
+            client_id: graph.client_id,
+            ui_outputs: Map::new(),
+            messages: Vec::new(),
+        }),
+        ..Job::new(graph.prompt_id, "comfyui".into(), 0)
+    };
+    let (job, _) = shared.queue.submit(job).map_err(|e| match e {
+        QueueError::Full => GraphSubmitError::Full,
+        e => GraphSubmitError::Internal(format!("{e:?}")),
+    })?;
+    tracing::info!(job_id = %job.job_id, "graph accepted");
+    Ok((job, accepted.node_errors))
 }

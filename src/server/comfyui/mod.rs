@@ -15,8 +15,7 @@ use poem::web::Json;
 use poem::{EndpointExt, IntoResponse, Response, Route, get, post};
 use serde_json::{Value, json};
 
-use crate::graph::definitions::{ComboLists, NodeDef, node_defs};
-use crate::graph::nodes::IMPLEMENTED;
+use crate::graph::definitions::{ComboLists, NodeDef};
 use crate::runner::Shared;
 
 /// ComfyUI's `--max-upload-size` default, 100 MB.
@@ -40,7 +39,7 @@ impl ComfyState {
 
     /// The node definitions with today's file lists.
     fn defs(&self) -> Vec<NodeDef> {
-        node_defs(IMPLEMENTED, &self.lists())
+        crate::server::submit::graph_node_defs(&self.shared)
     }
 }
 

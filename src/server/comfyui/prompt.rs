@@ -11,8 +11,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{ComfyState, bare, json_response, prompt_error};
-use crate::graph::validate::{python_truthy as truthy, validate};
-use crate::queue::{Job, JobStatus, QueueError, Workflow, status_data};
+use crate::graph::validate::python_truthy as truthy;
+use crate::queue::{Job, JobStatus, status_data};
+use crate::server::submit::{GraphSubmission, GraphSubmitError, submit_graph};
 
 /// Keys of `extra_data` that never reach history (`SENSITIVE_EXTRA_DATA_KEYS`).
 const SENSITIVE_EXTRA_DATA_KEYS: [&str; 2] = ["auth_token_comfy_org", "api_key_comfy_org"];
@@ -70,16 +71,6 @@ pub async fn post_prompt(state: Data<&Arc<ComfyState>>, body: Body) -> Response 
                 .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
                 .collect()
         });
-    let accepted = match validate(&prompt, &state.defs(), targets.as_deref()) {
-        Ok(a) => a,
-        Err(rejection) => {
-            tracing::info!("invalid prompt: {}", rejection.error["message"]);
-            return json_response(
-                StatusCode::BAD_REQUEST,
-                json!({"error": rejection.error, "node_errors": rejection.node_errors}),
-            );
-        }
-    };
     let prompt_id = match body.get("prompt_id") {
         None | Some(Value::Null) => uuid::Uuid::new_v4().to_string(),
         Some(Value::String(s)) => s.clone(),
@@ -107,21 +98,17 @@ pub async fn post_prompt(state: Data<&Arc<ComfyState>>, body: Body) -> Response 
     }
     // The newer ComfyUI stamps the submission time (milliseconds) for `/api/jobs`.
     extra_data.insert("create_time".into(), json!(crate::queue::now_ms()));
-    let job = Job {
-        workflow: Some(Workflow {
-            prompt,
-            extra_data: Value::Object(extra_data),
-            outputs: accepted.outputs,
-            number,
-            front,
-            client_id,
-            ui_outputs: Map::new(),
-            messages: Vec::new(),
-        }),
-        ..Job::new(prompt_id.clone(), "comfyui".into(), 0)
+    let submission = GraphSubmission {
+        prompt_id: prompt_id.clone(),
+        prompt,
+        extra_data,
+        client_id,
+        number,
+        front,
+        targets,
     };
-    match state.shared.queue.submit(job) {
-        Ok((job, _)) => {
+    match submit_graph(&state.shared, submission) {
+        Ok((job, node_errors)) => {
             let number = job.workflow.map(|w| w.number).unwrap_or_default();
             state
                 .shared
@@ -129,18 +116,24 @@ pub async fn post_prompt(state: Data<&Arc<ComfyState>>, body: Body) -> Response 
                 .status(state.shared.queue.remaining());
             json_response(
                 StatusCode::OK,
-                json!({"prompt_id": prompt_id, "number": number,
-                       "node_errors": accepted.node_errors}),
+                json!({"prompt_id": prompt_id, "number": number, "node_errors": node_errors}),
             )
         }
-        Err(QueueError::Full) => json_response(
+        Err(GraphSubmitError::Invalid(rejection)) => {
+            tracing::info!("invalid prompt: {}", rejection.error["message"]);
+            json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": rejection.error, "node_errors": rejection.node_errors}),
+            )
+        }
+        Err(GraphSubmitError::Full) => json_response(
             StatusCode::TOO_MANY_REQUESTS,
             json!({"error": {"type": "queue_full", "message": "The queue is full; retry later",
                              "details": "", "extra_info": {}}, "node_errors": {}}),
         ),
-        Err(e) => json_response(
+        Err(GraphSubmitError::Internal(e)) => json_response(
             StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"error": {"type": "server_error", "message": format!("{e:?}"),
+            json!({"error": {"type": "server_error", "message": e,
                              "details": "", "extra_info": {}}, "node_errors": {}}),
         ),
     }

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::submit::{SubmitError, submit_generate};
-use super::validation::{NO_CHECKER, model_defaults, parameter_schema};
+use super::validation::{NO_CHECKER, ValidationErrors, model_defaults, parameter_schema};
 use crate::chat::{self, Orientation, Reason};
 use crate::queue::{Job, JobStatus, QueueError};
 use crate::registry::Manifest;
@@ -107,6 +107,7 @@ gateway_response!(ModelInfoResponse, ModelDetails,
     Internal = 500: "`GENERATION_FAILED`: the model's manifest defaults do not resolve.");
 
 pub mod nsfw;
+pub mod workflows;
 
 /// What poem-openapi refused before a handler ran (a body that is not JSON or lacks a field,
 /// a query parameter out of range), as the gateway's 400.
@@ -118,6 +119,16 @@ fn bad_request<R: From<Json<Failure>>>(error: poem::Error) -> R {
         "INVALID_REQUEST"
     };
     R::from(failure(code, error.to_string(), None))
+}
+
+/// The details of a generate body that did not validate: the body, and FastAPI's detail list.
+fn invalid_generate_details(body: &Value, errors: &ValidationErrors) -> Value {
+    let detail: Vec<Value> = errors
+        .detail
+        .iter()
+        .map(|e| json!({"loc": e.loc, "msg": e.msg}))
+        .collect();
+    json!({"parameters": body, "detail": detail})
 }
 
 fn now_millis() -> u64 {
@@ -330,10 +341,7 @@ impl GatewayApi {
                 return ChatResponse::Unprocessable(failure(
                     "INVALID_PROMPT",
                     "the parameters the message asks for do not fit the model",
-                    Some(
-                        json!({"parameters": generate, "detail": errors.detail.iter()
-                        .map(|e| json!({"loc": e.loc, "msg": e.msg})).collect::<Vec<_>>()}),
-                    ),
+                    Some(invalid_generate_details(&generate, &errors)),
                 ));
             }
             Err(SubmitError::Full) => {
