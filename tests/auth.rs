@@ -266,6 +266,59 @@ fn rate_limit_holds_across_a_restart() {
     assert_eq!(after.status, 429, "{}", after.text());
 }
 
+/// Each message on the gateway's WebSocket counts against the key's bucket as a request does;
+/// an empty bucket is an error message on an open socket; a revoked key closes it.
+#[test]
+fn the_gateway_socket_counts_each_message() {
+    let data = temp_dir("auth-ws-rate");
+    let limited = create_key(&data, "limited-ws", &["--rate", "3/hour"]);
+    let other = create_key(&data, "revoked-ws", &[]);
+    let server = Server::start(&data, &[]);
+    let port = server.port;
+    let read = |ws: &mut tungstenite::WebSocket<_>| match ws.read().unwrap() {
+        Message::Text(text) => serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+        other => panic!("expected text, got {other:?}"),
+    };
+    let subscribe = json!({"type": "subscribe", "prompt_id": "nope"}).to_string();
+    // The upgrade takes one request; two messages take the rest.
+    let (mut ws, _) =
+        tungstenite::connect(format!("ws://127.0.0.1:{port}/v1/ws?token={limited}")).unwrap();
+    for _ in 0..2 {
+        ws.send(Message::text(subscribe.clone())).unwrap();
+        assert_eq!(read(&mut ws)["error"]["code"], "PROMPT_NOT_FOUND");
+    }
+    for _ in 0..2 {
+        ws.send(Message::text(subscribe.clone())).unwrap();
+        let refused = read(&mut ws);
+        assert_eq!(refused["error"]["code"], "RATE_LIMIT_EXCEEDED", "{refused}");
+        let retry = refused["error"]["retry_after"].as_u64().unwrap();
+        assert!((1..=1200).contains(&retry), "{retry}");
+    }
+    // The bucket is the key's: plain requests are refused too.
+    assert_eq!(get_with(port, "/api/jobs", Some(&limited)).status, 429);
+
+    // A key revoked while its socket is open: the next message closes it.
+    let (mut ws, _) =
+        tungstenite::connect(format!("ws://127.0.0.1:{port}/v1/ws?token={other}")).unwrap();
+    ws.send(Message::text(subscribe.clone())).unwrap();
+    assert_eq!(read(&mut ws)["error"]["code"], "PROMPT_NOT_FOUND");
+    let out = hanga(&[
+        "keys",
+        "revoke",
+        "revoked-ws",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    settle();
+    ws.send(Message::text(subscribe)).unwrap();
+    assert_eq!(read(&mut ws)["type"], "auth_error");
+    match ws.read().unwrap() {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Policy),
+        other => panic!("expected a close, got {other:?}"),
+    }
+}
+
 #[test]
 fn other_machines_need_a_key_or_no_auth() {
     let data = temp_dir("auth-host");

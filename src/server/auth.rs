@@ -18,14 +18,36 @@ use crate::auth::{Allowance, Auth, Rejection, Scope, Verdict};
 pub struct AuthChallenge(pub Arc<Auth>);
 
 impl AuthChallenge {
-    /// Whether a first message authenticates the socket (a key with the `read` scope).
-    pub fn accepts(&self, first_message: &str) -> bool {
+    /// The socket's key, when a first message authenticates it (a key with the `read`
+    /// scope; the message counts against the key's rate limit).
+    pub fn accept(&self, first_message: &str) -> Option<SocketKey> {
         let parsed: Option<serde_json::Value> = serde_json::from_str(first_message).ok();
         let key = parsed
             .as_ref()
             .filter(|m| m["type"] == "auth")
-            .and_then(|m| m["api_key"].as_str());
-        matches!(self.0.check(key, Some(Scope::Read)), Verdict::Pass(_))
+            .and_then(|m| m["api_key"].as_str())?;
+        match self.0.check(Some(key), Some(Scope::Read)) {
+            Verdict::Pass(_) => Some(SocketKey {
+                auth: self.0.clone(),
+                key: key.to_owned(),
+            }),
+            Verdict::Reject(_) => None,
+        }
+    }
+}
+
+/// The key a WebSocket was let in with: each message it sends afterwards counts against the
+/// key's rate limit as a request does, and is refused once the key is revoked.
+#[derive(Clone)]
+pub struct SocketKey {
+    auth: Arc<Auth>,
+    key: String,
+}
+
+impl SocketKey {
+    /// Takes one request from the key's bucket for a message.
+    pub fn charge(&self) -> Verdict {
+        self.auth.check(Some(&self.key), Some(Scope::Read))
     }
 }
 
@@ -137,7 +159,13 @@ pub async fn guard<E: Endpoint>(
     let scope = scope_of(request.method(), request.uri().path());
     let key = token(&request);
     let allowance = match auth.check(key.as_deref(), scope) {
-        Verdict::Pass(allowance) => allowance,
+        Verdict::Pass(allowance) => {
+            if let Some(key) = key.filter(|_| is_websocket(&request)) {
+                let auth = auth.clone();
+                request.extensions_mut().insert(SocketKey { auth, key });
+            }
+            allowance
+        }
         Verdict::Reject(Rejection::Missing) if is_websocket(&request) => {
             request.extensions_mut().insert(AuthChallenge(auth.clone()));
             None

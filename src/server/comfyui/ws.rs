@@ -41,7 +41,7 @@ pub async fn websocket(
         let (mut sink, mut stream) = socket.split();
         if let Some(challenge) = challenge {
             let authenticated = match stream.next().await {
-                Some(Ok(Message::Text(text))) => challenge.accepts(&text),
+                Some(Ok(Message::Text(text))) => challenge.accept(&text).is_some(),
                 _ => false,
             };
             if !authenticated {

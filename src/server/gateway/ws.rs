@@ -7,6 +7,10 @@
 //!   `generation_complete` (`data`: the generation's status with its results, as
 //!   `GET /v1/api/generation/status/{prompt_id}` gives it);
 //! - `{"type": "unsubscribe", "prompt_id": ID}`; anything else gets `{"type": "error", ...}`.
+//!
+//! Every message after the upgrade counts against the key's rate limit as a request does: an
+//! empty bucket answers `{"type": "error", "error": {"code": "RATE_LIMIT_EXCEEDED", ...,
+//! "retry_after"}}` and leaves the socket open; a revoked key gets `auth_error` and a close.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,8 +25,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::status_of;
+use crate::auth::{Rejection, Verdict};
 use crate::server::AppState;
-use crate::server::auth::AuthChallenge;
+use crate::server::auth::{AuthChallenge, SocketKey};
 use crate::server::sse::job_stream;
 
 fn error(code: &str, message: &str) -> Value {
@@ -68,9 +73,11 @@ pub async fn websocket(
     ws: WebSocket,
     state: Data<&Arc<AppState>>,
     challenge: Option<Data<&AuthChallenge>>,
+    socket_key: Option<Data<&SocketKey>>,
 ) -> impl IntoResponse {
     let state = state.clone();
     let challenge = challenge.map(|c| c.0.clone());
+    let mut key = socket_key.map(|k| k.0.clone());
     ws.on_upgrade(move |socket| async move {
         let (mut sink, mut stream) = socket.split();
         let (out, mut outgoing) = mpsc::channel::<Value>(64);
@@ -85,47 +92,65 @@ pub async fn websocket(
                         Some(Ok(_)) => continue,
                     };
                     let message: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                    let reply = match message["type"].as_str() {
-                        Some("auth") => {
-                            if challenge.as_ref().is_none_or(|c| c.accepts(&text)) {
-                                authenticated = true;
-                                json!({"type": "auth_success"})
-                            } else {
-                                let refusal = json!({"type": "auth_error", "error": {
-                                    "code": "INVALID_API_KEY", "message": "the API key is not valid"}});
-                                let _ = sink.send(Message::Text(refusal.to_string())).await;
-                                let _ = sink.send(Message::Close(Some((CloseCode::Policy, "invalid API key".into())))).await;
-                                break;
+                    let is_auth = message["type"] == "auth";
+                    let verdict = match (&challenge, &key) {
+                        (Some(c), None) if is_auth && !authenticated => match c.accept(&text) {
+                            Some(accepted) => {
+                                key = Some(accepted);
+                                Verdict::Pass(None)
                             }
+                            None => Verdict::Reject(Rejection::Invalid),
+                        },
+                        (_, Some(key)) if authenticated => key.charge(),
+                        _ => Verdict::Pass(None),
+                    };
+                    let reply = match verdict {
+                        Verdict::Reject(Rejection::Limited(allowance)) => {
+                            let refusal = Rejection::Limited(allowance);
+                            json!({"type": "error", "error": {"code": "RATE_LIMIT_EXCEEDED",
+                                "message": refusal.message(), "retry_after": allowance.retry_after}})
                         }
-                        _ if !authenticated => {
+                        Verdict::Reject(_) => {
+                            let refusal = json!({"type": "auth_error", "error": {
+                                "code": "INVALID_API_KEY", "message": "the API key is not valid"}});
+                            let _ = sink.send(Message::Text(refusal.to_string())).await;
+                            let _ = sink.send(Message::Close(Some((CloseCode::Policy, "invalid API key".into())))).await;
+                            break;
+                        }
+                        Verdict::Pass(_) if is_auth => {
+                            authenticated = true;
+                            json!({"type": "auth_success"})
+                        }
+                        Verdict::Pass(_) if !authenticated => {
                             let reason = "authentication required: send {\"type\": \"auth\", \"api_key\": KEY} first";
                             let _ = sink.send(Message::Close(Some((CloseCode::Policy, reason.into())))).await;
                             break;
                         }
-                        Some("subscribe") => match message["prompt_id"].as_str() {
-                            Some(id) if message["event"].as_str().is_none_or(|e| e == "generation_progress") => {
-                                match follow(state.clone(), id.to_owned(), out.clone()) {
-                                    Some(task) => {
-                                        if let Some(old) = follows.insert(id.to_owned(), task) {
-                                            old.abort();
+                        Verdict::Pass(_) => match message["type"].as_str() {
+                            Some("subscribe") => match message["prompt_id"].as_str() {
+                                Some(id) if message["event"].as_str().is_none_or(|e| e == "generation_progress") => {
+                                    match follow(state.clone(), id.to_owned(), out.clone()) {
+                                        Some(task) => {
+                                            if let Some(old) = follows.insert(id.to_owned(), task) {
+                                                old.abort();
+                                            }
+                                            json!({"type": "subscribed", "event": "generation_progress", "prompt_id": id})
                                         }
-                                        json!({"type": "subscribed", "event": "generation_progress", "prompt_id": id})
+                                        None => error("PROMPT_NOT_FOUND", &format!("no generation `{id}`")),
                                     }
-                                    None => error("PROMPT_NOT_FOUND", &format!("no generation `{id}`")),
                                 }
+                                Some(_) => error("INVALID_REQUEST", "the only event is generation_progress"),
+                                None => error("INVALID_REQUEST", "subscribe needs a prompt_id"),
+                            },
+                            Some("unsubscribe") => {
+                                let id = message["prompt_id"].as_str().unwrap_or_default();
+                                if let Some(task) = follows.remove(id) {
+                                    task.abort();
+                                }
+                                json!({"type": "unsubscribed", "prompt_id": id})
                             }
-                            Some(_) => error("INVALID_REQUEST", "the only event is generation_progress"),
-                            None => error("INVALID_REQUEST", "subscribe needs a prompt_id"),
+                            _ => error("INVALID_REQUEST", "messages are auth, subscribe or unsubscribe (JSON)"),
                         },
-                        Some("unsubscribe") => {
-                            let id = message["prompt_id"].as_str().unwrap_or_default();
-                            if let Some(task) = follows.remove(id) {
-                                task.abort();
-                            }
-                            json!({"type": "unsubscribed", "prompt_id": id})
-                        }
-                        _ => error("INVALID_REQUEST", "messages are auth, subscribe or unsubscribe (JSON)"),
                     };
                     if sink.send(Message::Text(reply.to_string())).await.is_err() {
                         break;
