@@ -575,6 +575,8 @@ fn nsfw_checks_with_the_tiny_checker() {
         "INVALID_IMAGE",
     );
     assert_failure(&analyze(json!({"image": 7})), 400, "INVALID_REQUEST");
+    let oversized = json!({"image": "A".repeat(33 << 20)});
+    assert_failure(&analyze(oversized), 413, "PAYLOAD_TOO_LARGE");
     assert_failure(
         &post_json(
             port,
