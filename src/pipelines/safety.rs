@@ -13,8 +13,11 @@ use crate::models::safety_checker::{SafetyChecker, SafetyCheckerConfig, Verdict}
 use crate::registry::CheckerManifest;
 use crate::weights::{SafetensorsFile, TensorStore};
 
-/// OpenAI CLIP's normalisation, as the checker's `preprocessor_config.json` sets it.
+/// OpenAI CLIP's normalisation, as the checker's `preprocessor_config.json` writes it (numpy
+/// takes these decimals to float32, as the literals here do).
+#[allow(clippy::excessive_precision)]
 const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 pub fn load_checker<B: Backend>(

@@ -157,7 +157,7 @@ fn resolve(dir: &Path, path: &Path) -> PathBuf {
 
 /// What a manifest file describes: an image model, or a safety checker.
 pub enum AnyManifest {
-    Model(Manifest),
+    Model(Box<Manifest>),
     Checker(CheckerManifest),
 }
 
@@ -178,7 +178,7 @@ impl AnyManifest {
         } else {
             table
                 .try_into()
-                .map(|m: Manifest| AnyManifest::Model(Manifest { dir, ..m }))
+                .map(|m: Manifest| AnyManifest::Model(Box::new(Manifest { dir, ..m })))
         };
         let manifest = parsed.map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
         let id = match &manifest {
@@ -203,7 +203,7 @@ impl Manifest {
     /// An image model's manifest file; a safety checker's is an error here.
     pub fn from_file(path: &Path) -> Result<Self, Error> {
         match AnyManifest::from_file(path)? {
-            AnyManifest::Model(manifest) => Ok(manifest),
+            AnyManifest::Model(manifest) => Ok(*manifest),
             AnyManifest::Checker(_) => Err(Error::config(format!(
                 "{} describes a safety checker, not an image model",
                 path.display()

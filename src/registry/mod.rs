@@ -49,7 +49,7 @@ impl Registry {
             paths.sort();
             for path in paths {
                 match AnyManifest::from_file(&path)? {
-                    AnyManifest::Model(manifest) => registry.add(manifest)?,
+                    AnyManifest::Model(manifest) => registry.add(*manifest)?,
                     AnyManifest::Checker(checker) => registry.set_checker(checker)?,
                 }
             }
