@@ -93,18 +93,30 @@ pub struct EncoderLayer<B: Backend> {
     quick_gelu: bool,
 }
 
-/// The widths an encoder layer is loaded with.
-pub struct LayerShape {
+/// The shape of a CLIP encoder (`CLIPEncoder`), as transformers' configs name it.
+#[derive(Clone, Debug)]
+pub struct EncoderShape {
     pub hidden_size: usize,
     pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub hidden_act: Activation,
     pub layer_norm_eps: f64,
 }
 
+/// `CLIPEncoder`'s layers; `w` is the encoder's view (`...encoder`).
+pub fn load_encoder<B: Backend>(
+    w: &Weights<B>,
+    shape: &EncoderShape,
+) -> Result<Vec<EncoderLayer<B>>, Error> {
+    (0..shape.num_hidden_layers)
+        .map(|i| EncoderLayer::load(&w.pp("layers").pp(i), shape))
+        .collect()
+}
+
 impl<B: Backend> EncoderLayer<B> {
     /// `w` is the layer's view (`...encoder.layers.{i}`).
-    pub fn load(w: &Weights<B>, shape: &LayerShape) -> Result<Self, Error> {
+    fn load(w: &Weights<B>, shape: &EncoderShape) -> Result<Self, Error> {
         let (d, eps) = (shape.hidden_size, shape.layer_norm_eps);
         let a = w.pp("self_attn");
         Ok(Self {
@@ -169,16 +181,15 @@ impl<B: Backend> ClipTextModel<B> {
         let root = Weights::new(store, device);
         let w = root.pp("text_model");
         let (d, eps) = (config.hidden_size, config.layer_norm_eps);
-        let shape = LayerShape {
+        let shape = EncoderShape {
             hidden_size: d,
             intermediate_size: config.intermediate_size,
+            num_hidden_layers: config.num_hidden_layers,
             num_attention_heads: config.num_attention_heads,
             hidden_act: config.hidden_act,
             layer_norm_eps: eps,
         };
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| EncoderLayer::load(&w.pp("encoder.layers").pp(i), &shape))
-            .collect::<Result<Vec<_>, Error>>()?;
+        let layers = load_encoder(&w.pp("encoder"), &shape)?;
         let text_projection = match config.projection_dim {
             Some(p) => Some(root.linear("text_projection", d, p, false)?),
             None => None,

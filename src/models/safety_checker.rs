@@ -15,7 +15,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use serde::Deserialize;
 
-use super::clip::{Activation, EncoderLayer, LayerShape};
+use super::clip::{Activation, EncoderLayer, EncoderShape, load_encoder};
 use super::linear::Linear;
 use crate::Error;
 use crate::weights::{TensorStore, Weights};
@@ -25,12 +25,7 @@ use crate::weights::{TensorStore, Weights};
 /// ViT-L/14's: 64-wide heads, quick_gelu, eps 1e-5.
 #[derive(Clone, Debug)]
 pub struct SafetyCheckerConfig {
-    pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_hidden_layers: usize,
-    pub num_attention_heads: usize,
-    pub hidden_act: Activation,
-    pub layer_norm_eps: f64,
+    pub encoder: EncoderShape,
     pub image_size: usize,
     pub patch_size: usize,
     pub projection_dim: usize,
@@ -76,12 +71,14 @@ impl SafetyCheckerConfig {
             )));
         }
         Ok(Self {
-            hidden_size,
-            intermediate_size: fc1[0],
-            num_hidden_layers: store.count_indexed(&format!("{TOWER}.encoder.layers")),
-            num_attention_heads: o.num_attention_heads.unwrap_or(hidden_size / 64).max(1),
-            hidden_act: o.hidden_act.unwrap_or(Activation::QuickGelu),
-            layer_norm_eps: o.layer_norm_eps.unwrap_or(1e-5),
+            encoder: EncoderShape {
+                hidden_size,
+                intermediate_size: fc1[0],
+                num_hidden_layers: store.count_indexed(&format!("{TOWER}.encoder.layers")),
+                num_attention_heads: o.num_attention_heads.unwrap_or(hidden_size / 64).max(1),
+                hidden_act: o.hidden_act.unwrap_or(Activation::QuickGelu),
+                layer_norm_eps: o.layer_norm_eps.unwrap_or(1e-5),
+            },
             image_size: grid * patch_size,
             patch_size,
             projection_dim: projection[0],
@@ -200,18 +197,10 @@ impl<B: Backend> SafetyChecker<B> {
     ) -> Result<Self, Error> {
         let root = Weights::new(store, device);
         let w = root.pp(TOWER);
-        let (d, p, eps) = (config.hidden_size, config.patch_size, config.layer_norm_eps);
+        let shape = &config.encoder;
+        let (d, p, eps) = (shape.hidden_size, config.patch_size, shape.layer_norm_eps);
         let grid = config.image_size / p;
-        let shape = LayerShape {
-            hidden_size: d,
-            intermediate_size: config.intermediate_size,
-            num_attention_heads: config.num_attention_heads,
-            hidden_act: config.hidden_act,
-            layer_norm_eps: eps,
-        };
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| EncoderLayer::load(&w.pp("encoder.layers").pp(i), &shape))
-            .collect::<Result<Vec<_>, Error>>()?;
+        let layers = load_encoder(&w.pp("encoder"), shape)?;
         let e = w.pp("embeddings");
         let (pd, nc, ns) = (
             config.projection_dim,

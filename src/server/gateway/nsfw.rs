@@ -29,8 +29,9 @@ const WAIT: Duration = Duration::from_secs(600);
 
 pub struct NsfwApi(pub Arc<AppState>);
 
+/// The image to check: one of the two.
 #[derive(Object)]
-pub struct AnalyzeRequest {
+pub struct ImageInput {
     /// The image, base64-encoded (a `data:image/...;base64,` prefix is accepted).
     pub image: Option<Text>,
     /// Or one of this server's images: `/api/images/{filename}`, or that path on this
@@ -40,11 +41,8 @@ pub struct AnalyzeRequest {
 
 #[derive(Object)]
 pub struct FilterRequest {
-    /// The image, base64-encoded (a `data:image/...;base64,` prefix is accepted).
-    pub image: Option<Text>,
-    /// Or one of this server's images: `/api/images/{filename}`, or that path on this
-    /// server's own address. Other URLs are refused, never fetched.
-    pub image_url: Option<Text>,
+    #[oai(flatten)]
+    pub input: ImageInput,
     /// How to hide the image where the checker flags it (default `blur`).
     pub filter: Option<NsfwFilter>,
 }
@@ -61,18 +59,20 @@ pub struct FilterResult {
     pub url: String,
 }
 
-gateway_response!(AnalyzeResponse, NsfwVerdict,
-    NotFound = 404: "`IMAGE_NOT_FOUND`: `image_url` names no image of this server.",
-    Unprocessable = 422: "`INVALID_IMAGE`: no image, two images, not an image, or a URL that is not this server's.",
-    Busy = 429: "`QUEUE_FULL`.",
-    Internal = 500: "`GENERATION_FAILED`: the check failed.",
-    Unavailable = 503: "`NSFW_CHECKER_UNAVAILABLE`: no safety checker is set up.");
-gateway_response!(FilterResponse, FilterResult,
-    NotFound = 404: "`IMAGE_NOT_FOUND`: `image_url` names no image of this server.",
-    Unprocessable = 422: "`INVALID_IMAGE`: no image, two images, not an image, or a URL that is not this server's.",
-    Busy = 429: "`QUEUE_FULL`.",
-    Internal = 500: "`GENERATION_FAILED`: the check failed.",
-    Unavailable = 503: "`NSFW_CHECKER_UNAVAILABLE`: no safety checker is set up.");
+/// A check route's answers: its payload and the refusals every check can meet.
+macro_rules! nsfw_response {
+    ($name:ident, $data:ty) => {
+        gateway_response!($name, $data,
+            NotFound = 404: "`IMAGE_NOT_FOUND`: `image_url` names no image of this server.",
+            Unprocessable = 422: "`INVALID_IMAGE`: no image, two images, not an image, or a URL that is not this server's.",
+            Busy = 429: "`QUEUE_FULL`.",
+            Internal = 500: "`GENERATION_FAILED`: the check failed.",
+            Unavailable = 503: "`NSFW_CHECKER_UNAVAILABLE`: no safety checker is set up.");
+    };
+}
+
+nsfw_response!(AnalyzeResponse, NsfwVerdict);
+nsfw_response!(FilterResponse, FilterResult);
 
 /// Why a check did not give a verdict: (HTTP status, gateway code, message).
 struct Refusal(u16, &'static str, String);
@@ -120,8 +120,7 @@ fn own_image_name(url: &str, host: Option<&str>) -> Result<String, Refusal> {
 async fn check(
     state: &AppState,
     request: &Request,
-    image: Option<Text>,
-    image_url: Option<Text>,
+    input: ImageInput,
     filter: Option<NsfwFilter>,
 ) -> Result<Job, Refusal> {
     let Some(checker) = state.shared.registry.checker() else {
@@ -129,7 +128,7 @@ async fn check(
     };
     let job_id = new_job_id();
     let store = &state.shared.store;
-    let (image, source) = match (image, image_url) {
+    let (image, source) = match (input.image, input.image_url) {
         (Some(data), None) => {
             let encoded = data
                 .0
@@ -245,9 +244,8 @@ impl NsfwApi {
     /// `confidence` is the highest concept score (cosine similarity to a concept less its
     /// threshold, as diffusers' `StableDiffusionSafetyChecker` computes it): above 0 is NSFW.
     #[oai(path = "/analyze", method = "post")]
-    async fn analyze(&self, request: &Request, body: Json<AnalyzeRequest>) -> AnalyzeResponse {
-        let body = body.0;
-        match check(&self.0, request, body.image, body.image_url, None).await {
+    async fn analyze(&self, request: &Request, body: Json<ImageInput>) -> AnalyzeResponse {
+        match check(&self.0, request, body.0, None).await {
             Ok(job) => match verdict_of(&job) {
                 Some(verdict) => AnalyzeResponse::Ok(envelope(verdict)),
                 None => refuse!(
@@ -265,7 +263,7 @@ impl NsfwApi {
     async fn filter(&self, request: &Request, body: Json<FilterRequest>) -> FilterResponse {
         let body = body.0;
         let filter = body.filter.unwrap_or_default();
-        let job = match check(&self.0, request, body.image, body.image_url, Some(filter)).await {
+        let job = match check(&self.0, request, body.input, Some(filter)).await {
             Ok(job) => job,
             Err(refusal) => return refuse!(FilterResponse, refusal),
         };
