@@ -4,7 +4,10 @@
 //! validated once against the node definitions. Each face turns the outcome into its own
 //! answers.
 
+use std::time::Duration;
+
 use serde_json::{Map, Value};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
 use super::validation::{ValidationErrors, validate};
@@ -109,4 +112,26 @@ pub fn submit_graph(
     })?;
     tracing::info!(job_id = %job.job_id, "graph accepted");
     Ok((job, accepted.node_errors))
+}
+
+/// Waits until job `job_id` has ended, at most `wait`; the job as it ended (None: still not
+/// ended). For faces whose request answers with the result (the gateway's NSFW checks,
+/// OpenAI's images).
+pub async fn job_end(state: &AppState, job_id: &str, wait: Duration) -> Option<Job> {
+    let mut events = state.shared.events.subscribe(job_id, None).live;
+    let ended = async {
+        loop {
+            // Checked after subscribing, so an end between the two is not missed: the runner
+            // records a job's end before announcing it.
+            if let Some((job, _)) = state.shared.queue.get(job_id)
+                && job.status.is_finished()
+            {
+                return job;
+            }
+            if let Err(RecvError::Closed) = events.recv().await {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    tokio::time::timeout(wait, ended).await.ok()
 }

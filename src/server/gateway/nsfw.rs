@@ -11,13 +11,13 @@ use base64::Engine;
 use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use tokio::sync::broadcast::error::RecvError;
 
 use super::views::{Envelope, Failure, Text};
 use super::{Tag, bad_request, envelope, failure};
 use crate::output::nsfw_filter::NsfwFilter;
 use crate::queue::{Job, JobStatus, NsfwVerdict, QueueError, SafetyCheck, new_job_id};
 use crate::server::AppState;
+use crate::server::submit::job_end;
 use crate::server::validation::NO_CHECKER;
 
 /// Where the NSFW routes live: their bodies carry images, so they get a larger body limit.
@@ -178,33 +178,15 @@ async fn check(
         // A check takes a moment: it goes before the generations waiting.
         ..Job::new(job_id.clone(), checker.id.clone(), i32::MAX)
     };
-    // Subscribed before the job is queued, so its end cannot be missed.
-    let mut events = state.shared.events.subscribe(&job_id, None).live;
     state.shared.queue.submit(job).map_err(|e| match e {
         QueueError::Full => Refusal(429, "QUEUE_FULL", "the queue is full; retry later".into()),
         e => Refusal(500, "GENERATION_FAILED", format!("{e:?}")),
     })?;
-    let finished = async {
-        loop {
-            // The runner records a job's end before announcing it.
-            if let Some((job, _)) = state.shared.queue.get(&job_id)
-                && job.status.is_finished()
-            {
-                return job;
-            }
-            if let Err(RecvError::Closed) = events.recv().await {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    let job = tokio::time::timeout(WAIT, finished).await.map_err(|_| {
+    let job = job_end(state, &job_id, WAIT).await.ok_or_else(|| {
         Refusal(
             500,
             "GENERATION_FAILED",
-            format!(
-                "the check did not run within {} s; it is job `{job_id}`",
-                WAIT.as_secs()
-            ),
+            format!("the check did not run within {} s; it is job `{job_id}`", WAIT.as_secs()),
         )
     })?;
     match job.status {
