@@ -20,17 +20,19 @@ test: test-deps
 	tests/schemathesis/run.sh target/debug/hanga
 
 # Debian's Chromium and its WebDriver, for tests/browser.rs; ComfyUI client packages from
-# PyPI, for tests/comfyui_server.rs.
+# PyPI, for tests/comfyui_server.rs; the OpenAI SDK, for tests/openai.rs.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-test-deps: .venv/comfyui-clients/.installed
+test-deps: .venv/comfyui-clients/.installed .venv/api-clients/.installed
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-.venv/comfyui-clients/.installed: tests/comfyui_clients/requirements.txt
-	python3 -m venv .venv/comfyui-clients
-	.venv/comfyui-clients/bin/python -m pip install --quiet --disable-pip-version-check -r $<
+# .venv/NAME-clients from tests/NAME_clients/requirements.txt.
+.SECONDEXPANSION:
+.venv/%/.installed: tests/$$(subst -,_,$$*)/requirements.txt
+	python3 -m venv .venv/$*
+	.venv/$*/bin/python -m pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
 # `hanga bench --size small` on the CPU, beside diffusers on the same networks and inputs

@@ -130,6 +130,11 @@ struct ServeArgs {
     /// Allow browser requests from this origin (CORS is off without it).
     #[arg(long, env = "HANGA_CORS_ORIGIN")]
     cors_origin: Option<String>,
+    /// The address clients reach this server at (e.g. `https://images.example.com` behind a
+    /// proxy), for absolute image URLs (OpenAI's `response_format: url`); default: the Host
+    /// each request was sent to.
+    #[arg(long, env = "HANGA_PUBLIC_URL")]
+    public_url: Option<String>,
     /// Jobs that may wait at once; more get 429.
     #[arg(long, env = "HANGA_QUEUE_CAPACITY", default_value_t = 1000)]
     queue_capacity: usize,
@@ -312,6 +317,7 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
         queue_capacity: args.queue_capacity,
         preview_interval: Duration::from_millis(args.preview_interval_ms),
         cors_origin: args.cors_origin,
+        public_url: args.public_url,
         max_body_bytes: 1 << 20,
         comfyui_port: (!args.no_comfyui).then_some(args.comfyui_port),
         comfyui_previews: args.preview_method != "none",

@@ -323,8 +323,8 @@ pub fn dimensions(orientation: Orientation, default: (u32, u32)) -> (u32, u32) {
 pub fn preset_steps(quality: &str, default: u32) -> Option<u32> {
     let factor = match quality.to_lowercase().as_str() {
         "draft" | "fast" | "low" => 0.5,
-        "standard" | "normal" | "medium" => 1.0,
-        "high" | "best" | "quality" => 1.5,
+        "standard" | "normal" | "medium" | "auto" => 1.0,
+        "high" | "best" | "quality" | "hd" => 1.5,
         _ => return None,
     };
     Some(((default as f64 * factor).round() as u32).clamp(1, 150))

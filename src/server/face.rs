@@ -14,6 +14,9 @@ pub enum Face {
     Gateway,
     /// ComfyUI's port: a bare status, as ComfyUI's own middlewares answer.
     ComfyUi,
+    /// OpenAI's images API (`/v1/images`, `/v1/models`): `{"error": {"message", "type",
+    /// "param", "code"}}`.
+    OpenAi,
 }
 
 impl Face {
@@ -21,6 +24,8 @@ impl Face {
     pub fn of_native_path(path: &str) -> Face {
         if path.starts_with("/v1/api/") || path == "/v1/ws" {
             Face::Gateway
+        } else if path.starts_with("/v1/images/") || path.starts_with("/v1/models") {
+            Face::OpenAi
         } else {
             Face::Native
         }
@@ -37,6 +42,9 @@ impl Face {
                 failure.with_status(status).into_response()
             }
             Face::ComfyUi => Response::builder().status(status).finish(),
+            Face::OpenAi => super::openai::error_body(status, message, None, code)
+                .with_status(status)
+                .into_response(),
         }
     }
 }

@@ -8,6 +8,7 @@ mod comfyui;
 mod dashboard;
 mod face;
 mod gateway;
+mod openai;
 mod openapi;
 mod schemas;
 mod sse;
@@ -46,6 +47,9 @@ pub struct ServeOptions {
     pub loras_dir: PathBuf,
     /// Workflow templates (`templates/`), read on each request.
     pub templates_dir: PathBuf,
+    /// The address clients reach this server at (`https://images.example.com`), for the
+    /// absolute image URLs of OpenAI's `response_format: url`; None: the request's Host.
+    pub public_url: Option<String>,
     pub device: DeviceKind,
     pub precision: Precision,
     pub default_model: Option<String>,
@@ -69,6 +73,7 @@ pub struct AppState {
     keep_alive: Duration,
     runner: std::thread::JoinHandle<()>,
     templates_dir: PathBuf,
+    public_url: Option<String>,
 }
 
 /// Opens the store, restores the queue, starts the runner on `options.device` and serves until
@@ -137,6 +142,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         keep_alive: api::KEEP_ALIVE,
         runner,
         templates_dir: options.templates_dir,
+        public_url: options.public_url,
     });
 
     // Bind first so that `--port 0` works: the line below tells which port was taken.
@@ -161,6 +167,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         gateway::GatewayApi(state.clone()),
         gateway::nsfw::NsfwApi(state.clone()),
         gateway::workflows::WorkflowsApi(state.clone()),
+        openai::OpenAiApi(state.clone()),
         dashboard::Dashboard,
     );
     let service = OpenApiService::new(apis, "hanga", env!("CARGO_PKG_VERSION")).description(

@@ -186,7 +186,10 @@ async fn check(
         Refusal(
             500,
             "GENERATION_FAILED",
-            format!("the check did not run within {} s; it is job `{job_id}`", WAIT.as_secs()),
+            format!(
+                "the check did not run within {} s; it is job `{job_id}`",
+                WAIT.as_secs()
+            ),
         )
     })?;
     match job.status {

@@ -1,0 +1,80 @@
+"""The official `openai` SDK (PyPI) against a running `hanga serve`, with strict response
+validation: every response must parse into the SDK's own types.
+
+    python openai_check.py <port>
+
+Checks models.list, images.generate with n=2 as b64_json, as url (fetched back), as JPEG, and
+the SDK's exceptions for bad values. Prints one line per check; exits non-zero on the first
+failure.
+"""
+
+import base64
+import io
+import sys
+import urllib.request
+
+import openai
+from PIL import Image
+
+port = sys.argv[1]
+client = openai.OpenAI(
+    base_url=f"http://127.0.0.1:{port}/v1",
+    api_key="sk-any",  # an open loopback server takes any key, as the SDK always sends one
+    _strict_response_validation=True,
+    max_retries=0,
+)
+
+models = client.models.list()
+ids = [m.id for m in models.data]
+assert "sdxl-tiny-demo" in ids, ids
+assert all(m.object == "model" and m.owned_by == "hanga" for m in models.data)
+print("models.list:", ids)
+
+result = client.images.generate(
+    model="sdxl-tiny-demo", prompt="a red fox in the snow", n=2, size="64x64",
+    response_format="b64_json", quality="low",
+)
+assert isinstance(result.created, int)
+assert len(result.data) == 2, result
+for image in result.data:
+    decoded = Image.open(io.BytesIO(base64.b64decode(image.b64_json)))
+    assert decoded.format == "PNG" and decoded.size == (64, 64), (decoded.format, decoded.size)
+    assert image.revised_prompt == "a red fox in the snow", image.revised_prompt
+    assert image.url is None
+first, second = (base64.b64decode(i.b64_json) for i in result.data)
+assert first != second, "two images of one request are made from two seeds"
+print("images.generate n=2 b64_json: 2 PNGs 64x64")
+
+# OpenAI's own model names mean the default model; the URL is this server's gallery.
+result = client.images.generate(
+    model="dall-e-3", prompt="a lighthouse", size="64x64", response_format="url",
+)
+url = result.data[0].url
+assert url.startswith(f"http://127.0.0.1:{port}/api/images/"), url
+with urllib.request.urlopen(urllib.request.Request(url)) as response:
+    assert response.headers["Content-Type"].startswith("image/png"), response.headers
+    assert Image.open(io.BytesIO(response.read())).size == (64, 64)
+print("images.generate url:", url)
+
+result = client.images.generate(prompt="a lighthouse", size="64x64", output_format="jpeg")
+decoded = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+assert decoded.format == "JPEG" and result.output_format == "jpeg", decoded.format
+print("images.generate output_format=jpeg: JPEG")
+
+for kwargs, param, code in [
+    ({"size": "13x13"}, "size", None),
+    ({"size": "huge"}, "size", "invalid_value"),
+    ({"quality": "ultra"}, "quality", "invalid_value"),
+    ({"model": "nope"}, "model", "model_not_found"),
+    ({"n": 9}, "n", None),
+]:
+    try:
+        client.images.generate(prompt="x", **kwargs)
+    except openai.BadRequestError as e:
+        assert e.status_code == 400 and e.param == param, (kwargs, e.param, e.body)
+        assert e.type == "invalid_request_error", e.type
+        assert code is None or e.code == code, (kwargs, e.code)
+        print(f"{kwargs}: BadRequestError param={e.param} code={e.code}")
+    else:
+        raise AssertionError(f"{kwargs} was accepted")
+print("openai SDK: all checks passed")

@@ -1,0 +1,103 @@
+//! OpenAI's images API against a real `hanga serve` on the demo model: the official `openai`
+//! SDK from PyPI (in the virtualenv `make test-deps` makes) with strict response validation,
+//! and the same jobs seen through the native API; auth refusals in OpenAI's error shape.
+
+mod common;
+
+use std::time::Duration;
+
+use common::http::{Server, get, post_json, request};
+use common::temp_dir;
+use serde_json::json;
+
+#[test]
+fn the_openai_sdk_generates_and_lists_models() {
+    let python = common::repo().join(".venv/api-clients/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: `make test-deps` makes it",
+        python.display()
+    );
+    let dir = temp_dir("openai-sdk");
+    let server = Server::start(&dir, &["--default-model", "sdxl-tiny-demo"]);
+    let output = std::process::Command::new(python)
+        .arg(common::repo().join("tests/api_clients/openai_check.py"))
+        .arg(server.port.to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+
+    // The SDK's images are jobs like any other: in /api/jobs and the gallery.
+    let jobs = get(server.port, "/api/jobs?limit=50").json();
+    let done: Vec<_> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["status"] == "completed")
+        .collect();
+    assert_eq!(done.len(), 3, "{jobs}");
+    let fox = done
+        .iter()
+        .find(|j| j["params"]["prompt"] == "a red fox in the snow")
+        .expect("the n=2 job");
+    assert_eq!(fox["params"]["num_images"], 2);
+    // quality "low": half the demo model's 20 steps.
+    assert_eq!(fox["params"]["steps"], 10);
+    let gallery = get(server.port, "/api/images?limit=50").json();
+    assert_eq!(gallery["images"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn refusals_come_in_openais_error_shape() {
+    let dir = temp_dir("openai-errors");
+    let server = Server::start(&dir, &["--default-model", "sdxl-tiny-demo"]);
+    let port = server.port;
+    let error = |response: common::http::Response, status: u16| {
+        assert_eq!(response.status, status, "{}", response.text());
+        let body = response.json();
+        let error = &body["error"];
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        assert!(
+            error["type"].is_string() && error.get("param").is_some(),
+            "{body}"
+        );
+        error.clone()
+    };
+    let missing = error(post_json(port, "/v1/images/generations", &json!({})), 400);
+    assert_eq!(missing["type"], "invalid_request_error");
+    let not_json = request(port, "POST", "/v1/images/generations", Some(b"{"), &[]);
+    error(not_json, 400);
+    let big = json!({"prompt": "a".repeat(2 << 20)});
+    assert_eq!(
+        error(post_json(port, "/v1/images/generations", &big), 413)["code"],
+        "payload_too_large"
+    );
+
+    // With a key configured: 401 in OpenAI's shape, and the key then works.
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_hanga"))
+        .args(["keys", "create", "--name", "sdk", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let key = String::from_utf8(made.stdout).unwrap().trim().to_owned();
+    std::thread::sleep(Duration::from_millis(600));
+    let refused = error(get(port, "/v1/models"), 401);
+    assert_eq!(refused["code"], "invalid_api_key");
+    let bearer = format!("Bearer {key}");
+    let listed = request(
+        port,
+        "GET",
+        "/v1/models",
+        None,
+        &[("Authorization", &bearer)],
+    );
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.json()["object"], "list");
+}
