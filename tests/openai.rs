@@ -29,6 +29,7 @@ fn the_openai_sdk_generates_and_lists_models() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("all checks passed"), "{stdout}");
+    println!("{stdout}");
 
     // The SDK's images are jobs like any other: in /api/jobs and the gallery.
     let jobs = get(server.port, "/api/jobs?limit=50").json();
@@ -38,7 +39,7 @@ fn the_openai_sdk_generates_and_lists_models() {
         .iter()
         .filter(|j| j["status"] == "completed")
         .collect();
-    assert_eq!(done.len(), 3, "{jobs}");
+    assert_eq!(done.len(), 4, "{jobs}");
     let fox = done
         .iter()
         .find(|j| j["params"]["prompt"] == "a red fox in the snow")
@@ -47,7 +48,7 @@ fn the_openai_sdk_generates_and_lists_models() {
     // quality "low": half the demo model's 20 steps.
     assert_eq!(fox["params"]["steps"], 10);
     let gallery = get(server.port, "/api/images?limit=50").json();
-    assert_eq!(gallery["images"].as_array().unwrap().len(), 4);
+    assert_eq!(gallery["images"].as_array().unwrap().len(), 5);
 }
 
 #[test]

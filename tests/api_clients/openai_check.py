@@ -3,8 +3,8 @@ validation: every response must parse into the SDK's own types.
 
     python openai_check.py <port>
 
-Checks models.list, images.generate with n=2 as b64_json, as url (fetched back), as JPEG, and
-the SDK's exceptions for bad values. Prints one line per check; exits non-zero on the first
+Checks models.list, images.generate with n=2 as b64_json, as url (fetched back), as JPEG, as
+a stream with partial images, and the SDK's exceptions for bad values. Prints one line per check; exits non-zero on the first
 failure.
 """
 
@@ -61,12 +61,30 @@ decoded = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
 assert decoded.format == "JPEG" and result.output_format == "jpeg", decoded.format
 print("images.generate output_format=jpeg: JPEG")
 
+# Streaming: partial images from the latent previews, then the image.
+stream = client.images.generate(
+    prompt="a fox", size="64x64", stream=True, partial_images=2, quality="high",
+)
+events = list(stream)
+partials = [e for e in events if e.type == "image_generation.partial_image"]
+completed = [e for e in events if e.type == "image_generation.completed"]
+assert 1 <= len(partials) <= 2, [e.type for e in events]
+assert [p.partial_image_index for p in partials] == list(range(len(partials)))
+for partial in partials:
+    assert Image.open(io.BytesIO(base64.b64decode(partial.b64_json))).format == "JPEG"
+assert len(completed) == 1 and events[-1] is completed[0], [e.type for e in events]
+final = Image.open(io.BytesIO(base64.b64decode(completed[0].b64_json)))
+assert final.format == "PNG" and final.size == (64, 64), (final.format, final.size)
+assert completed[0].usage.total_tokens == 0 and completed[0].quality == "high"
+print(f"images.generate stream: {len(partials)} partial image(s), then the PNG")
+
 for kwargs, param, code in [
     ({"size": "13x13"}, "size", None),
     ({"size": "huge"}, "size", "invalid_value"),
     ({"quality": "ultra"}, "quality", "invalid_value"),
     ({"model": "nope"}, "model", "model_not_found"),
     ({"n": 9}, "n", None),
+    ({"stream": True, "partial_images": 4}, "partial_images", "invalid_value"),
 ]:
     try:
         client.images.generate(prompt="x", **kwargs)

@@ -10,13 +10,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use poem::Request;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use poem::http::StatusCode;
-use poem_openapi::payload::Json;
+use poem::web::sse::Event;
+use poem::{IntoResponse, Request};
+use poem_openapi::payload::{EventStream, Json, Payload};
+use poem_openapi::registry::{MetaMediaType, MetaResponses, Registry};
+use poem_openapi::types::ToJSON;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use serde_json::json;
 
 use super::AppState;
+use super::sse::job_stream;
 use super::submit::{SubmitError, job_end, submit_generate};
 use super::validation::{ValidationErrors, model_defaults};
 use crate::chat::preset_steps;
@@ -104,6 +110,104 @@ pub struct ImageGenerationRequest {
     pub output_format: Option<String>,
     /// Who asked, as the client names them; logged with the job.
     pub user: Option<String>,
+    /// Answer with server-sent events: `image_generation.partial_image` events (latent
+    /// previews, as JPEG) while sampling, then one `image_generation.completed` per image.
+    pub stream: Option<bool>,
+    /// How many partial images to send while streaming, 0 to 3 (default 0).
+    pub partial_images: Option<i64>,
+}
+
+/// `usage` of a completed stream event. hanga does not count tokens: every count is 0.
+#[derive(Object, Clone)]
+#[oai(rename = "OpenAIImageUsage")]
+pub struct Usage {
+    pub input_tokens: u32,
+    pub input_tokens_details: TokenDetails,
+    pub output_tokens: u32,
+    pub total_tokens: u32,
+}
+
+#[derive(Object, Clone)]
+#[oai(rename = "OpenAIImageTokenDetails")]
+pub struct TokenDetails {
+    pub image_tokens: u32,
+    pub text_tokens: u32,
+}
+
+/// `ImageGenPartialImageEvent` / `ImageGenCompletedEvent`.
+#[derive(Object)]
+#[oai(rename = "OpenAIImageStreamEvent")]
+pub struct StreamEvent {
+    /// `image_generation.partial_image` or `image_generation.completed`.
+    #[oai(rename = "type")]
+    pub kind: String,
+    pub b64_json: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Always `opaque`.
+    pub background: String,
+    /// `jpeg` for partial images; the requested format for completed ones.
+    pub output_format: String,
+    /// The request's quality, or `auto`.
+    pub quality: String,
+    /// `WIDTHxHEIGHT`.
+    pub size: String,
+    /// Partial images: their order, from 0.
+    #[oai(skip_serializing_if_is_none)]
+    pub partial_image_index: Option<u32>,
+    /// Completed images.
+    #[oai(skip_serializing_if_is_none)]
+    pub usage: Option<Usage>,
+}
+
+/// One server-sent event of a stream: an image event, or the error that ended it.
+#[derive(poem_openapi::Union)]
+#[oai(rename = "OpenAIImageStreamItem")]
+pub enum StreamItem {
+    Event(StreamEvent),
+    Error(ErrorBody),
+}
+
+type ImageEvents = EventStream<BoxStream<'static, StreamItem>>;
+
+/// What `images/generations` answers: the images as JSON, or (`stream: true`) as events.
+pub enum Generated {
+    Json(GenerationResponse),
+    Stream(ImageEvents),
+}
+
+impl ApiResponse for Generated {
+    const BAD_REQUEST_HANDLER: bool = true;
+
+    /// The JSON answers, with the event stream as the 200's second media type.
+    fn meta() -> MetaResponses {
+        let mut meta = GenerationResponse::meta();
+        for ok in meta.responses.iter_mut().filter(|r| r.status == Some(200)) {
+            ok.content.push(MetaMediaType {
+                content_type: <ImageEvents as Payload>::CONTENT_TYPE,
+                schema: <ImageEvents as Payload>::schema_ref(),
+            });
+        }
+        meta
+    }
+
+    fn register(registry: &mut Registry) {
+        GenerationResponse::register(registry);
+        <ImageEvents as Payload>::register(registry);
+    }
+
+    fn from_parse_request_error(error: poem::Error) -> Self {
+        Generated::Json(GenerationResponse::from_parse_request_error(error))
+    }
+}
+
+impl IntoResponse for Generated {
+    fn into_response(self) -> poem::Response {
+        match self {
+            Generated::Json(answer) => answer.into_response(),
+            Generated::Stream(events) => events.into_response(),
+        }
+    }
 }
 
 #[derive(Object)]
@@ -264,116 +368,29 @@ fn encoded(bytes: Vec<u8>, format: &str) -> Result<Vec<u8>, String> {
 #[OpenApi(prefix_path = "/v1", tag = "Tag::OpenAi")]
 impl OpenAiApi {
     /// Create images from a prompt (OpenAI's `images.generate`).
+    ///
+    /// Answers once the images are made; with `stream: true`, as server-sent events.
     #[oai(path = "/images/generations", method = "post")]
     async fn generations(
         &self,
         request: &Request,
         body: Json<ImageGenerationRequest>,
-    ) -> GenerationResponse {
+    ) -> Generated {
         let state = &self.0;
-        let body = body.0;
-        let model = match body.model.as_deref().filter(|m| !is_openai_name(m)) {
-            Some(id) => id.to_owned(),
-            None => match &state.default_model {
-                Some(id) => id.clone(),
-                None => return invalid("the server has no model", "model"),
-            },
-        };
-        let Ok(manifest) = state.shared.registry.get(&model) else {
-            return GenerationResponse::BadRequest(error_body(
-                StatusCode::BAD_REQUEST,
-                format!("The model `{model}` does not exist; GET /v1/models lists them"),
-                Some("model".into()),
-                "model_not_found",
-            ));
-        };
-        let Some(defaults) = model_defaults(manifest) else {
-            return GenerationResponse::Failed(error_body(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("model `{model}`: its manifest's [defaults] do not resolve"),
-                None,
-                "server_error",
-            ));
-        };
-        let mut generate = json!({"prompt": body.prompt, "model": model,
-                                  "num_images": body.n.unwrap_or(1)});
-        match body.size.as_deref() {
-            None | Some("auto") => {}
-            Some(size) => match size
-                .split_once('x')
-                .map(|(w, h)| (w.parse::<u32>(), h.parse::<u32>()))
-            {
-                Some((Ok(w), Ok(h))) => {
-                    generate["width"] = w.into();
-                    generate["height"] = h.into();
-                }
-                _ => return invalid(format!("size `{size}` is not WIDTHxHEIGHT or auto"), "size"),
-            },
-        }
-        if let Some(quality) = body.quality.as_deref() {
-            match preset_steps(quality, defaults.steps as u32) {
-                Some(steps) => generate["steps"] = steps.into(),
-                None => {
-                    return invalid(
-                        format!(
-                            "quality `{quality}` is not low, medium, high, standard, hd or auto"
-                        ),
-                        "quality",
-                    );
-                }
-            }
-        }
-        let as_url = match body.response_format.as_deref() {
-            None | Some("b64_json") => false,
-            Some("url") => true,
-            Some(other) => {
-                return invalid(
-                    format!("response_format `{other}` is not b64_json or url"),
-                    "response_format",
-                );
-            }
-        };
-        let format = match body.output_format.as_deref() {
-            None | Some("png") => "png",
-            Some("jpeg") => "jpeg",
-            Some("webp") => "webp",
-            Some(other) => {
-                return invalid(
-                    format!("output_format `{other}` is not png, jpeg or webp"),
-                    "output_format",
-                );
-            }
-        };
-        let (job, _) = match submit_generate(state, &generate) {
+        let (job, answer) = match accept(state, body.0) {
             Ok(accepted) => accepted,
-            Err(SubmitError::Invalid(errors)) => return validation_error(&errors),
-            Err(SubmitError::Full) => {
-                return GenerationResponse::Busy(error_body(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "The queue is full; retry later".into(),
-                    None,
-                    "queue_full",
-                ));
-            }
-            Err(SubmitError::Internal(e)) => {
-                return GenerationResponse::Failed(error_body(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    e,
-                    None,
-                    "server_error",
-                ));
-            }
+            Err(refusal) => return Generated::Json(refusal),
         };
-        if let Some(user) = &body.user {
-            tracing::info!(job_id = %job.job_id, user, "OpenAI images request");
+        if answer.stream {
+            return Generated::Stream(stream_images(self.0.clone(), job, answer));
         }
         let failed = |message: String| {
-            GenerationResponse::Failed(error_body(
+            Generated::Json(GenerationResponse::Failed(error_body(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 message,
                 None,
                 "server_error",
-            ))
+            )))
         };
         let Some(job) = job_end(state, &job.job_id, WAIT).await else {
             return failed(format!(
@@ -383,18 +400,15 @@ impl OpenAiApi {
             ));
         };
         if job.status != JobStatus::Completed {
-            return failed(
-                job.error
-                    .clone()
-                    .unwrap_or_else(|| format!("the job was {}", job.status.name())),
-            );
+            return failed(job_error(&job));
         }
-        match images(state, &job, as_url.then(|| origin(state, request)), format) {
-            Ok(data) => GenerationResponse::Ok(Json(ImagesResponse {
+        let origin = answer.as_url.then(|| origin(state, request));
+        match images(state, &job, origin, answer.format) {
+            Ok(data) => Generated::Json(GenerationResponse::Ok(Json(ImagesResponse {
                 created: unix_seconds(SystemTime::now()),
                 data,
-                output_format: if as_url { "png".into() } else { format.into() },
-            })),
+                output_format: if answer.as_url { "png" } else { answer.format }.into(),
+            }))),
             Err(e) => failed(e),
         }
     }
@@ -421,6 +435,259 @@ impl OpenAiApi {
             data,
         })
     }
+}
+
+/// How a request wants its images.
+struct Answer {
+    as_url: bool,
+    format: &'static str,
+    stream: bool,
+    partial_images: u32,
+    quality: String,
+}
+
+/// Checks a request and queues its job.
+fn accept(
+    state: &AppState,
+    body: ImageGenerationRequest,
+) -> Result<(Job, Answer), GenerationResponse> {
+    let model = match body.model.as_deref().filter(|m| !is_openai_name(m)) {
+        Some(id) => id.to_owned(),
+        None => match &state.default_model {
+            Some(id) => id.clone(),
+            None => return Err(invalid("the server has no model", "model")),
+        },
+    };
+    let Ok(manifest) = state.shared.registry.get(&model) else {
+        return Err(GenerationResponse::BadRequest(error_body(
+            StatusCode::BAD_REQUEST,
+            format!("The model `{model}` does not exist; GET /v1/models lists them"),
+            Some("model".into()),
+            "model_not_found",
+        )));
+    };
+    let Some(defaults) = model_defaults(manifest) else {
+        return Err(GenerationResponse::Failed(error_body(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("model `{model}`: its manifest's [defaults] do not resolve"),
+            None,
+            "server_error",
+        )));
+    };
+    let mut generate = json!({"prompt": body.prompt, "model": model,
+                              "num_images": body.n.unwrap_or(1)});
+    match body.size.as_deref() {
+        None | Some("auto") => {}
+        Some(size) => match size
+            .split_once('x')
+            .map(|(w, h)| (w.parse::<u32>(), h.parse::<u32>()))
+        {
+            Some((Ok(w), Ok(h))) => {
+                generate["width"] = w.into();
+                generate["height"] = h.into();
+            }
+            _ => {
+                return Err(invalid(
+                    format!("size `{size}` is not WIDTHxHEIGHT or auto"),
+                    "size",
+                ));
+            }
+        },
+    }
+    if let Some(quality) = body.quality.as_deref() {
+        match preset_steps(quality, defaults.steps as u32) {
+            Some(steps) => generate["steps"] = steps.into(),
+            None => {
+                return Err(invalid(
+                    format!("quality `{quality}` is not low, medium, high, standard, hd or auto"),
+                    "quality",
+                ));
+            }
+        }
+    }
+    let as_url = match body.response_format.as_deref() {
+        None | Some("b64_json") => false,
+        Some("url") => true,
+        Some(other) => {
+            return Err(invalid(
+                format!("response_format `{other}` is not b64_json or url"),
+                "response_format",
+            ));
+        }
+    };
+    let format = match body.output_format.as_deref() {
+        None | Some("png") => "png",
+        Some("jpeg") => "jpeg",
+        Some("webp") => "webp",
+        Some(other) => {
+            return Err(invalid(
+                format!("output_format `{other}` is not png, jpeg or webp"),
+                "output_format",
+            ));
+        }
+    };
+    let stream = body.stream == Some(true);
+    let partial_images = match body.partial_images {
+        None => 0,
+        Some(n @ 0..=3) => n as u32,
+        Some(_) => return Err(invalid("partial_images is 0 to 3", "partial_images")),
+    };
+    if stream && as_url {
+        return Err(invalid(
+            "a stream sends its images as b64_json, not url",
+            "response_format",
+        ));
+    }
+    let (job, _) = match submit_generate(state, &generate) {
+        Ok(accepted) => accepted,
+        Err(SubmitError::Invalid(errors)) => return Err(validation_error(&errors)),
+        Err(SubmitError::Full) => {
+            return Err(GenerationResponse::Busy(error_body(
+                StatusCode::TOO_MANY_REQUESTS,
+                "The queue is full; retry later".into(),
+                None,
+                "queue_full",
+            )));
+        }
+        Err(SubmitError::Internal(e)) => {
+            return Err(GenerationResponse::Failed(error_body(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e,
+                None,
+                "server_error",
+            )));
+        }
+    };
+    if let Some(user) = &body.user {
+        tracing::info!(job_id = %job.job_id, user, "OpenAI images request");
+    }
+    let quality = match body.quality.as_deref() {
+        Some(q @ ("low" | "medium" | "high")) => q.to_owned(),
+        _ => "auto".to_owned(),
+    };
+    Ok((
+        job,
+        Answer {
+            as_url,
+            format,
+            stream,
+            partial_images,
+            quality,
+        },
+    ))
+}
+
+fn job_error(job: &Job) -> String {
+    job.error
+        .clone()
+        .unwrap_or_else(|| format!("the job was {}", job.status.name()))
+}
+
+/// A job's progress as OpenAI's image stream: up to `partial_images` latent previews spread
+/// over the steps, then each image; an `{"error"}` event if the job fails. The events come
+/// from the job's own event log (the one SSE reads), so none is missed.
+fn stream_images(state: Arc<AppState>, job: Job, answer: Answer) -> ImageEvents {
+    let (tx, rx) = tokio::sync::mpsc::channel::<StreamItem>(16);
+    tokio::spawn(async move {
+        let params = job.params.clone();
+        let size = params
+            .as_ref()
+            .map_or_else(String::new, |p| format!("{}x{}", p.width, p.height));
+        let event = |kind: &str, b64_json: String, format: &str| StreamEvent {
+            kind: kind.into(),
+            b64_json,
+            created_at: unix_seconds(SystemTime::now()),
+            background: "opaque".into(),
+            output_format: format.into(),
+            quality: answer.quality.clone(),
+            size: size.clone(),
+            partial_image_index: None,
+            usage: None,
+        };
+        let Some(mut events) = job_stream(&state, &job.job_id, None) else {
+            return;
+        };
+        let mut sent_partials = 0;
+        while let Some(update) = events.next().await {
+            match update.status.as_str() {
+                "processing" => {
+                    let (step, total) = (update.step.unwrap_or(0), update.total_steps.unwrap_or(1));
+                    // Partial k goes at the first preview past (k + 1) / (n + 1) of the steps.
+                    let due = u64::from(total) * u64::from(sent_partials + 1)
+                        <= u64::from(step) * u64::from(answer.partial_images + 1);
+                    let jpeg = update
+                        .preview
+                        .as_deref()
+                        .and_then(|p| p.strip_prefix("data:image/jpeg;base64,"));
+                    if let (true, true, Some(jpeg)) =
+                        (sent_partials < answer.partial_images, due, jpeg)
+                    {
+                        let partial = StreamEvent {
+                            partial_image_index: Some(sent_partials),
+                            ..event("image_generation.partial_image", jpeg.to_owned(), "jpeg")
+                        };
+                        sent_partials += 1;
+                        if tx.send(StreamItem::Event(partial)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                "completed" | "failed" | "cancelled" => break,
+                _ => {}
+            }
+        }
+        let outcome = match job_end(&state, &job.job_id, WAIT).await {
+            Some(done) if done.status == JobStatus::Completed => {
+                images(&state, &done, None, answer.format).map(|data| (done, data))
+            }
+            Some(done) => Err(job_error(&done)),
+            None => Err(format!(
+                "the images were not made within {} s",
+                WAIT.as_secs()
+            )),
+        };
+        match outcome {
+            Ok((_, data)) => {
+                for image in data {
+                    let usage = Usage {
+                        input_tokens: 0,
+                        input_tokens_details: TokenDetails {
+                            image_tokens: 0,
+                            text_tokens: 0,
+                        },
+                        output_tokens: 0,
+                        total_tokens: 0,
+                    };
+                    let b64 = image.b64_json.unwrap_or_default();
+                    let completed = StreamEvent {
+                        usage: Some(usage),
+                        ..event("image_generation.completed", b64, answer.format)
+                    };
+                    if tx.send(StreamItem::Event(completed)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(message) => {
+                let body = error_body(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    message,
+                    None,
+                    "server_error",
+                );
+                let _ = tx.send(StreamItem::Error(body.0)).await;
+            }
+        }
+    });
+    EventStream::new(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+        .keep_alive(Duration::from_secs(15))
+        .to_event(|item| {
+            let name = match &item {
+                StreamItem::Event(e) => e.kind.clone(),
+                StreamItem::Error(_) => "error".into(),
+            };
+            Event::message(item.to_json_string()).event_type(name)
+        })
 }
 
 /// A finished job's images as OpenAI's `data`: gallery URLs under `origin`, or the files.
