@@ -528,24 +528,15 @@ fn comfyui_routes_answer_as_comfyui_does_and_refuse_bad_input() {
 /// comfy-api-simplified 1.6.0 from PyPI, in the virtualenv `make test-deps` makes.
 #[test]
 fn comfy_api_simplified_queue_and_wait_images() {
-    let python = common::repo().join(".venv/comfyui-clients/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: `make test-deps` makes it",
-        python.display()
-    );
     let server = start("comfyui-simplified");
     let work = common::temp_dir("comfyui-simplified-client");
-    let output = std::process::Command::new(python)
-        .arg(common::repo().join("tests/comfyui_clients/comfy_api_simplified_check.py"))
-        .arg(server.comfyui_port.to_string())
-        .arg(fixtures().join("comfyui/euler_normal_64x64"))
-        .arg(&work)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let port = server.comfyui_port.to_string();
+    let case = fixtures().join("comfyui/euler_normal_64x64");
+    let stdout = common::run_client(
+        "comfyui-clients",
+        "comfyui_clients/comfy_api_simplified_check.py",
+        &[port.as_ref(), case.as_os_str(), work.as_os_str()],
+    );
     assert!(stdout.contains("within"), "{stdout}");
 }
 

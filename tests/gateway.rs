@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::http::{Response, Server, get, post_json, request, wait_finished};
+use common::http::{Response, Server, generated, get, post_json, request, wait_finished};
 use common::{repo, temp_dir};
 use serde_json::{Value, json};
 use tungstenite::Message;
@@ -601,19 +601,11 @@ fn nsfw_checks_with_the_tiny_checker() {
 
     // A generation with the filter (native field, and the chat option): each image checked,
     // stored black when flagged, marked in the gallery either way.
-    let accepted = post_json(
+    let job = generated(
         port,
-        "/api/generate",
         &json!({"prompt": "a lighthouse", "width": 64, "height": 64, "steps": 2, "seed": 3,
                 "nsfw_filter": true, "num_images": 2}),
     );
-    assert_eq!(accepted.status, 202, "{}", accepted.text());
-    let job = wait_finished(
-        port,
-        accepted.json()["job_id"].as_str().unwrap(),
-        Duration::from_secs(300),
-    );
-    assert_eq!(job["status"], "completed", "{job}");
     assert_eq!(job["params"]["nsfw_filter"], true);
     for name in job["images"].as_array().unwrap() {
         let record = gallery_entry(port, name);

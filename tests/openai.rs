@@ -12,24 +12,15 @@ use serde_json::json;
 
 #[test]
 fn the_openai_sdk_generates_and_lists_models() {
-    let python = common::repo().join(".venv/api-clients/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: `make test-deps` makes it",
-        python.display()
-    );
     let dir = temp_dir("openai-sdk");
     let server = Server::start(&dir, &["--default-model", "sdxl-tiny-demo"]);
-    let output = std::process::Command::new(python)
-        .arg(common::repo().join("tests/api_clients/openai_check.py"))
-        .arg(server.port.to_string())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let port_arg = server.port.to_string();
+    let stdout = common::run_client(
+        "api-clients",
+        "api_clients/openai_check.py",
+        &[port_arg.as_ref()],
+    );
     assert!(stdout.contains("all checks passed"), "{stdout}");
-    println!("{stdout}");
 
     // The SDK's images are jobs like any other: in /api/jobs and the gallery.
     let jobs = get(server.port, "/api/jobs?limit=50").json();

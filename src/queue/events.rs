@@ -169,6 +169,19 @@ impl Events {
         }
     }
 
+    /// The newest preview still in a job's log (`data:image/jpeg;base64,...`).
+    pub fn last_preview(&self, job_id: &str) -> Option<String> {
+        let jobs = self.jobs.lock().expect("events lock");
+        jobs.get(job_id)?
+            .log
+            .iter()
+            .rev()
+            .find_map(|(_, event)| match event {
+                JobEvent::Processing { preview, .. } => preview.clone(),
+                _ => None,
+            })
+    }
+
     pub fn announce_image(&self, record: &ImageRecord) {
         if let Some(tx) = self.gallery.lock().expect("events lock").as_ref() {
             let _ = tx.send(record.clone());

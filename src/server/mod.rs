@@ -2,6 +2,7 @@
 //! and the store. HTTP ends in this folder; `queue/`, `runner.rs` and `store/` know nothing of
 //! it.
 
+mod a1111;
 mod api;
 pub mod auth;
 mod comfyui;
@@ -168,6 +169,7 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         gateway::nsfw::NsfwApi(state.clone()),
         gateway::workflows::WorkflowsApi(state.clone()),
         openai::OpenAiApi(state.clone()),
+        a1111::A1111Api::new(state.clone()),
         dashboard::Dashboard,
     );
     let service = OpenApiService::new(apis, "hanga", env!("CARGO_PKG_VERSION")).description(

@@ -248,6 +248,16 @@ impl Drop for Server {
     }
 }
 
+/// Queues a native generate request and waits until it has completed; returns the job's JSON.
+pub fn generated(port: u16, body: &serde_json::Value) -> serde_json::Value {
+    let accepted = post_json(port, "/api/generate", body);
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    let job_id = accepted.json()["job_id"].as_str().unwrap().to_owned();
+    let job = wait_finished(port, &job_id, Duration::from_secs(300));
+    assert_eq!(job["status"], "completed", "{job}");
+    job
+}
+
 /// Polls a job until it is finished; returns its JSON.
 pub fn wait_finished(port: u16, job_id: &str, timeout: Duration) -> serde_json::Value {
     let started = Instant::now();

@@ -37,6 +37,27 @@ pub fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Runs a client script of `tests/` with the virtualenv `make test-deps` made for it
+/// (`.venv/<venv>`); asserts that it succeeded and returns what it printed.
+pub fn run_client(venv: &str, script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let python = repo().join(".venv").join(venv).join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: `make test-deps` makes it",
+        python.display()
+    );
+    let output = std::process::Command::new(python)
+        .arg(repo().join("tests").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    println!("{stdout}");
+    stdout
+}
+
 /// Copies the kohya-layout LoRA of the tiny SDXL (the demo model) into `loras` as
 /// `kohya_style.safetensors`, with a civitai sidecar naming its trigger words "wine bottle".
 pub fn install_kohya_lora(loras: &Path) {

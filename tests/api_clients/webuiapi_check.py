@@ -1,0 +1,69 @@
+"""webuiapi (PyPI), the A1111 client, against a running `hanga serve`: the model list and
+util_set_model, txt2img with A1111's sampler names, seeds and batches, `info` parsed, a LoRA
+through `<lora:name:weight>` (its image saved for the caller to compare with the native API's),
+and A1111's 422 for bad values.
+
+    python webuiapi_check.py <port> <lora name> <out.png>
+
+Prints one line per check; exits non-zero on the first failure.
+"""
+
+import sys
+
+import webuiapi
+
+port, lora, out = sys.argv[1], sys.argv[2], sys.argv[3]
+api = webuiapi.WebUIApi(host="127.0.0.1", port=int(port))
+
+titles = [m["title"] for m in api.get_sd_models()]
+assert "sdxl-tiny-demo" in titles, titles
+api.util_set_model("SDXL-tiny-demo")  # matched as webuiapi matches: lower-cased, closest title
+assert api.util_get_current_model() == "sdxl-tiny-demo", api.util_get_current_model()
+print("get_sd_models, util_set_model:", titles)
+
+samplers = [s["name"] for s in api.get_samplers()]
+assert "Euler a" in samplers and "DPM++ 2M" in samplers, samplers
+assert [s["name"] for s in api.get_schedulers()] == ["automatic", "karras"]
+assert lora in [l["name"] for l in api.get_loras()]
+print("samplers:", samplers)
+
+result = api.txt2img(
+    prompt="a cat on a sofa", negative_prompt="blurry", seed=5, steps=4, cfg_scale=5.0,
+    width=64, height=64, sampler_name="DPM++ 2M", scheduler="Karras", batch_size=2,
+)
+assert len(result.images) == 2 and all(i.size == (64, 64) for i in result.images)
+info = result.info
+assert info["seed"] == 5 and info["all_seeds"] == [5, 6], info
+assert info["sampler_name"] == "DPM++ 2M" and info["scheduler"] == "karras", info
+assert info["prompt"] == "a cat on a sofa" and info["negative_prompt"] == "blurry", info
+assert "Steps: 4" in info["infotexts"][0] and "Seed: 5" in info["infotexts"][0], info["infotexts"]
+assert result.parameters["seed"] == 5, result.parameters
+print("txt2img batch 2:", info["infotexts"][0].replace("\n", " | "))
+
+# -1: a random seed, reported in info.
+result = api.txt2img(prompt="a cat", seed=-1, steps=2, width=64, height=64)
+assert result.info["seed"] >= 0, result.info
+print("txt2img seed -1 ->", result.info["seed"])
+
+result = api.txt2img(
+    prompt=f"a cat <lora:{lora}:0.8>", seed=7, steps=4, cfg_scale=5.0, width=64, height=64,
+    sampler_name="Euler", scheduler="automatic",
+)
+assert result.info["prompt"] == "a cat", result.info
+result.image.save(out)
+print("txt2img with <lora:%s:0.8> saved to %s" % (lora, out))
+
+for kwargs, field in [
+    ({"width": 13}, "width"),
+    ({"sampler_name": "LMS"}, "sampler_name"),
+    ({"steps": 0}, "steps"),
+]:
+    try:
+        api.txt2img(prompt="x", **kwargs)
+    except RuntimeError as e:
+        status, text = e.args
+        assert status == 422 and f'"{field}"' in text, (kwargs, status, text)
+        print(f"{kwargs}: 422 at {field}")
+    else:
+        raise AssertionError(f"{kwargs} was accepted")
+print("webuiapi: all checks passed")
