@@ -14,7 +14,7 @@ use super::validation::{ValidationErrors, validate};
 use crate::graph::definitions::{NodeDef, node_defs};
 use crate::graph::nodes::IMPLEMENTED;
 use crate::graph::validate::{Rejection, validate as validate_graph};
-use crate::queue::{Job, QueueError, Workflow, new_job_id};
+use crate::queue::{Job, JobStatus, QueueError, Workflow, new_job_id};
 use crate::runner::Shared;
 
 pub enum SubmitError {
@@ -114,10 +114,27 @@ pub fn submit_graph(
     Ok((job, accepted.node_errors))
 }
 
-/// Waits until job `job_id` has ended, at most `wait`; the job as it ended (None: still not
-/// ended). For faces whose request answers with the result (the gateway's NSFW checks,
-/// OpenAI's images).
-pub async fn job_end(state: &AppState, job_id: &str, wait: Duration) -> Option<Job> {
+/// Waits until job `job_id` has completed, at most `wait`, for faces whose request answers
+/// with the result (the gateway's NSFW checks, OpenAI's and A1111's images); otherwise why
+/// not: its error, its end (cancelled), or that it has not ended yet.
+pub async fn completed_job(state: &AppState, job_id: &str, wait: Duration) -> Result<Job, String> {
+    let job = job_end(state, job_id, wait).await.ok_or_else(|| {
+        format!(
+            "job `{job_id}` did not end within {} s; it goes on",
+            wait.as_secs()
+        )
+    })?;
+    match job.status {
+        JobStatus::Completed => Ok(job),
+        status => Err(job
+            .error
+            .clone()
+            .unwrap_or_else(|| format!("job `{job_id}` was {}", status.name()))),
+    }
+}
+
+/// The job as it ended, once it has (None: not within `wait`).
+async fn job_end(state: &AppState, job_id: &str, wait: Duration) -> Option<Job> {
     let mut events = state.shared.events.subscribe(job_id, None).live;
     let ended = async {
         loop {

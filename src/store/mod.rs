@@ -366,6 +366,16 @@ impl Store {
         serde_json::from_slice(&value).map(Some).map_err(json_err)
     }
 
+    /// The file of an indexed image.
+    pub fn read_image(&self, filename: &str) -> Result<Vec<u8>, Error> {
+        let record = self.image(filename)?.ok_or_else(|| {
+            Error::Io(std::io::Error::other(format!(
+                "image `{filename}` is not in the gallery"
+            )))
+        })?;
+        Ok(fs::read(self.image_path(&record))?)
+    }
+
     /// Path of an indexed image.
     pub fn image_path(&self, record: &ImageRecord) -> PathBuf {
         match &record.source {

@@ -18,11 +18,11 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::schemas::ErrorBody;
-use super::submit::{SubmitError, job_end, submit_generate};
+use super::submit::{SubmitError, completed_job, submit_generate};
 use super::validation::{ValidationErrors, ValidationItem};
 use crate::output::png::read_parameters;
 use crate::pipelines::FamilyOptions;
-use crate::queue::{Job, JobStatus};
+use crate::queue::Job;
 use crate::sampling::{SamplerKind, ScheduleKind};
 
 /// How long a request waits for its images.
@@ -410,17 +410,10 @@ impl A1111Api {
             }
             Err(SubmitError::Internal(e)) => return Txt2ImgResponse::Failed(error(e)),
         };
-        let Some(job) = job_end(state, &job.job_id, WAIT).await else {
-            let msg = format!("the images were not made within {} s", WAIT.as_secs());
-            return Txt2ImgResponse::Failed(error(msg));
+        let job = match completed_job(state, &job.job_id, WAIT).await {
+            Ok(job) => job,
+            Err(why) => return Txt2ImgResponse::Failed(error(why)),
         };
-        if job.status != JobStatus::Completed {
-            let msg = job
-                .error
-                .clone()
-                .unwrap_or_else(|| format!("the job was {}", job.status.name()));
-            return Txt2ImgResponse::Failed(error(msg));
-        }
         match answer(state, &job, request.to_json().unwrap_or_default()) {
             Ok(answer) => Txt2ImgResponse::Ok(Json(answer)),
             Err(e) => Txt2ImgResponse::Failed(error(e)),
@@ -609,15 +602,14 @@ impl A1111Api {
 /// A finished job as A1111's answer: the PNGs, the request, and `info` with each image's
 /// parameters text.
 fn answer(state: &AppState, job: &Job, parameters: Value) -> Result<TextToImageResponse, String> {
-    let store = &state.shared.store;
     let mut images = Vec::new();
     let mut infotexts = Vec::new();
     for name in &job.images {
-        let record = store
-            .image(name)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("image `{name}` is gone from the gallery"))?;
-        let bytes = std::fs::read(store.image_path(&record)).map_err(|e| e.to_string())?;
+        let bytes = state
+            .shared
+            .store
+            .read_image(name)
+            .map_err(|e| e.to_string())?;
         infotexts.push(read_parameters(&bytes).unwrap_or_default());
         images.push(base64::engine::general_purpose::STANDARD.encode(bytes));
     }

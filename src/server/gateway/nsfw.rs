@@ -15,9 +15,9 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use super::views::{Envelope, Failure, Text};
 use super::{Tag, bad_request, envelope, failure};
 use crate::output::nsfw_filter::NsfwFilter;
-use crate::queue::{Job, JobStatus, NsfwVerdict, QueueError, SafetyCheck, new_job_id};
+use crate::queue::{Job, NsfwVerdict, QueueError, SafetyCheck, new_job_id};
 use crate::server::AppState;
-use crate::server::submit::job_end;
+use crate::server::submit::completed_job;
 use crate::server::validation::NO_CHECKER;
 
 /// Where the NSFW routes live: their bodies carry images, so they get a larger body limit.
@@ -182,25 +182,9 @@ async fn check(
         QueueError::Full => Refusal(429, "QUEUE_FULL", "the queue is full; retry later".into()),
         e => Refusal(500, "GENERATION_FAILED", format!("{e:?}")),
     })?;
-    let job = job_end(state, &job_id, WAIT).await.ok_or_else(|| {
-        Refusal(
-            500,
-            "GENERATION_FAILED",
-            format!(
-                "the check did not run within {} s; it is job `{job_id}`",
-                WAIT.as_secs()
-            ),
-        )
-    })?;
-    match job.status {
-        JobStatus::Completed => Ok(job),
-        _ => Err(Refusal(
-            500,
-            "GENERATION_FAILED",
-            job.error
-                .unwrap_or_else(|| format!("the check was {}", job.status.name())),
-        )),
-    }
+    completed_job(state, &job_id, WAIT)
+        .await
+        .map_err(|why| Refusal(500, "GENERATION_FAILED", why))
 }
 
 fn verdict_of(job: &Job) -> Option<NsfwVerdict> {

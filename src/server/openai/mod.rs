@@ -23,10 +23,10 @@ use serde_json::json;
 
 use super::AppState;
 use super::sse::job_stream;
-use super::submit::{SubmitError, job_end, submit_generate};
+use super::submit::{SubmitError, completed_job, submit_generate};
 use super::validation::{ValidationErrors, model_defaults};
 use crate::chat::preset_steps;
-use crate::queue::{Job, JobStatus};
+use crate::queue::Job;
 
 /// How long a request waits for its images.
 const WAIT: Duration = Duration::from_secs(600);
@@ -392,16 +392,10 @@ impl OpenAiApi {
                 "server_error",
             )))
         };
-        let Some(job) = job_end(state, &job.job_id, WAIT).await else {
-            return failed(format!(
-                "the images were not made within {} s; they are job `{}`",
-                WAIT.as_secs(),
-                job.job_id
-            ));
+        let job = match completed_job(state, &job.job_id, WAIT).await {
+            Ok(job) => job,
+            Err(why) => return failed(why),
         };
-        if job.status != JobStatus::Completed {
-            return failed(job_error(&job));
-        }
         let origin = answer.as_url.then(|| origin(state, request));
         match images(state, &job, origin, answer.format) {
             Ok(data) => Generated::Json(GenerationResponse::Ok(Json(ImagesResponse {
@@ -577,12 +571,6 @@ fn accept(
     ))
 }
 
-fn job_error(job: &Job) -> String {
-    job.error
-        .clone()
-        .unwrap_or_else(|| format!("the job was {}", job.status.name()))
-}
-
 /// A job's progress as OpenAI's image stream: up to `partial_images` latent previews spread
 /// over the steps, then each image; an `{"error"}` event if the job fails. The events come
 /// from the job's own event log (the one SSE reads), so none is missed.
@@ -636,18 +624,11 @@ fn stream_images(state: Arc<AppState>, job: Job, answer: Answer) -> ImageEvents 
                 _ => {}
             }
         }
-        let outcome = match job_end(&state, &job.job_id, WAIT).await {
-            Some(done) if done.status == JobStatus::Completed => {
-                images(&state, &done, None, answer.format).map(|data| (done, data))
-            }
-            Some(done) => Err(job_error(&done)),
-            None => Err(format!(
-                "the images were not made within {} s",
-                WAIT.as_secs()
-            )),
-        };
+        let outcome = completed_job(&state, &job.job_id, WAIT)
+            .await
+            .and_then(|done| images(&state, &done, None, answer.format));
         match outcome {
-            Ok((_, data)) => {
+            Ok(data) => {
                 for image in data {
                     let usage = Usage {
                         input_tokens: 0,
@@ -713,12 +694,11 @@ fn images(
                     revised_prompt,
                 });
             }
-            let store = &state.shared.store;
-            let record = store
-                .image(name)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("image `{name}` is gone from the gallery"))?;
-            let bytes = std::fs::read(store.image_path(&record)).map_err(|e| e.to_string())?;
+            let bytes = state
+                .shared
+                .store
+                .read_image(name)
+                .map_err(|e| e.to_string())?;
             let b64 = base64::engine::general_purpose::STANDARD.encode(encoded(bytes, format)?);
             Ok(ImageData {
                 b64_json: Some(b64),
