@@ -351,7 +351,7 @@ fn generate(args: GenerateArgs) -> Result<(), Error> {
         let mut pipeline = Pipeline::<B>::load(manifest, &device)?;
         eprintln!("loaded in {:.1}s", started.elapsed().as_secs_f32());
         let sampling = Instant::now();
-        pipeline.generate(&params, &mut |p| {
+        pipeline.generate(&params, None, &mut |p| {
             progress_bar(p.step, p.total_steps, sampling.elapsed().as_secs_f32());
             Flow::Continue
         })?

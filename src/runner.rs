@@ -306,7 +306,12 @@ fn generate_images<B: Backend>(
         .params
         .clone()
         .ok_or_else(|| Error::config("a generate job without parameters"))?;
-    let total = base.steps as u32 * job.num_images;
+    let per_image = base.steps_run() as u32;
+    let total = per_image * job.num_images;
+    let init = match &base.init_image {
+        Some(init) => Some(shared.store.read_input(&init.path)?.1),
+        None => None,
+    };
     let latent_rgb = pipeline.latent_rgb();
     job.images.clear();
     for index in 0..job.num_images {
@@ -314,11 +319,11 @@ fn generate_images<B: Backend>(
         params.seed = params.seed.wrapping_add(index as u64);
         let mut previews = Previews::new(run.config.preview_interval);
         let mut last_step = Instant::now();
-        let image = pipeline.generate(&params, &mut |p| {
+        let image = pipeline.generate(&params, init.as_ref(), &mut |p| {
             if cancel.load(Ordering::SeqCst) {
                 return Flow::Cancel;
             }
-            let step = index * params.steps as u32 + p.step as u32;
+            let step = index * per_image + p.step as u32;
             shared.metrics.step(&job.model, last_step.elapsed());
             last_step = Instant::now();
             let preview = previews.next(p.denoised, latent_rgb, step == total);
@@ -363,15 +368,7 @@ fn run_check<B: Backend>(
 ) -> Result<(), Error> {
     let start = Instant::now();
     let check = job.check.clone().expect("a check job");
-    let path = shared.store.data_dir().join(&check.image);
-    let bytes = std::fs::read(&path)?;
-    if check.source.is_none() {
-        // An upload is kept only until its check has read it (a copy goes to the gallery).
-        let _ = std::fs::remove_file(&path);
-    }
-    let image = image::load_from_memory(&bytes)
-        .map_err(|e| Error::request(format!("not an image: {e}")))?
-        .to_rgb8();
+    let (bytes, image) = shared.store.read_input(&check.image)?;
     let checker = safety_checker(shared, device, checker)?;
     let verdict = check_images(checker, &[&image], device)?.remove(0);
     if let Some(filter) = check.filter {

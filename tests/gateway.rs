@@ -420,11 +420,6 @@ fn fixture_png(i: usize) -> Vec<u8> {
         .unwrap()
 }
 
-fn base64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 fn gateway_data(response: Response) -> Value {
     assert_eq!(response.status, 200, "{}", response.text());
     let body = response.json();
@@ -469,7 +464,7 @@ fn nsfw_checks_with_the_tiny_checker() {
     let analyze = |body: Value| post_json(port, "/v1/api/nsfw/analyze", &body);
 
     // Uploads, with and without a data: prefix: the verdicts of the parity fixture.
-    let flagged = gateway_data(analyze(json!({"image": base64(&fixture_png(0))})));
+    let flagged = gateway_data(analyze(json!({"image": common::base64(&fixture_png(0))})));
     assert_eq!(flagged["is_nsfw"], true, "{flagged}");
     assert_eq!(flagged["labels"], json!(["concept_12"]));
     assert!(
@@ -478,13 +473,13 @@ fn nsfw_checks_with_the_tiny_checker() {
     );
     assert_eq!(flagged["concept_scores"].as_array().unwrap().len(), 17);
     let clean = gateway_data(analyze(
-        json!({"image": format!("data:image/png;base64,{}", base64(&fixture_png(1)))}),
+        json!({"image": format!("data:image/png;base64,{}", common::base64(&fixture_png(1)))}),
     ));
     assert_eq!(clean["is_nsfw"], false, "{clean}");
     assert_eq!(clean["labels"], json!([]));
     assert!(clean["confidence"].as_f64().unwrap() < 0.0);
     // Image 2 is flagged through a special-care concept's adjustment.
-    let special = gateway_data(analyze(json!({"image": base64(&fixture_png(2))})));
+    let special = gateway_data(analyze(json!({"image": common::base64(&fixture_png(2))})));
     assert_eq!(
         special["labels"],
         json!(["concept_2", "special_care_2"]),
@@ -497,7 +492,7 @@ fn nsfw_checks_with_the_tiny_checker() {
         let data = gateway_data(post_json(
             port,
             "/v1/api/nsfw/filter",
-            &json!({"image": base64(&fixture_png(0)), "filter": filter}),
+            &json!({"image": common::base64(&fixture_png(0)), "filter": filter}),
         ));
         assert_eq!(
             (data["filtered"].as_bool(), data["filter"].as_str()),
@@ -524,7 +519,7 @@ fn nsfw_checks_with_the_tiny_checker() {
     let kept = gateway_data(post_json(
         port,
         "/v1/api/nsfw/filter",
-        &json!({"image": base64(&fixture_png(1))}),
+        &json!({"image": common::base64(&fixture_png(1))}),
     ));
     assert_eq!(
         (kept["filtered"].as_bool(), kept["filter"].as_str()),
@@ -564,13 +559,13 @@ fn nsfw_checks_with_the_tiny_checker() {
     );
     assert_failure(&analyze(json!({"image": "%%%"})), 422, "INVALID_IMAGE");
     assert_failure(
-        &analyze(json!({"image": base64(b"not an image")})),
+        &analyze(json!({"image": common::base64(b"not an image")})),
         422,
         "INVALID_IMAGE",
     );
     assert_failure(&analyze(json!({})), 422, "INVALID_IMAGE");
     assert_failure(
-        &analyze(json!({"image": base64(&fixture_png(1)), "image_url": own})),
+        &analyze(json!({"image": common::base64(&fixture_png(1)), "image_url": own})),
         422,
         "INVALID_IMAGE",
     );

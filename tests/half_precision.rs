@@ -23,7 +23,7 @@ fn run_in_bf16(manifest: &Path, case: &Path, sampler: SamplerKind) {
     let case = PipelineCase::load(case, sampler, ScheduleKind::Normal);
     let mut dtypes = Vec::new();
     let image = pipeline
-        .generate(&case.params, &mut |progress| {
+        .generate(&case.params, None, &mut |progress| {
             dtypes.push(progress.latents.dtype());
             Flow::Continue
         })

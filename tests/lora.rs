@@ -211,6 +211,7 @@ mod pipeline {
             scheduler: ScheduleKind::Normal,
             seed: json["seed"].as_u64().unwrap(),
             long_prompt: LongPrompt::Chunk,
+            init_image: None,
         };
         let png = image::open(dir.join("image.png")).unwrap().to_rgb8();
         (params, load(&dir.join("case.safetensors")), png)

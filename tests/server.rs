@@ -272,13 +272,17 @@ fn cancel_queued_running_and_finished_jobs() {
     let server = Server::start(&dir, &[]);
     let port = server.port;
     let running = submit(port, slow_job(0));
-    let queued = submit(port, quick_job("queued", 0));
+    let (img2img, _) = common::img2img_case("img2img_euler_64x64_s0.6_neg");
+    let queued = submit(port, img2img);
+    let uploads = || std::fs::read_dir(dir.join("uploads")).unwrap().count();
+    assert_eq!(uploads(), 1, "a queued img2img job keeps its image");
     while get(port, &format!("/api/jobs/{running}")).json()["status"] != "processing" {
         std::thread::sleep(Duration::from_millis(10));
     }
     let r = request(port, "DELETE", &format!("/api/jobs/{queued}"), None, &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["status"], "cancelled");
+    assert_eq!(uploads(), 0, "a cancelled job's image is deleted");
     assert_eq!(
         request(port, "DELETE", &format!("/api/jobs/{running}"), None, &[]).status,
         200
@@ -304,6 +308,112 @@ fn cancel_queued_running_and_finished_jobs() {
         request(port, "DELETE", &format!("/api/jobs/{done}"), None, &[]).status,
         409
     );
+}
+
+#[test]
+fn img2img_through_the_api_reproduces_diffusers() {
+    let dir = common::temp_dir("img2img");
+    let server = Server::start(&dir, &[]);
+    let port = server.port;
+    let info = get(port, "/api/info").json();
+    let properties = &info["models"][0]["parameters"]["properties"];
+    assert_eq!(properties["strength"]["default"], 0.3, "{properties}");
+    assert_eq!(properties["init_image"]["contentEncoding"], "base64");
+
+    // (The 72x56 case is below the API's 64 px minimum: the parity suite runs it.)
+    for (id, steps_run) in [
+        ("img2img_euler_64x64_s0.6_neg", 2),
+        ("img2img_euler-a_64x64_s0.5_no-cfg", 2),
+    ] {
+        let (body, expected) = common::img2img_case(id);
+        let job = wait_finished(port, &submit(port, body.clone()), Duration::from_secs(60));
+        assert_eq!(job["status"], "completed", "{job}");
+        // The size is the image's.
+        assert_eq!(
+            (&job["params"]["width"], &job["params"]["height"]),
+            (&json!(64), &json!(64))
+        );
+        assert_eq!(job["params"]["strength"], body["strength"]);
+        assert_eq!(
+            job["total_steps"], steps_run,
+            "int(steps × strength) steps run"
+        );
+        let name = job["images"][0].as_str().unwrap();
+        let png = get(port, &format!("/api/images/{name}")).body;
+        let diff =
+            common::max_pixel_diff(&image::load_from_memory(&png).unwrap().to_rgb8(), &expected);
+        assert!(diff <= 2, "{id}: {diff}/255 from diffusers' image");
+        let parameters = hanga::output::png::read_parameters(&png).unwrap();
+        assert!(
+            parameters.contains(&format!("Denoising strength: {}", body["strength"])),
+            "{parameters}"
+        );
+    }
+    let uploads = std::fs::read_dir(dir.join("uploads")).unwrap().count();
+    assert_eq!(uploads, 0, "a finished job's image is deleted");
+
+    let (body, _) = common::img2img_case("img2img_euler_64x64_s0.6_neg");
+    let with = |field: &str, value: serde_json::Value| {
+        let mut bad = body.clone();
+        match value {
+            serde_json::Value::Null => bad.as_object_mut().unwrap().remove(field),
+            v => bad.as_object_mut().unwrap().insert(field.into(), v),
+        };
+        bad
+    };
+    // An image of another size is resized to the size asked for.
+    let wide = common::base64(
+        &std::fs::read(common::fixtures().join("sdxl/img2img/init_72x60.png")).unwrap(),
+    );
+    let mut resized = with("init_image", json!(wide));
+    resized["width"] = json!(96);
+    resized["height"] = json!(64);
+    let job = wait_finished(port, &submit(port, resized), Duration::from_secs(60));
+    let name = job["images"][0].as_str().unwrap();
+    let png = get(port, &format!("/api/images/{name}")).body;
+    assert_eq!(
+        image::load_from_memory(&png)
+            .unwrap()
+            .to_rgb8()
+            .dimensions(),
+        (96, 64)
+    );
+    for (bad, field, says) in [
+        (
+            with("init_image", json!("not base64!")),
+            "init_image",
+            "not base64",
+        ),
+        (
+            with("init_image", json!(common::base64(b"GIF89a"))),
+            "init_image",
+            "not a PNG, JPEG or WebP",
+        ),
+        // Its own size rounds down to 72x56, under the 64 px minimum.
+        (
+            with("init_image", json!(wide)),
+            "init_image",
+            "the image is 72x60",
+        ),
+        (
+            with("init_image", serde_json::Value::Null),
+            "strength",
+            "send `init_image`",
+        ),
+        (with("strength", json!(0)), "strength", "greater than 0"),
+        (with("strength", json!(1.5)), "strength", "between 0 and 1"),
+        (with("strength", json!(0.2)), "strength", "runs no step"),
+    ] {
+        let r = post_json(port, "/api/generate", &bad);
+        assert_eq!(r.status, 422, "{}", r.text());
+        let detail = &r.json()["detail"][0];
+        assert_eq!(detail["loc"], json!(["body", field]), "{}", r.text());
+        assert!(
+            detail["msg"].as_str().unwrap().contains(says),
+            "{}",
+            r.text()
+        );
+    }
 }
 
 #[test]
@@ -460,7 +570,8 @@ fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(get(port, "/api/images/missing.png").status, 404);
     assert_eq!(get(port, "/api/jobs/missing").status, 404);
 
-    let big = format!("{{\"prompt\": \"{}\"}}", "a".repeat(2 << 20));
+    // /api/generate takes images (init_image), so its limit is 32 MiB.
+    let big = format!("{{\"prompt\": \"{}\"}}", "a".repeat(33 << 20));
     let too_big = request(port, "POST", "/api/generate", Some(big.as_bytes()), &[]);
     assert_eq!(too_big.status, 413);
     assert!(
@@ -895,6 +1006,21 @@ fn flux_chroma_and_z_image_jobs_reproduce_their_references_with_previews() {
     // No LoRAs for Flux in this build: only an empty list is accepted.
     assert_eq!(dev["loras"]["maxItems"], 0);
     assert!(schnell.get("guidance_scale").is_none(), "{schnell}");
+    assert!(dev.get("init_image").is_none() && dev.get("strength").is_none());
+    let (mut img2img, _) = common::img2img_case("img2img_euler_64x64_s0.6_neg");
+    img2img["model"] = json!("flux-dev-tiny");
+    for field in ["negative_prompt", "long_prompt", "sampler", "scheduler"] {
+        img2img.as_object_mut().unwrap().remove(field);
+    }
+    let r = post_json(port, "/api/generate", &img2img);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(
+        r.json()["detail"][0]["loc"],
+        json!(["body", "init_image"]),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains("SDXL models only"), "{}", r.text());
     assert_eq!(schnell["steps"]["default"], 4);
     assert!(chroma["loras"]["maxItems"] == 0 && chroma.get("negative_prompt").is_some());
     assert_eq!(chroma["guidance_scale"]["default"], 5.0);

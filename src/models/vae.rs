@@ -287,6 +287,25 @@ impl<B: Backend> Encoder<B> {
     /// image [B, 3, H, W] in [-1, 1] → the mean of the latent distribution [B, C, H/8, W/8]
     /// (diffusers `encode(x).latent_dist.mean`).
     pub fn forward(&self, image: Tensor<B, 4>) -> Tensor<B, 4> {
+        let moments = self.moments(image);
+        let latent = moments.dims()[1] / 2;
+        moments.narrow(1, 0, latent)
+    }
+
+    /// image [B, 3, H, W] in [-1, 1] → the latent distribution's (mean, log variance), each
+    /// [B, C, H/8, W/8]; the log variance clamped to [−30, 20] as diffusers'
+    /// `DiagonalGaussianDistribution` stores it.
+    pub fn posterior(&self, image: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let moments = self.moments(image);
+        let latent = moments.dims()[1] / 2;
+        (
+            moments.clone().narrow(1, 0, latent),
+            moments.narrow(1, latent, latent).clamp(-30.0, 20.0),
+        )
+    }
+
+    /// The encoder's output [B, 2C, H/8, W/8]: means, then log variances.
+    fn moments(&self, image: Tensor<B, 4>) -> Tensor<B, 4> {
         let mut x = self.conv_in.forward(image);
         for block in &self.down {
             for resnet in &block.resnets {
@@ -299,11 +318,9 @@ impl<B: Backend> Encoder<B> {
         let x = self
             .conv_out
             .forward(silu(self.norm_out.forward(self.mid.forward(x))));
-        let moments = match &self.quant_conv {
+        match &self.quant_conv {
             Some(conv) => conv.forward(x),
             None => x,
-        };
-        let latent = moments.dims()[1] / 2;
-        moments.narrow(1, 0, latent)
+        }
     }
 }

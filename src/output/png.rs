@@ -26,8 +26,11 @@ pub fn a1111_parameters(params: &GenerationParams, model: &str) -> String {
         format!("Seed: {}", params.seed),
         format!("Size: {}x{}", params.width, params.height),
         format!("Model: {model}"),
-        format!("Version: hanga {}", env!("CARGO_PKG_VERSION")),
     ]);
+    if let Some(init) = &params.init_image {
+        fields.push(format!("Denoising strength: {}", init.strength));
+    }
+    fields.push(format!("Version: hanga {}", env!("CARGO_PKG_VERSION")));
     text.push('\n');
     text.push_str(&fields.join(", "));
     text

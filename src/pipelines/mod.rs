@@ -1,4 +1,5 @@
-//! Text-to-image pipelines: tokenize → encode → sample → decode, one file per family.
+//! Text-to-image pipelines: tokenize → encode → sample → decode, one file per family; SDXL
+//! also image-to-image (encode the image, noise it part way, sample the rest).
 
 mod components;
 pub mod flux;
@@ -19,6 +20,7 @@ use crate::registry::{Family, Manifest};
 use crate::sampling::{SamplerKind, ScheduleKind, TorchGenerator};
 use crate::text::LongPrompt;
 use crate::weights::{LoraFile, LoraPatch};
+use pil_resample::Filter;
 
 pub use components::{ComponentFile, load_clip_file};
 pub use flux::FluxPipeline;
@@ -36,6 +38,8 @@ pub struct FamilyOptions {
     /// `long_prompt`: CLIP's 77-token chunking (T5 families take 256 or 512 tokens).
     pub long_prompt: bool,
     pub loras: bool,
+    /// `init_image` + `strength`: image-to-image.
+    pub img2img: bool,
 }
 
 impl FamilyOptions {
@@ -47,6 +51,7 @@ impl FamilyOptions {
             negative_prompt: false,
             long_prompt: false,
             loras: false,
+            img2img: false,
         };
         match family {
             Family::Sdxl => Self {
@@ -56,6 +61,7 @@ impl FamilyOptions {
                 negative_prompt: true,
                 long_prompt: true,
                 loras: true,
+                img2img: true,
             },
             // Guidance-distilled dev: one forward per step, the scale is an input.
             Family::FluxDev => FLOW,
@@ -140,6 +146,31 @@ fn initial_noise<B: Backend>(
     Tensor::from_data(TensorData::new(noise, shape), device)
 }
 
+/// An 8-bit image → the VAE's input [1, 3, height, width] in [-1, 1], as diffusers'
+/// `VaeImageProcessor.preprocess` makes it: resized with Pillow's Lanczos where the size
+/// differs, `x / 255` in float32, then `2x − 1`.
+fn image_tensor<B: Backend>(
+    image: &image::RgbImage,
+    width: usize,
+    height: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let resized;
+    let image = if image.dimensions() == (width as u32, height as u32) {
+        image
+    } else {
+        resized = pil_resample::resize(image, width as u32, height as u32, Filter::Lanczos);
+        &resized
+    };
+    let values: Vec<f32> = image
+        .as_raw()
+        .iter()
+        .map(|&v| 2.0 * (v as f32 / 255.0) - 1.0)
+        .collect();
+    Tensor::<B, 4>::from_data(TensorData::new(values, [1, height, width, 3]), device)
+        .permute([0, 3, 1, 2])
+}
+
 /// Hands the caller a step's progress; `Error::Cancelled` when it asks to stop.
 fn report_step<B: Backend>(
     on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
@@ -172,6 +203,32 @@ pub struct GenerationParams {
     pub scheduler: ScheduleKind,
     pub seed: u64,
     pub long_prompt: LongPrompt,
+    /// Image-to-image: the image the run starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<InitImage>,
+}
+
+/// The image an image-to-image run starts from, and how far it is noised.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InitImage {
+    /// The image file, relative to the data directory (the job's upload, removed when the job
+    /// ends).
+    pub path: std::path::PathBuf,
+    /// diffusers' `strength` (A1111's denoising strength): the last `int(steps · strength)`
+    /// steps of the schedule run, from the image noised to the first of them. Kept in f64, as
+    /// Python multiplies it: in f32, 0.7 · 10 would round down to 6 steps.
+    pub strength: f64,
+}
+
+impl GenerationParams {
+    /// The steps a run takes: all of them, or img2img's share (diffusers `get_timesteps`:
+    /// `min(int(steps · strength), steps)`).
+    pub fn steps_run(&self) -> usize {
+        match &self.init_image {
+            None => self.steps,
+            Some(init) => ((self.steps as f64 * init.strength) as usize).min(self.steps),
+        }
+    }
 }
 
 /// Serialize the sampler enums by their API names.
@@ -272,17 +329,22 @@ impl<B: Backend> Pipeline<B> {
         }
     }
 
-    /// Runs the pipeline; `on_step` may cancel between steps (the run then returns
-    /// `Error::Cancelled`).
+    /// Runs the pipeline, from `init` (the pixels of `params.init_image`) when given; `on_step`
+    /// may cancel between steps (the run then returns `Error::Cancelled`).
     pub fn generate(
         &mut self,
         params: &GenerationParams,
+        init: Option<&image::RgbImage>,
         on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
     ) -> Result<image::RgbImage, Error> {
-        match self {
-            Pipeline::Sdxl(p) => p.generate(params, on_step),
-            Pipeline::Flux(p) => p.generate(params, on_step),
-            Pipeline::ZImage(p) => p.generate(params, on_step),
+        match (self, init) {
+            (Pipeline::Sdxl(p), Some(image)) => p.generate_from_image(params, image, on_step),
+            (Pipeline::Sdxl(p), None) => p.generate(params, on_step),
+            (Pipeline::Flux(_) | Pipeline::ZImage(_), Some(_)) => Err(Error::request(
+                "this build runs image-to-image on SDXL models only",
+            )),
+            (Pipeline::Flux(p), None) => p.generate(params, on_step),
+            (Pipeline::ZImage(p), None) => p.generate(params, on_step),
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Pillow's `Image.resize(size, BICUBIC)` on 8-bit RGB, to the bit: transformers'
-//! `CLIPImageProcessor` resizes with it, and fast_image_resize's 16-bit coefficients round
-//! some pixels one step away from Pillow's 22-bit ones. Follows Pillow `src/libImaging/
+//! Pillow's `Image.resize(size, BICUBIC | LANCZOS)` on 8-bit RGB, to the bit: transformers'
+//! `CLIPImageProcessor` resizes with bicubic and diffusers' `VaeImageProcessor` with Lanczos,
+//! and fast_image_resize's 16-bit coefficients round some pixels one step away from Pillow's
+//! 22-bit ones. Follows Pillow `src/libImaging/
 //! Resample.c` (`precompute_coeffs`, `normalize_coeffs_8bpc`, `ImagingResampleHorizontal_8bpc`,
 //! `ImagingResampleVertical_8bpc`, `ImagingResampleInner`): the horizontal pass first, into
 //! 8-bit rows, then the vertical one.
@@ -9,7 +10,29 @@ use image::RgbImage;
 
 /// `PRECISION_BITS = 32 - 8 - 2`
 const PRECISION_BITS: u32 = 22;
-const BICUBIC_SUPPORT: f64 = 2.0;
+
+/// Pillow's resampling filters (`struct filter`: the kernel and its support).
+#[derive(Clone, Copy, Debug)]
+pub enum Filter {
+    Bicubic,
+    Lanczos,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bicubic => 2.0,
+            Filter::Lanczos => 3.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            Filter::Bicubic => bicubic(x),
+            Filter::Lanczos => lanczos(x),
+        }
+    }
+}
 
 /// `bicubic_filter`, a = −0.5.
 fn bicubic(x: f64) -> f64 {
@@ -24,16 +47,34 @@ fn bicubic(x: f64) -> f64 {
     }
 }
 
+/// `sinc_filter`.
+fn sinc(x: f64) -> f64 {
+    if x == 0.0 {
+        return 1.0;
+    }
+    let x = x * std::f64::consts::PI;
+    x.sin() / x
+}
+
+/// `lanczos_filter`: sinc truncated to [−3, 3), windowed by sinc(x/3).
+fn lanczos(x: f64) -> f64 {
+    if (-3.0..3.0).contains(&x) {
+        sinc(x) * sinc(x / 3.0)
+    } else {
+        0.0
+    }
+}
+
 /// Per output pixel: the first input pixel read and the fixed-point weights.
 struct Coefficients {
     taps: Vec<(usize, Vec<i32>)>,
 }
 
 /// `precompute_coeffs` over the whole input (box 0..in_size), then `normalize_coeffs_8bpc`.
-fn coefficients(in_size: usize, out_size: usize) -> Coefficients {
+fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Coefficients {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = BICUBIC_SUPPORT * filterscale;
+    let support = filter.support() * filterscale;
     let taps = (0..out_size)
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
@@ -41,7 +82,7 @@ fn coefficients(in_size: usize, out_size: usize) -> Coefficients {
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
             let weights: Vec<f64> = (xmin..xmax)
-                .map(|x| bicubic((x as f64 - center + 0.5) / filterscale))
+                .map(|x| filter.weight((x as f64 - center + 0.5) / filterscale))
                 .collect();
             let total: f64 = weights.iter().sum();
             let fixed = weights
@@ -78,15 +119,15 @@ fn convolve(weights: &[i32], sample: impl Fn(usize) -> u8) -> u8 {
     )
 }
 
-/// `image.resize((width, height), Image.BICUBIC)` with `reducing_gap=None`.
-pub fn resize_bicubic(image: &RgbImage, width: u32, height: u32) -> RgbImage {
+/// `image.resize((width, height), filter)` with `reducing_gap=None`.
+pub fn resize(image: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
     let (in_w, in_h) = (image.width() as usize, image.height() as usize);
     let (out_w, out_h) = (width as usize, height as usize);
     let src = image.as_raw();
     // Horizontal pass over the rows the vertical pass reads (all of them here: the box is the
     // whole image), skipped when the width stays.
     let (rows, row_w) = if out_w != in_w {
-        let horizontal = coefficients(in_w, out_w);
+        let horizontal = coefficients(in_w, out_w, filter);
         let mut rows = vec![0u8; in_h * out_w * 3];
         for y in 0..in_h {
             for (x, (xmin, weights)) in horizontal.taps.iter().enumerate() {
@@ -103,7 +144,7 @@ pub fn resize_bicubic(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     if out_h == in_h {
         return RgbImage::from_raw(width, height, rows).expect("sized above");
     }
-    let vertical = coefficients(in_h, out_h);
+    let vertical = coefficients(in_h, out_h, filter);
     let mut out = vec![0u8; out_h * row_w * 3];
     for (y, (ymin, weights)) in vertical.taps.iter().enumerate() {
         for x in 0..row_w {
@@ -114,4 +155,25 @@ pub fn resize_bicubic(image: &RgbImage, width: u32, height: u32) -> RgbImage {
         }
     }
     RgbImage::from_raw(width, height, out).expect("sized above")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// diffusers' img2img preprocessing squeezed a 72×60 image to 72×56 with Pillow's LANCZOS
+    /// (tests/fixtures/sdxl/img2img, `image.resized_u8`); the result must be the same bytes.
+    #[test]
+    fn lanczos_matches_pillow() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sdxl/img2img");
+        let input = image::open(dir.join("init_72x60.png")).unwrap().to_rgb8();
+        let bytes =
+            std::fs::read(dir.join("img2img_dpmpp2m-karras_72x56_s0.75/case.safetensors")).unwrap();
+        let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let expected = tensors.tensor("image.resized_u8").unwrap();
+        assert_eq!(expected.shape(), [56, 72, 3]);
+        let resized = resize(&input, 72, 56, Filter::Lanczos);
+        assert_eq!(resized.as_raw().as_slice(), expected.data());
+    }
 }

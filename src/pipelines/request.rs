@@ -102,6 +102,7 @@ impl GenerationRequest {
             scheduler,
             seed: self.seed.unwrap_or_else(random_seed),
             long_prompt: self.long_prompt.unwrap_or_default(),
+            init_image: None,
         })
     }
 }

@@ -7,7 +7,7 @@ use burn::tensor::TensorData;
 use image::RgbImage;
 
 use super::components::read_json;
-use super::pil_resample::resize_bicubic;
+use super::pil_resample::{Filter, resize};
 use crate::Error;
 use crate::models::safety_checker::{SafetyChecker, SafetyCheckerConfig, Verdict};
 use crate::registry::CheckerManifest;
@@ -51,7 +51,7 @@ pub fn clip_input(image: &RgbImage, size: usize) -> Result<Vec<f32>, Error> {
         (resized_long, size)
     };
     // CLIPImageProcessor resizes the PIL image with Pillow's BICUBIC (resample 3).
-    let resized = resize_bicubic(image, rw as u32, rh as u32);
+    let resized = resize(image, rw as u32, rh as u32, Filter::Bicubic);
     let pixels = resized.as_raw();
     // image_transforms.center_crop: top = (height − crop) // 2, left likewise
     let (top, left) = ((rh - size) / 2, (rw - size) / 2);

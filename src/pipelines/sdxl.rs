@@ -1,7 +1,9 @@
-//! Stable Diffusion XL (and Illustrious, Pony, NoobAI: the same network) text-to-image.
+//! Stable Diffusion XL (and Illustrious, Pony, NoobAI: the same network) text-to-image and
+//! image-to-image.
 //!
 //! Reference: diffusers `pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl.py`
-//! (`encode_prompt`, `_get_add_time_ids`, `prepare_latents`, the denoising loop) with
+//! (`encode_prompt`, `_get_add_time_ids`, `prepare_latents`, the denoising loop) and
+//! `pipeline_stable_diffusion_xl_img2img.py` (`get_timesteps`, `prepare_latents`) with
 //! `EulerDiscreteScheduler` / `EulerAncestralDiscreteScheduler` / `DPMSolverMultistepScheduler`.
 
 use std::collections::HashMap;
@@ -15,7 +17,8 @@ use super::components::{
     open_checkpoint, read_json, with_text_model_prefix,
 };
 use super::{
-    Flow, GenerationParams, MergedLoras, StepProgress, check_size, initial_noise, report_step,
+    Flow, GenerationParams, MergedLoras, StepProgress, check_size, image_tensor, initial_noise,
+    report_step,
 };
 use crate::Error;
 use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
@@ -488,9 +491,30 @@ impl<B: Backend> SdxlPipeline<B> {
         self.vae.forward(self.vae.unscale(latents))
     }
 
+    /// Text to image.
     pub fn generate(
         &self,
         params: &GenerationParams,
+        on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
+    ) -> Result<image::RgbImage, Error> {
+        self.run(params, None, on_step)
+    }
+
+    /// Image to image from `image` with `params.init_image`'s strength (diffusers
+    /// `StableDiffusionXLImg2ImgPipeline` with `width`×`height` as the image's size).
+    pub fn generate_from_image(
+        &self,
+        params: &GenerationParams,
+        image: &image::RgbImage,
+        on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
+    ) -> Result<image::RgbImage, Error> {
+        self.run(params, Some(image), on_step)
+    }
+
+    fn run(
+        &self,
+        params: &GenerationParams,
+        init: Option<&image::RgbImage>,
         on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
     ) -> Result<image::RgbImage, Error> {
         check_size(params, VAE_SCALE)?;
@@ -506,13 +530,22 @@ impl<B: Backend> SdxlPipeline<B> {
                 Some(self.encode_prompt(negative.as_deref().unwrap_or(""), params.long_prompt)?)
             }
         };
-        // original_size = target_size = (H, W), crops (0, 0): diffusers' defaults.
+        // original_size = target_size = (H, W), crops (0, 0): diffusers' defaults (img2img's
+        // too, for a model without `requires_aesthetics_score`).
         let (hh, ww) = (params.height as f32, params.width as f32);
         let time_ids = [hh, ww, 0.0, 0.0, hh, ww];
 
         let mut rng = TorchGenerator::new(params.seed);
-        let (mut latents, schedule) = self.initial_latents(params, &mut rng)?;
-        let mut sampler = Sampler::new(params.sampler, self.prediction, schedule);
+        let (mut latents, mut sampler) = match init {
+            None => {
+                let (latents, schedule) = self.initial_latents(params, &mut rng)?;
+                (
+                    latents,
+                    Sampler::new(params.sampler, self.prediction, schedule),
+                )
+            }
+            Some(image) => self.image_latents(params, image, &mut rng)?,
+        };
 
         let total = sampler.steps();
         for i in 0..total {
@@ -560,6 +593,39 @@ impl<B: Backend> SdxlPipeline<B> {
         let latents = initial_noise(params, self.latent_channels, rng, &self.device)
             * schedule.init_noise_sigma;
         Ok((latents, schedule))
+    }
+
+    /// img2img's sampler and starting latents (diffusers `get_timesteps` and `prepare_latents`):
+    /// the image encoded, a sample of the VAE's posterior (the generator's first draw) scaled,
+    /// then noised (the second draw) to the σ of the first of the `int(steps · strength)`
+    /// steps kept.
+    pub fn image_latents(
+        &self,
+        params: &GenerationParams,
+        image: &image::RgbImage,
+        rng: &mut TorchGenerator,
+    ) -> Result<(Tensor<B, 4>, Sampler<B>), Error> {
+        let run = params.steps_run();
+        if run == 0 {
+            return Err(Error::request(
+                "strength × steps must come to at least one step",
+            ));
+        }
+        let schedule = self
+            .scheduler
+            .schedule(params.sampler, params.scheduler, params.steps)?
+            .from_step(params.steps - run);
+        let pixels = image_tensor(image, params.width, params.height, &self.device);
+        let (mean, logvar) = self.vae_encoder.posterior(pixels);
+        // DiagonalGaussianDistribution.sample: mean + exp(logvar / 2) · randn.
+        let draw = Tensor::from_data(
+            TensorData::new(rng.randn(mean.dims().iter().product()), mean.dims()),
+            &self.device,
+        );
+        let clean = self.vae_encoder.scale(mean + (logvar * 0.5).exp() * draw);
+        let noise = initial_noise(params, self.latent_channels, rng, &self.device);
+        let sampler = Sampler::new(params.sampler, self.prediction, schedule);
+        Ok((sampler.add_noise(clean, noise), sampler))
     }
 
     /// Classifier-free guidance: one UNet call on the batch [uncond, cond] (two calls when the

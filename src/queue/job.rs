@@ -183,6 +183,17 @@ impl Job {
     }
 }
 
+impl Job {
+    /// The file this job was handed (an img2img image, an image to check), which lives under
+    /// the data directory's `uploads/` until the job ends; None for a gallery image it names.
+    pub fn upload(&self) -> Option<&std::path::Path> {
+        let init = self.params.as_ref().and_then(|p| p.init_image.as_ref());
+        let check = self.check.as_ref().filter(|c| c.source.is_none());
+        init.map(|i| i.path.as_path())
+            .or(check.map(|c| c.image.as_path()))
+    }
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

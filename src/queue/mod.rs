@@ -168,6 +168,7 @@ impl Queue {
         if let Err(e) = self.store.put_job(&job) {
             tracing::error!(job_id = %job.job_id, "cannot persist job end: {e}");
         }
+        self.store.remove_upload(&job);
         state.running = None;
         state.jobs.insert(job.job_id.clone(), job);
     }
@@ -193,6 +194,7 @@ impl Queue {
                 job.finished_at = Some(now_ms());
                 let job = job.clone();
                 self.store.put_job(&job)?;
+                self.store.remove_upload(&job);
                 self.events.publish(job_id, JobEvent::Cancelled);
                 self.publish_positions(&state);
                 Ok(job)

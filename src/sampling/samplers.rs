@@ -66,6 +66,20 @@ impl<B: Backend> Sampler<B> {
         x / (sigma * sigma + 1.0).sqrt()
     }
 
+    /// img2img's start: clean latents noised to the run's first σ, as each scheduler's
+    /// `add_noise` does at its `begin_index`: x₀ + σ·ε for the Euler family (which works on
+    /// x₀ + σ·ε), α_t·x₀ + σ_t·ε for DPM-Solver (variance preserving).
+    pub fn add_noise(&self, x0: Tensor<B, 4>, noise: Tensor<B, 4>) -> Tensor<B, 4> {
+        let sigma = self.schedule.sigmas[0];
+        match self.kind {
+            SamplerKind::DpmPp2m => {
+                let (alpha_t, sigma_t) = alpha_sigma(sigma);
+                x0 * alpha_t + noise * sigma_t
+            }
+            SamplerKind::Euler | SamplerKind::EulerAncestral => x0 + noise * sigma,
+        }
+    }
+
     /// x at step `step` and the model output there → x at step `step + 1`. Ancestral steps
     /// draw fresh noise from `noise`, as diffusers draws from the pipeline's generator.
     pub fn step(

@@ -51,6 +51,17 @@ pub struct Schedule {
     pub init_noise_sigma: f32,
 }
 
+impl Schedule {
+    /// The run from step `start` on: img2img's cut (diffusers `get_timesteps`, which slices
+    /// `timesteps[t_start * order:]` and sets the scheduler's `begin_index` there; every
+    /// sampler here has order 1).
+    pub fn from_step(mut self, start: usize) -> Self {
+        self.timesteps.drain(..start);
+        self.sigmas.drain(..start);
+        self
+    }
+}
+
 impl SchedulerConfig {
     /// σ_t = √((1-ᾱ_t)/ᾱ_t) for every training timestep, in float32.
     fn training_sigmas(&self) -> Result<Vec<f32>, Error> {

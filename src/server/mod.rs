@@ -198,9 +198,9 @@ pub async fn serve(options: ServeOptions) -> Result<(), Error> {
         )
         .nest("/", service)
         .around(move |endpoint, request| {
-            // The NSFW routes take images in their bodies.
-            let max = match request.uri().path().starts_with(gateway::nsfw::PATH_PREFIX) {
-                true => gateway::nsfw::MAX_BODY_BYTES,
+            let path = request.uri().path();
+            let max = match IMAGE_ROUTES.iter().any(|r| path.starts_with(r)) {
+                true => IMAGE_BODY_BYTES,
                 false => options.max_body_bytes,
             };
             limit_body(endpoint, request, max, Face::of_native_path)
@@ -280,6 +280,17 @@ async fn comfyui_listener(
         ),
     )
 }
+
+/// The routes whose bodies carry images (base64 or multipart): the NSFW checks and the
+/// image-to-image requests of each face.
+const IMAGE_ROUTES: [&str; 4] = [
+    "/v1/api/nsfw/",
+    "/api/generate",
+    "/sdapi/v1/img2img",
+    "/v1/images/edits",
+];
+/// The body limit there: a 24 MB image in base64.
+const IMAGE_BODY_BYTES: usize = 32 << 20;
 
 /// How many times the body limit a refused body may be before it is no longer read to its end.
 const LINGER_FACTOR: usize = 64;

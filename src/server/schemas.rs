@@ -52,6 +52,9 @@ pub struct JobParams {
     pub loras: Vec<LoraRef>,
     /// Whether each image went through the safety checker.
     pub nsfw_filter: bool,
+    /// Image-to-image: the strength its image was noised with (null: text-to-image).
+    #[oai(nullable)]
+    pub strength: Option<f64>,
 }
 
 /// Where a job came from.
@@ -105,7 +108,7 @@ impl JobView {
             position: position.map(|p| p as u32),
             step: job.step,
             total_steps: match (&job.params, job.total_steps) {
-                (Some(p), 0) => p.steps as u32 * job.num_images,
+                (Some(p), 0) => p.steps_run() as u32 * job.num_images,
                 _ => job.total_steps,
             },
             params: job.params.as_ref().map(|p| JobParams {
@@ -135,6 +138,7 @@ impl JobView {
                     })
                     .collect(),
                 nsfw_filter: job.nsfw_filter,
+                strength: p.init_image.as_ref().map(|i| i.strength),
             }),
             images: job.images.clone(),
             error: job.error.clone(),

@@ -14,6 +14,7 @@ use super::validation::{ValidationErrors, validate};
 use crate::graph::definitions::{NodeDef, node_defs};
 use crate::graph::nodes::IMPLEMENTED;
 use crate::graph::validate::{Rejection, validate as validate_graph};
+use crate::pipelines::InitImage;
 use crate::queue::{Job, JobStatus, QueueError, Workflow, new_job_id};
 use crate::runner::Shared;
 
@@ -34,17 +35,31 @@ pub fn submit_generate(state: &AppState, body: &Value) -> Result<(Job, usize), S
         state.default_model.as_deref(),
     )
     .map_err(SubmitError::Invalid)?;
+    let job_id = new_job_id();
+    let mut params = validated.params;
+    if let Some((bytes, strength)) = validated.init_image {
+        // Kept under uploads/ until the job ends, so a job the server restarts on finds it.
+        let path = state
+            .shared
+            .store
+            .save_upload(&job_id, &bytes)
+            .map_err(|e| SubmitError::Internal(e.to_string()))?;
+        params.init_image = Some(InitImage { path, strength });
+    }
     let job = Job {
-        total_steps: validated.params.steps as u32 * validated.num_images,
-        params: Some(validated.params),
+        total_steps: params.steps_run() as u32 * validated.num_images,
+        params: Some(params),
         num_images: validated.num_images,
         loras: validated.loras,
         nsfw_filter: validated.nsfw_filter,
-        ..Job::new(new_job_id(), validated.model, validated.priority)
+        ..Job::new(job_id, validated.model, validated.priority)
     };
-    let (job, position) = state.shared.queue.submit(job).map_err(|e| match e {
-        QueueError::Full => SubmitError::Full,
-        e => SubmitError::Internal(format!("{e:?}")),
+    let (job, position) = state.shared.queue.submit(job.clone()).map_err(|e| {
+        state.shared.store.remove_upload(&job);
+        match e {
+            QueueError::Full => SubmitError::Full,
+            e => SubmitError::Internal(format!("{e:?}")),
+        }
     })?;
     tracing::info!(job_id = %job.job_id, position, "job accepted");
     Ok((job, position))

@@ -2,6 +2,7 @@
 //! "input"}]}`, one entry per bad field, and the JSON Schema of each model's parameters for
 //! /api/info (the same limits, so clients can validate before sending).
 
+use base64::Engine;
 use serde_json::{Map, Value, json};
 
 use crate::pipelines::{FamilyOptions, GenerationParams, GenerationRequest};
@@ -62,10 +63,16 @@ pub fn size_multiple(family: Family) -> u32 {
     }
 }
 
+/// diffusers' `StableDiffusionXLImg2ImgPipeline` default `strength`.
+pub const DEFAULT_STRENGTH: f64 = 0.3;
+
 /// A validated generation request.
 pub struct Validated {
     pub model: String,
+    /// `init_image` is still None: the submission stores [`Self::init_image`] and names it.
     pub params: GenerationParams,
+    /// An image-to-image request's image (the decoded bytes as sent) and strength.
+    pub init_image: Option<(Vec<u8>, f64)>,
     pub num_images: u32,
     pub priority: i32,
     pub loras: Vec<JobLora>,
@@ -183,7 +190,7 @@ impl<'a> Fields<'a> {
     }
 }
 
-const KNOWN_FIELDS: [&str; 15] = [
+const KNOWN_FIELDS: [&str; 17] = [
     "prompt",
     "negative_prompt",
     "model",
@@ -199,7 +206,24 @@ const KNOWN_FIELDS: [&str; 15] = [
     "loras",
     "priority",
     "nsfw_filter",
+    "init_image",
+    "strength",
 ];
+
+/// A base64 image (a `data:image/...;base64,` prefix is accepted) → its bytes and size, once
+/// it is known to decode as a PNG, JPEG or WebP image.
+pub fn base64_image(text: &str) -> Result<(Vec<u8>, (u32, u32)), String> {
+    let encoded = text.split_once(";base64,").map_or(text, |(_, b)| b);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|e| format!("not base64: {e}"))?;
+    let size = image::guess_format(&bytes)
+        .ok()
+        .and_then(|_| image::load_from_memory(&bytes).ok())
+        .map(|image| (image.width(), image.height()))
+        .ok_or("not a PNG, JPEG or WebP image")?;
+    Ok((bytes, size))
+}
 
 /// Checks a generate body against the model it names; every problem is reported at once.
 pub fn validate(
@@ -296,8 +320,58 @@ pub fn validate(
         }
         Some(v as usize)
     };
-    let width = size(&mut f, "width");
-    let height = size(&mut f, "height");
+    let mut width = size(&mut f, "width");
+    let mut height = size(&mut f, "height");
+    let init_image = f
+        .string("init_image")
+        .and_then(|text| match base64_image(&text) {
+            Ok(image) => Some(image),
+            Err(why) => {
+                f.error(
+                    "init_image",
+                    "value_error",
+                    format!("init_image is {why}"),
+                    None,
+                );
+                None
+            }
+        });
+    let strength = f.number("strength", 0.0, 1.0);
+    if strength == Some(0.0) {
+        let input = f.value("strength");
+        f.error(
+            "strength",
+            "greater_than",
+            "Input should be greater than 0",
+            input,
+        );
+    }
+    if let Some((_, (w, h))) = &init_image {
+        // The image's size, down to the model's multiple (diffusers'
+        // `VaeImageProcessor.get_default_height_width`), where the request gives none.
+        let fit = |v: u32| (v as i64 / multiple * multiple) as usize;
+        width = width.or(Some(fit(*w)));
+        height = height.or(Some(fit(*h)));
+        let (fw, fh) = (width.unwrap_or(0) as u32, height.unwrap_or(0) as u32);
+        if !(MIN_SIZE..=MAX_SIZE).contains(&fw) || !(MIN_SIZE..=MAX_SIZE).contains(&fh) {
+            f.error(
+                "init_image",
+                "value_error",
+                format!(
+                    "the image is {w}x{h}; give width and height from {MIN_SIZE} to {MAX_SIZE}, \
+                     or an image within that"
+                ),
+                None,
+            );
+        }
+    } else if let Some(v) = f.value("strength") {
+        f.error(
+            "strength",
+            "value_error",
+            "strength applies to image-to-image: send `init_image` with it",
+            Some(v),
+        );
+    }
     let steps = f.integer("steps", 1, MAX_STEPS as i64).map(|v| v as usize);
     let guidance_scale = f
         .number("guidance_scale", 0.0, MAX_GUIDANCE)
@@ -371,6 +445,16 @@ pub fn validate(
         check_family_fields(&mut f, manifest.family, sampler, scheduler);
     }
 
+    if let (Some(manifest), Some(_)) = (manifest, &init_image)
+        && !FamilyOptions::of(manifest.family).img2img
+    {
+        let msg = format!(
+            "this build runs image-to-image on SDXL models only, not {}",
+            manifest.family.name()
+        );
+        f.error("init_image", "extra_forbidden", msg, None);
+    }
+
     let (Some(manifest), Some(prompt), true) = (manifest, prompt, f.errors.is_empty()) else {
         return Err(ValidationErrors { detail: f.errors });
     };
@@ -394,9 +478,24 @@ pub fn validate(
     let params = request
         .resolve(manifest)
         .map_err(|e| ValidationErrors::one(vec!["body".into()], e.to_string(), "value_error"))?;
+    let init_image = init_image.map(|(bytes, _)| (bytes, strength.unwrap_or(DEFAULT_STRENGTH)));
+    if let Some((_, strength)) = &init_image
+        && (params.steps as f64 * strength) < 1.0
+    {
+        return Err(ValidationErrors::one(
+            vec!["body".into(), "strength".into()],
+            format!(
+                "strength {strength} of {} steps runs no step (diffusers runs int(steps × \
+                 strength)); raise strength or steps",
+                params.steps
+            ),
+            "value_error",
+        ));
+    }
     Ok(Validated {
         model: manifest.id.clone(),
         params,
+        init_image,
         num_images,
         priority,
         loras,
@@ -550,6 +649,19 @@ pub fn parameter_schema(manifest: &Manifest, library: &LoraLibrary, checker: boo
             options.long_prompt,
             "long_prompt",
             json!({"type": "string", "enum": ["chunk", "truncate"], "default": "chunk"}),
+        ),
+        (
+            options.img2img,
+            "init_image",
+            json!({"type": ["string", "null"], "contentEncoding": "base64",
+            "description": "image-to-image: a PNG, JPEG or WebP image as base64 (a data: URL is accepted); \
+                width and height default to its size, down to a multiple of the model's; another size resizes it (Lanczos)"}),
+        ),
+        (
+            options.img2img,
+            "strength",
+            json!({"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": DEFAULT_STRENGTH,
+            "description": "with init_image: how far the image is noised; the last int(steps × strength) steps run"}),
         ),
     ];
     for (offered, name, schema) in optional {

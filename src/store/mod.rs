@@ -280,6 +280,29 @@ impl Store {
         Ok(PathBuf::from("uploads").join(name))
     }
 
+    /// An image a job was given (`path` relative to the data directory: an upload, or a
+    /// gallery file): its bytes, and its pixels as RGB (alpha dropped, as PIL's
+    /// `convert("RGB")` drops it).
+    pub fn read_input(&self, path: &Path) -> Result<(Vec<u8>, image::RgbImage), Error> {
+        let bytes = fs::read(self.data_dir.join(path)).map_err(|e| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("the job's input image {}: {e}", path.display()),
+            ))
+        })?;
+        let pixels = image::load_from_memory(&bytes)
+            .map_err(|e| Error::request(format!("not an image: {e}")))?
+            .to_rgb8();
+        Ok((bytes, pixels))
+    }
+
+    /// Deletes `job`'s upload, once the job has ended.
+    pub fn remove_upload(&self, job: &Job) {
+        if let Some(path) = job.upload() {
+            let _ = fs::remove_file(self.data_dir.join(path));
+        }
+    }
+
     /// The data directory, which relative paths in jobs start from.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir

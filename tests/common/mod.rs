@@ -74,6 +74,41 @@ pub fn install_kohya_lora(loras: &Path) {
     .unwrap();
 }
 
+pub fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// diffusers' SDXL img2img case `id` (tests/fixtures/sdxl/img2img) as a native generate body
+/// (the image as base64, no size: the server takes the image's), and the image it made.
+pub fn img2img_case(id: &str) -> (serde_json::Value, image::RgbImage) {
+    let dir = fixtures().join("sdxl/img2img");
+    let case: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(id).join("case.json"))
+            .unwrap()
+            .replace("-Infinity", "null"),
+    )
+    .unwrap();
+    let (sampler, scheduler) = match case["scheduler_name"].as_str().unwrap() {
+        "euler" => ("euler", "normal"),
+        "euler_a" => ("euler_ancestral", "normal"),
+        "dpmpp_2m_karras" => ("dpmpp_2m", "karras"),
+        other => panic!("unexpected scheduler {other}"),
+    };
+    let init = std::fs::read(dir.join(case["init_image"].as_str().unwrap())).unwrap();
+    let body = serde_json::json!({
+        "prompt": case["prompt"], "negative_prompt": case["negative_prompt"],
+        "init_image": base64(&init), "strength": case["strength"],
+        "steps": case["num_inference_steps"], "guidance_scale": case["guidance_scale"],
+        "seed": case["seed"], "sampler": sampler, "scheduler": scheduler,
+        "long_prompt": "truncate",
+    });
+    let image = image::open(dir.join(id).join("image.png"))
+        .unwrap()
+        .to_rgb8();
+    (body, image)
+}
+
 /// A fixture tensor: values as f64 (ids and masks converted) and shape.
 #[derive(Clone, Debug)]
 pub struct Recorded {
@@ -209,6 +244,13 @@ impl PipelineCase {
             scheduler,
             seed: json["seed"].as_u64().unwrap(),
             long_prompt: hanga::text::LongPrompt::Truncate,
+            // img2img cases: the image file beside the cases, and its strength.
+            init_image: json["strength"]
+                .as_f64()
+                .map(|strength| hanga::pipelines::InitImage {
+                    path: json["init_image"].as_str().unwrap().into(),
+                    strength,
+                }),
         };
         Self {
             params,

@@ -21,7 +21,11 @@ const CASES: [&str; 5] = [
 ];
 
 fn case(id: &str) -> PipelineCase {
-    let dir = fixtures().join("sdxl/cases").join(id);
+    load_case(&fixtures().join("sdxl/cases").join(id))
+}
+
+/// A recorded SDXL case (txt2img or img2img), with diffusers' scheduler names as ours.
+pub fn load_case(dir: &std::path::Path) -> PipelineCase {
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("case.json"))
             .unwrap()
@@ -34,10 +38,10 @@ fn case(id: &str) -> PipelineCase {
         "dpmpp_2m_karras" => (SamplerKind::DpmPp2m, ScheduleKind::Karras),
         other => panic!("unexpected scheduler {other}"),
     };
-    PipelineCase::load(&dir, sampler, scheduler)
+    PipelineCase::load(dir, sampler, scheduler)
 }
 
-fn single_file_manifest() -> Manifest {
+pub fn single_file_manifest() -> Manifest {
     Manifest::from_file(&repo().join("model_manifests/sdxl-tiny-demo.toml")).unwrap()
 }
 

@@ -1,6 +1,6 @@
 //! AUTOMATIC1111's API under `/sdapi/v1` on the native port, for the clients that speak it
 //! (webuiapi, Open WebUI's `automatic1111` engine, SillyTavern, Krita plugins): `txt2img`,
-//! the model list and `options` (whose `sd_model_checkpoint` is the model A1111 requests get),
+//! `img2img`, the model list and `options` (whose `sd_model_checkpoint` is the model A1111 requests get),
 //! samplers, schedulers, LoRAs, `progress`, `interrupt`, `skip`. Shapes as A1111's
 //! `modules/api/models.py` has them; 422 as FastAPI's `detail` list (which A1111 answers
 //! too). A request becomes a generate body through the same submission as `POST
@@ -74,6 +74,25 @@ pub struct Txt2ImgRequest {
     /// `sd_model_checkpoint` runs this request on that model.
     pub override_settings: Option<BTreeMap<String, Value>>,
 }
+
+/// A1111's `StableDiffusionImg2ImgProcessingAPI`: txt2img's fields and the image.
+#[derive(Object)]
+#[oai(rename = "A1111Img2ImgRequest")]
+pub struct Img2ImgRequest {
+    #[oai(flatten)]
+    pub txt2img: Txt2ImgRequest,
+    /// The image to start from, base64 or a `data:` URL (the first is used). Resized to
+    /// `width`×`height` where those are given (Lanczos, A1111's "Just resize").
+    pub init_images: Option<Vec<String>>,
+    /// How far the image is noised: the last `int(steps × strength)` steps run (default 0.75,
+    /// A1111's).
+    pub denoising_strength: Option<f64>,
+    /// Inpainting masks are refused: this server does not inpaint.
+    pub mask: Option<String>,
+}
+
+/// A1111's default `denoising_strength`.
+const A1111_STRENGTH: f64 = 0.75;
 
 #[derive(Object)]
 #[oai(rename = "A1111TextToImageResponse")]
@@ -170,9 +189,10 @@ pub struct Options {
     pub samples_format: String,
 }
 
+/// What `txt2img` and `img2img` answer.
 #[derive(ApiResponse)]
 #[oai(bad_request_handler = "refused")]
-pub enum Txt2ImgResponse {
+pub enum ImagesAnswer {
     #[oai(status = 200)]
     Ok(Json<TextToImageResponse>),
     /// A field is missing or invalid (FastAPI's `detail` list, with A1111's field names).
@@ -205,16 +225,16 @@ fn unprocessable(error: &poem::Error) -> Json<ValidationErrors> {
     ))
 }
 
-fn refused(error: poem::Error) -> Txt2ImgResponse {
-    Txt2ImgResponse::Invalid(unprocessable(&error))
+fn refused(error: poem::Error) -> ImagesAnswer {
+    ImagesAnswer::Invalid(unprocessable(&error))
 }
 
 fn refused_options(error: poem::Error) -> SetOptionsResponse {
     SetOptionsResponse::Invalid(unprocessable(&error))
 }
 
-fn invalid(field: &str, msg: String, input: Option<Value>) -> Txt2ImgResponse {
-    Txt2ImgResponse::Invalid(Json(ValidationErrors {
+fn invalid(field: &str, msg: String, input: Option<Value>) -> ImagesAnswer {
+    ImagesAnswer::Invalid(Json(ValidationErrors {
         detail: vec![ValidationItem {
             loc: vec!["body".into(), field.into()],
             msg,
@@ -238,6 +258,8 @@ fn a1111_field(field: &str) -> &str {
         "sampler" => "sampler_name",
         "model" => "override_settings",
         "loras" => "prompt",
+        "init_image" => "init_images",
+        "strength" => "denoising_strength",
         other => other,
     }
 }
@@ -319,105 +341,36 @@ fn unix_seconds() -> u64 {
 impl A1111Api {
     /// Text to image, as A1111's `txt2img` (answers once the images are made).
     #[oai(path = "/txt2img", method = "post")]
-    async fn txt2img(&self, body: Json<Txt2ImgRequest>) -> Txt2ImgResponse {
-        let state = &self.state;
+    async fn txt2img(&self, body: Json<Txt2ImgRequest>) -> ImagesAnswer {
+        let parameters = body.0.to_json().unwrap_or_default();
+        match self.generate_body(&body.0) {
+            Ok(generate) => self.run(&generate, parameters).await,
+            Err(refusal) => refusal,
+        }
+    }
+
+    /// Image to image, as A1111's `img2img` (answers once the images are made).
+    #[oai(path = "/img2img", method = "post")]
+    async fn img2img(&self, body: Json<Img2ImgRequest>) -> ImagesAnswer {
         let request = body.0;
-        let model = match request
-            .override_settings
-            .as_ref()
-            .and_then(|o| o.get("sd_model_checkpoint"))
-            .and_then(Value::as_str)
-        {
-            Some(name) => model_of(name).to_owned(),
-            None => match self.checkpoint.read().expect("checkpoint lock").clone() {
-                Some(id) => id,
-                None => {
-                    return invalid("override_settings", "the server has no model".into(), None);
-                }
-            },
+        if request.mask.as_deref().is_some_and(|m| !m.is_empty()) {
+            let msg = "inpainting is not available on this server; send the image without a mask";
+            return invalid("mask", msg.into(), None);
+        }
+        let Some(image) = request.init_images.as_ref().and_then(|i| i.first()) else {
+            let msg = "Field required: one image, base64 or a data: URL".into();
+            return invalid("init_images", msg, None);
         };
-        let Ok(manifest) = state.shared.registry.get(&model) else {
-            let msg = format!("model `{model}` not found; GET /sdapi/v1/sd-models lists them");
-            return invalid("override_settings", msg, Some(json!(model)));
+        let mut generate = match self.generate_body(&request.txt2img) {
+            Ok(generate) => generate,
+            Err(refusal) => return refusal,
         };
-        let options = FamilyOptions::of(manifest.family);
-        let (prompt, tags) = lora_tags(request.prompt.as_deref().unwrap_or_default());
-        let mut generate = json!({"prompt": prompt, "model": model});
-        let batch = request.batch_size.unwrap_or(1).max(1) * request.n_iter.unwrap_or(1).max(1);
-        generate["num_images"] = batch.into();
-        for (field, value) in [
-            ("width", request.width),
-            ("height", request.height),
-            ("steps", request.steps),
-        ] {
-            if let Some(value) = value {
-                generate[field] = value.into();
-            }
-        }
-        // A1111 clients send every field; a family that takes no CFG or negative prompt
-        // (Flux, Z-Image) leaves them out rather than refusing the request.
-        if let Some(cfg) = request.cfg_scale.filter(|_| options.guidance) {
-            generate["guidance_scale"] = cfg.into();
-        }
-        if let Some(negative) = request
-            .negative_prompt
-            .as_ref()
-            .filter(|n| options.negative_prompt && !n.is_empty())
-        {
-            generate["negative_prompt"] = negative.clone().into();
-        }
-        if let Some(seed) = request.seed.filter(|&s| s >= 0) {
-            generate["seed"] = seed.into();
-        }
-        if !tags.is_empty() {
-            generate["loras"] = tags
-                .iter()
-                .map(|(id, weight)| json!({"id": id, "weight": weight}))
-                .collect();
-        }
-        let sampler = request
-            .sampler_name
-            .as_deref()
-            .or(request.sampler_index.as_deref());
-        if let Some(sampler) = sampler {
-            match sampler_and_scheduler(sampler, request.scheduler.as_deref()) {
-                Ok((kind, schedule)) => {
-                    generate["sampler"] = kind.name().into();
-                    if let Some(schedule) = schedule {
-                        generate["scheduler"] = schedule.name().into();
-                    }
-                }
-                Err((field, msg)) => return invalid(field, msg, Some(json!(sampler))),
-            }
-        }
-        let (job, _) = match submit_generate(state, &generate) {
-            Ok(accepted) => accepted,
-            Err(SubmitError::Invalid(errors)) => {
-                let detail = errors
-                    .detail
-                    .into_iter()
-                    .map(|mut item| {
-                        if let Some(field) = item.loc.get_mut(1) {
-                            *field = a1111_field(field).to_owned();
-                        }
-                        item
-                    })
-                    .collect();
-                return Txt2ImgResponse::Invalid(Json(ValidationErrors { detail }));
-            }
-            Err(SubmitError::Full) => {
-                return Txt2ImgResponse::Busy(error("the queue is full; retry later"));
-            }
-            Err(SubmitError::Internal(e)) => return Txt2ImgResponse::Failed(error(e)),
-        };
-        let job = match completed_job(state, &job.job_id, WAIT).await {
-            Ok(job) => job,
-            Err(why) => return Txt2ImgResponse::Failed(error(why)),
-        };
-        match answer(state, &job, request.to_json().unwrap_or_default()) {
-            Ok(answer) => Txt2ImgResponse::Ok(Json(answer)),
-            Err(e) => Txt2ImgResponse::Failed(error(e)),
-        }
+        generate["init_image"] = image.as_str().into();
+        generate["strength"] = request.denoising_strength.unwrap_or(A1111_STRENGTH).into();
+        // A1111 leaves the images out of `parameters` (`include_init_images` off).
+        let mut parameters = request.to_json().unwrap_or_default();
+        parameters["init_images"] = Value::Null;
+        self.run(&generate, parameters).await
     }
 
     /// The models, as A1111 lists its checkpoints.
@@ -591,6 +544,119 @@ impl A1111Api {
 }
 
 impl A1111Api {
+    /// An A1111 request as a generate body: its model (`override_settings` or the options'
+    /// checkpoint), prompt without `<lora:...>` tags and those LoRAs, sizes, sampler names.
+    fn generate_body(&self, request: &Txt2ImgRequest) -> Result<Value, ImagesAnswer> {
+        let state = &self.state;
+        let model = match request
+            .override_settings
+            .as_ref()
+            .and_then(|o| o.get("sd_model_checkpoint"))
+            .and_then(Value::as_str)
+        {
+            Some(name) => model_of(name).to_owned(),
+            None => match self.checkpoint.read().expect("checkpoint lock").clone() {
+                Some(id) => id,
+                None => {
+                    return Err(invalid(
+                        "override_settings",
+                        "the server has no model".into(),
+                        None,
+                    ));
+                }
+            },
+        };
+        let Ok(manifest) = state.shared.registry.get(&model) else {
+            let msg = format!("model `{model}` not found; GET /sdapi/v1/sd-models lists them");
+            return Err(invalid("override_settings", msg, Some(json!(model))));
+        };
+        let options = FamilyOptions::of(manifest.family);
+        let (prompt, tags) = lora_tags(request.prompt.as_deref().unwrap_or_default());
+        let mut generate = json!({"prompt": prompt, "model": model});
+        let batch = request.batch_size.unwrap_or(1).max(1) * request.n_iter.unwrap_or(1).max(1);
+        generate["num_images"] = batch.into();
+        for (field, value) in [
+            ("width", request.width),
+            ("height", request.height),
+            ("steps", request.steps),
+        ] {
+            if let Some(value) = value {
+                generate[field] = value.into();
+            }
+        }
+        // A1111 clients send every field; a family that takes no CFG or negative prompt
+        // (Flux, Z-Image) leaves them out rather than refusing the request.
+        if let Some(cfg) = request.cfg_scale.filter(|_| options.guidance) {
+            generate["guidance_scale"] = cfg.into();
+        }
+        if let Some(negative) = request
+            .negative_prompt
+            .as_ref()
+            .filter(|n| options.negative_prompt && !n.is_empty())
+        {
+            generate["negative_prompt"] = negative.clone().into();
+        }
+        if let Some(seed) = request.seed.filter(|&s| s >= 0) {
+            generate["seed"] = seed.into();
+        }
+        if !tags.is_empty() {
+            generate["loras"] = tags
+                .iter()
+                .map(|(id, weight)| json!({"id": id, "weight": weight}))
+                .collect();
+        }
+        let sampler = request
+            .sampler_name
+            .as_deref()
+            .or(request.sampler_index.as_deref());
+        if let Some(sampler) = sampler {
+            match sampler_and_scheduler(sampler, request.scheduler.as_deref()) {
+                Ok((kind, schedule)) => {
+                    generate["sampler"] = kind.name().into();
+                    if let Some(schedule) = schedule {
+                        generate["scheduler"] = schedule.name().into();
+                    }
+                }
+                Err((field, msg)) => return Err(invalid(field, msg, Some(json!(sampler)))),
+            }
+        }
+        Ok(generate)
+    }
+
+    /// Submits a generate body and answers with its images once made; `parameters` is the
+    /// request as A1111 echoes it.
+    async fn run(&self, generate: &Value, parameters: Value) -> ImagesAnswer {
+        let state = &self.state;
+        let (job, _) = match submit_generate(state, generate) {
+            Ok(accepted) => accepted,
+            Err(SubmitError::Invalid(errors)) => {
+                let detail = errors
+                    .detail
+                    .into_iter()
+                    .map(|mut item| {
+                        if let Some(field) = item.loc.get_mut(1) {
+                            *field = a1111_field(field).to_owned();
+                        }
+                        item
+                    })
+                    .collect();
+                return ImagesAnswer::Invalid(Json(ValidationErrors { detail }));
+            }
+            Err(SubmitError::Full) => {
+                return ImagesAnswer::Busy(error("the queue is full; retry later"));
+            }
+            Err(SubmitError::Internal(e)) => return ImagesAnswer::Failed(error(e)),
+        };
+        let job = match completed_job(state, &job.job_id, WAIT).await {
+            Ok(job) => job,
+            Err(why) => return ImagesAnswer::Failed(error(why)),
+        };
+        match answer(state, &job, parameters) {
+            Ok(answer) => ImagesAnswer::Ok(Json(answer)),
+            Err(e) => ImagesAnswer::Failed(error(e)),
+        }
+    }
+
     fn cancel_running(&self) {
         let queue = &self.state.shared.queue;
         if let Some(id) = queue.running_id() {

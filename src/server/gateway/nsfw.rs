@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use poem::Request;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -18,12 +17,8 @@ use crate::output::nsfw_filter::NsfwFilter;
 use crate::queue::{Job, NsfwVerdict, QueueError, SafetyCheck, new_job_id};
 use crate::server::AppState;
 use crate::server::submit::completed_job;
-use crate::server::validation::NO_CHECKER;
+use crate::server::validation::{NO_CHECKER, base64_image};
 
-/// Where the NSFW routes live: their bodies carry images, so they get a larger body limit.
-pub const PATH_PREFIX: &str = "/v1/api/nsfw/";
-/// The body limit there: a 24 MB image in base64.
-pub const MAX_BODY_BYTES: usize = 32 << 20;
 /// How long a route waits for its check (queued behind a running job, at most).
 const WAIT: Duration = Duration::from_secs(600);
 
@@ -130,17 +125,8 @@ async fn check(
     let store = &state.shared.store;
     let (image, source) = match (input.image, input.image_url) {
         (Some(data), None) => {
-            let encoded = data
-                .0
-                .split_once(";base64,")
-                .map_or(data.0.as_str(), |(_, b)| b);
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(encoded.trim())
-                .map_err(|e| Refusal::invalid(format!("image is not base64: {e}")))?;
-            image::guess_format(&bytes)
-                .ok()
-                .filter(|_| image::load_from_memory(&bytes).is_ok())
-                .ok_or_else(|| Refusal::invalid("image is not a PNG, JPEG or WebP image"))?;
+            let (bytes, _) =
+                base64_image(&data.0).map_err(|why| Refusal::invalid(format!("image is {why}")))?;
             let path = store
                 .save_upload(&job_id, &bytes)
                 .map_err(|e| Refusal(500, "GENERATION_FAILED", e.to_string()))?;
