@@ -1,7 +1,7 @@
 //! AUTOMATIC1111's API against a real `hanga serve` on the demo model: webuiapi from PyPI (in
-//! the virtualenv `make test-deps` makes) for the models, options, samplers, txt2img and a
-//! LoRA named in the prompt, whose image must be the native API's for the same LoRA, seed and
-//! settings.
+//! the virtualenv `make test-deps` makes) for the models, options, samplers, txt2img, a LoRA
+//! named in the prompt, whose image must be the native API's for the same LoRA, seed and
+//! settings, and img2img, whose image must be diffusers' for the same image and strength.
 
 mod common;
 
@@ -16,13 +16,29 @@ fn webuiapi_drives_txt2img_and_a_lora_gives_the_native_image() {
     let server = Server::start(&dir, &["--default-model", "sdxl-tiny-demo"]);
     let port = server.port;
     let saved = dir.join("a1111_lora.png");
+    let img2img = dir.join("a1111_img2img.png");
+    let init = common::fixtures().join("sdxl/img2img/init_64x64.png");
     let port_arg = port.to_string();
     let stdout = common::run_client(
         "api-clients",
         "api_clients/webuiapi_check.py",
-        &[port_arg.as_ref(), "kohya_style".as_ref(), saved.as_os_str()],
+        &[
+            port_arg.as_ref(),
+            "kohya_style".as_ref(),
+            saved.as_os_str(),
+            init.as_os_str(),
+            img2img.as_os_str(),
+        ],
     );
     assert!(stdout.contains("all checks passed"), "{stdout}");
+
+    // img2img gives diffusers' image for the same image, strength, seed and settings.
+    let (_, expected) = common::img2img_case("img2img_euler_64x64_s0.6_neg");
+    let diff = max_pixel_diff(&image::open(&img2img).unwrap().to_rgb8(), &expected);
+    assert!(
+        diff <= 2,
+        "A1111 img2img is {diff}/255 from diffusers' image"
+    );
 
     // The same LoRA, seed and settings through the native API: the same image.
     let job = generated(

@@ -1,9 +1,10 @@
 """webuiapi (PyPI), the A1111 client, against a running `hanga serve`: the model list and
 util_set_model, txt2img with A1111's sampler names, seeds and batches, `info` parsed, a LoRA
 through `<lora:name:weight>` (its image saved for the caller to compare with the native API's),
-and A1111's 422 for bad values.
+img2img from an image file (its image saved for the caller to compare with diffusers'), and
+A1111's 422 for bad values.
 
-    python webuiapi_check.py <port> <lora name> <out.png>
+    python webuiapi_check.py <port> <lora name> <out.png> <init.png> <img2img out.png>
 
 Prints one line per check; exits non-zero on the first failure.
 """
@@ -11,8 +12,9 @@ Prints one line per check; exits non-zero on the first failure.
 import sys
 
 import webuiapi
+from PIL import Image
 
-port, lora, out = sys.argv[1], sys.argv[2], sys.argv[3]
+port, lora, out, init, img2img_out = sys.argv[1:6]
 api = webuiapi.WebUIApi(host="127.0.0.1", port=int(port))
 
 titles = [m["title"] for m in api.get_sd_models()]
@@ -52,6 +54,34 @@ result = api.txt2img(
 assert result.info["prompt"] == "a cat", result.info
 result.image.save(out)
 print("txt2img with <lora:%s:0.8> saved to %s" % (lora, out))
+
+# diffusers' img2img case `img2img_euler_64x64_s0.6_neg`, as an A1111 user sends it.
+init_image = Image.open(init)
+result = api.img2img(
+    images=[init_image], prompt="a photo of a cat sitting on a red sofa",
+    negative_prompt="blurry, low quality", denoising_strength=0.6, steps=4, cfg_scale=5.0,
+    seed=0, sampler_name="Euler", scheduler="automatic", width=64, height=64,
+)
+assert result.image.size == (64, 64), result.image.size
+assert result.info["denoising_strength"] == 0.6 and result.info["seed"] == 0, result.info
+assert "Denoising strength: 0.6" in result.info["infotexts"][0], result.info["infotexts"]
+assert result.parameters["init_images"] is None, "A1111 leaves the images out of parameters"
+result.image.save(img2img_out)
+print("img2img at denoising_strength 0.6 saved to", img2img_out)
+
+for kwargs, field in [
+    ({"images": [init_image], "mask_image": init_image}, "mask"),
+    ({"images": []}, "init_images"),
+    ({"images": [init_image], "denoising_strength": 1.5}, "denoising_strength"),
+]:
+    try:
+        api.img2img(prompt="x", steps=4, width=64, height=64, **kwargs)
+    except RuntimeError as e:
+        status, text = e.args
+        assert status == 422 and f'"{field}"' in text, (field, status, text)
+        print(f"img2img {field}: 422")
+    else:
+        raise AssertionError(f"img2img with {field} was accepted")
 
 for kwargs, field in [
     ({"width": 13}, "width"),

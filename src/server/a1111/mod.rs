@@ -693,6 +693,7 @@ fn answer(state: &AppState, job: &Job, parameters: Value) -> Result<TextToImageR
         "subseed_strength": 0, "width": params.width, "height": params.height,
         "sampler_name": params.sampler.a1111_name(), "scheduler": params.scheduler.name(),
         "cfg_scale": params.guidance_scale, "steps": params.steps, "batch_size": count,
+        "denoising_strength": params.init_image.as_ref().map(|i| i.strength),
         "sd_model_name": job.model, "infotexts": infotexts, "job_id": job.job_id,
         "job_timestamp": unix_seconds().to_string(),
     });
