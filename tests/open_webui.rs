@@ -31,7 +31,7 @@ fn send(port: u16, method: &str, path: &str, body: Option<&Value>, auth: &str) -
 
 /// `image_generations` with `IMAGE_GENERATION_ENGINE = openai`: the model `dall-e-2` (its
 /// default), `n`, `size` = `IMAGE_SIZE` (512x512), `response_format: b64_json`; each
-/// `data[].b64_json` decoded.
+/// `data[].b64_json` decoded. Then `image_edits` with the same engine.
 #[test]
 fn open_webui_openai_engine() {
     let dir = temp_dir("open-webui-openai");
@@ -50,6 +50,37 @@ fn open_webui_openai_engine() {
     assert_eq!(
         decode(data[0]["b64_json"].as_str().unwrap()).dimensions(),
         (512, 512)
+    );
+
+    // `image_edits` (984-1063) with `IMAGE_EDIT_MODEL` dall-e-2 and `IMAGE_EDIT_SIZE` 512x512
+    // entered: a multipart form of strings (`n` only when truthy, `response_format` because
+    // the model is not gpt-image) and one image part named `image`, `<uuid>.png`; no mask.
+    let png = std::fs::read(common::fixtures().join("sdxl/img2img/init_64x64.png")).unwrap();
+    let image = reqwest::blocking::multipart::Part::bytes(png)
+        .file_name("0b7c2f1e-5d4a-4c3b-9a8e-1f2d3c4b5a69.png")
+        .mime_str("image/png")
+        .unwrap();
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("model", "dall-e-2")
+        .text("prompt", "make it a watercolor")
+        .text("n", "1")
+        .text("size", "512x512")
+        .text("response_format", "b64_json")
+        .part("image", image);
+    let response = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{}/v1/images/edits", server.port))
+        .header("authorization", "Bearer sk-none")
+        .multipart(form)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().unwrap();
+    let data = answer["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(
+        decode(data[0]["b64_json"].as_str().unwrap()).dimensions(),
+        (512, 512),
+        "resized to the size asked for"
     );
 }
 

@@ -1,10 +1,11 @@
 """The official `openai` SDK (PyPI) against a running `hanga serve`, with strict response
 validation: every response must parse into the SDK's own types.
 
-    python openai_check.py <port>
+    python openai_check.py <port> <init.png>
 
 Checks models.list, images.generate with n=2 as b64_json, as url (fetched back), as JPEG, as
-a stream with partial images, and the SDK's exceptions for bad values. Prints one line per check; exits non-zero on the first
+a stream with partial images, images.edit on the image file (one, a list of one, streamed),
+and the SDK's exceptions for bad values. Prints one line per check; exits non-zero on the first
 failure.
 """
 
@@ -16,7 +17,7 @@ import urllib.request
 import openai
 from PIL import Image
 
-port = sys.argv[1]
+port, init = sys.argv[1], sys.argv[2]
 client = openai.OpenAI(
     base_url=f"http://127.0.0.1:{port}/v1",
     api_key="sk-any",  # an open loopback server takes any key, as the SDK always sends one
@@ -77,6 +78,49 @@ final = Image.open(io.BytesIO(base64.b64decode(completed[0].b64_json)))
 assert final.format == "PNG" and final.size == (64, 64), (final.format, final.size)
 assert completed[0].usage.total_tokens == 0 and completed[0].quality == "high"
 print(f"images.generate stream: {len(partials)} partial image(s), then the PNG")
+
+# Edits: image to image from the file, at its own size unless `size` says.
+with open(init, "rb") as image:
+    result = client.images.edit(image=image, prompt="a cat on a sofa", n=2)
+assert len(result.data) == 2, result
+sizes = [Image.open(io.BytesIO(base64.b64decode(i.b64_json))).size for i in result.data]
+assert sizes == [(64, 64), (64, 64)], sizes
+print("images.edit n=2: 2 PNGs at the image's size")
+
+# A list of images goes as `image[]`; `strength` is hanga's own field.
+with open(init, "rb") as image:
+    result = client.images.edit(
+        image=[image], prompt="a dog on a sofa", size="96x64", extra_body={"strength": 0.6},
+    )
+assert Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json))).size == (96, 64)
+print("images.edit image[] with strength 0.6 at 96x64")
+
+with open(init, "rb") as image:
+    stream = client.images.edit(
+        image=image, prompt="a cat", stream=True, partial_images=1, extra_body={"strength": 1.0},
+    )
+    events = list(stream)
+kinds = [e.type for e in events]
+assert kinds[-1] == "image_edit.completed" and kinds.count("image_edit.completed") == 1, kinds
+assert set(kinds) <= {"image_edit.partial_image", "image_edit.completed"}, kinds
+assert Image.open(io.BytesIO(base64.b64decode(events[-1].b64_json))).size == (64, 64)
+print("images.edit stream:", kinds)
+
+with open(init, "rb") as image:
+    for kwargs, param in [
+        ({"image": image, "mask": image}, "mask"),
+        ({"image": [image, image]}, "image"),
+        ({"image": image, "input_fidelity": "medium"}, "input_fidelity"),
+        ({"image": image, "extra_body": {"strength": 1.5}}, "strength"),
+    ]:
+        image.seek(0)
+        try:
+            client.images.edit(prompt="x", **kwargs)
+        except openai.BadRequestError as e:
+            assert e.status_code == 400 and e.param == param, (param, e.param, e.body)
+            print(f"images.edit {param}: BadRequestError")
+        else:
+            raise AssertionError(f"images.edit with a bad {param} was accepted")
 
 for kwargs, param, code in [
     ({"size": "13x13"}, "size", None),

@@ -1,5 +1,5 @@
-//! OpenAI's images API on the native port: `POST /v1/images/generations` and `GET /v1/models`,
-//! so the official SDKs and the front-ends built on them (Open WebUI's `openai` engine) drive
+//! OpenAI's images API on the native port: `POST /v1/images/generations`, `POST
+//! /v1/images/edits` (image-to-image) and `GET /v1/models`, so the official SDKs and the front-ends built on them (Open WebUI's `openai` engine) drive
 //! hanga. Shapes as the `openai` Python SDK types them (`types/images_response.py`,
 //! `types/model.py`), errors as its `{"error": {"message", "type", "param", "code"}}`. A request
 //! becomes a generate body and goes through the same submission as `POST /api/generate`; the
@@ -18,7 +18,8 @@ use poem::{IntoResponse, Request};
 use poem_openapi::payload::{EventStream, Json, Payload};
 use poem_openapi::registry::{MetaMediaType, MetaResponses, Registry};
 use poem_openapi::types::ToJSON;
-use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use poem_openapi::types::multipart::Upload;
+use poem_openapi::{ApiResponse, Multipart, Object, OpenApi, Tags};
 use serde_json::json;
 
 use super::AppState;
@@ -117,6 +118,36 @@ pub struct ImageGenerationRequest {
     pub partial_images: Option<i64>,
 }
 
+/// `images.edit`'s form: the image, and the fields of `images/generations`.
+#[derive(Multipart)]
+pub struct ImageEditRequest {
+    /// The image to start from: PNG, JPEG or WebP; one image, as `image` or one `image[]`.
+    /// Its size is the output's unless `size` says otherwise (it is then resized, Lanczos).
+    pub image: Option<Upload>,
+    /// The SDKs' name for a list of images (one here).
+    #[oai(rename = "image[]")]
+    pub images: Vec<Upload>,
+    /// Refused: this server does not inpaint.
+    pub mask: Option<Upload>,
+    pub prompt: String,
+    pub model: Option<String>,
+    pub n: Option<i64>,
+    /// `WIDTHxHEIGHT`, or `auto` (default): the image's size, down to the model's multiple.
+    pub size: Option<String>,
+    pub quality: Option<String>,
+    pub response_format: Option<String>,
+    pub output_format: Option<String>,
+    pub user: Option<String>,
+    /// Answer with `image_edit.partial_image` and `image_edit.completed` events.
+    pub stream: Option<bool>,
+    pub partial_images: Option<i64>,
+    /// `low` (default): strength 0.75; `high`: strength 0.5, closer to the image.
+    pub input_fidelity: Option<String>,
+    /// hanga's own: how far the image is noised, over 0 to 1 (the last `int(steps ×
+    /// strength)` steps run); overrides `input_fidelity`.
+    pub strength: Option<f64>,
+}
+
 /// `usage` of a completed stream event. hanga does not count tokens: every count is 0.
 #[derive(Object, Clone)]
 #[oai(rename = "OpenAIImageUsage")]
@@ -134,11 +165,12 @@ pub struct TokenDetails {
     pub text_tokens: u32,
 }
 
-/// `ImageGenPartialImageEvent` / `ImageGenCompletedEvent`.
+/// `ImageGenPartialImageEvent` / `ImageGenCompletedEvent` (and the `ImageEdit` ones).
 #[derive(Object)]
 #[oai(rename = "OpenAIImageStreamEvent")]
 pub struct StreamEvent {
-    /// `image_generation.partial_image` or `image_generation.completed`.
+    /// `image_generation.partial_image` or `image_generation.completed`; `image_edit.*` for
+    /// edits.
     #[oai(rename = "type")]
     pub kind: String,
     pub b64_json: String,
@@ -298,6 +330,7 @@ fn openai_param(field: &str) -> &str {
         "width" | "height" => "size",
         "num_images" => "n",
         "steps" => "quality",
+        "init_image" => "image",
         other => other,
     }
 }
@@ -376,8 +409,92 @@ impl OpenAiApi {
         request: &Request,
         body: Json<ImageGenerationRequest>,
     ) -> Generated {
+        self.respond(request, accept(&self.0, body.0, None)).await
+    }
+
+    /// Edit an image as a prompt says (OpenAI's `images.edit`): image to image from it.
+    ///
+    /// Answers once the images are made; with `stream: true`, as server-sent events.
+    #[oai(path = "/images/edits", method = "post")]
+    async fn edits(&self, request: &Request, form: ImageEditRequest) -> Generated {
+        let refuse = |message: &str, param: &str| Generated::Json(invalid(message, param));
+        if form.mask.is_some() {
+            return refuse(
+                "inpainting is not available on this server; send the image without a mask",
+                "mask",
+            );
+        }
+        let mut images = form.image.into_iter().chain(form.images);
+        let (Some(image), None) = (images.next(), images.next()) else {
+            return refuse("send one image, as `image`", "image");
+        };
+        let strength = match (form.strength, form.input_fidelity.as_deref()) {
+            (Some(strength), _) => strength,
+            (None, None | Some("low")) => 0.75,
+            (None, Some("high")) => 0.5,
+            (None, Some(other)) => {
+                let message = format!("input_fidelity `{other}` is not low or high");
+                return refuse(&message, "input_fidelity");
+            }
+        };
+        let bytes = match image.into_vec().await {
+            Ok(bytes) => bytes,
+            Err(e) => return refuse(&format!("the image could not be read: {e}"), "image"),
+        };
+        let body = ImageGenerationRequest {
+            prompt: form.prompt,
+            model: form.model,
+            n: form.n,
+            size: form.size,
+            quality: form.quality,
+            response_format: form.response_format,
+            output_format: form.output_format,
+            user: form.user,
+            stream: form.stream,
+            partial_images: form.partial_images,
+        };
+        let edit = Edit {
+            image: base64::engine::general_purpose::STANDARD.encode(bytes),
+            strength,
+        };
+        self.respond(request, accept(&self.0, body, Some(edit)))
+            .await
+    }
+
+    /// The models of this server (OpenAI's `models.list`).
+    #[oai(path = "/models", method = "get")]
+    async fn models(&self) -> Json<ModelList> {
+        let data = self
+            .0
+            .shared
+            .registry
+            .models()
+            .map(|m| ModelObject {
+                id: m.id.clone(),
+                object: "model".into(),
+                created: std::fs::metadata(&m.dir)
+                    .and_then(|meta| meta.modified())
+                    .map_or(0, unix_seconds),
+                owned_by: "hanga".into(),
+            })
+            .collect();
+        Json(ModelList {
+            object: "list".into(),
+            data,
+        })
+    }
+}
+
+impl OpenAiApi {
+    /// Waits for an accepted job and answers with its images (or streams them), or answers
+    /// the refusal.
+    async fn respond(
+        &self,
+        request: &Request,
+        accepted: Result<(Job, Answer), GenerationResponse>,
+    ) -> Generated {
         let state = &self.0;
-        let (job, answer) = match accept(state, body.0) {
+        let (job, answer) = match accepted {
             Ok(accepted) => accepted,
             Err(refusal) => return Generated::Json(refusal),
         };
@@ -406,33 +523,12 @@ impl OpenAiApi {
             Err(e) => failed(e),
         }
     }
-
-    /// The models of this server (OpenAI's `models.list`).
-    #[oai(path = "/models", method = "get")]
-    async fn models(&self) -> Json<ModelList> {
-        let data = self
-            .0
-            .shared
-            .registry
-            .models()
-            .map(|m| ModelObject {
-                id: m.id.clone(),
-                object: "model".into(),
-                created: std::fs::metadata(&m.dir)
-                    .and_then(|meta| meta.modified())
-                    .map_or(0, unix_seconds),
-                owned_by: "hanga".into(),
-            })
-            .collect();
-        Json(ModelList {
-            object: "list".into(),
-            data,
-        })
-    }
 }
 
 /// How a request wants its images.
 struct Answer {
+    /// The stream events' prefix: `image_generation` or `image_edit`.
+    events: &'static str,
     as_url: bool,
     format: &'static str,
     stream: bool,
@@ -440,10 +536,17 @@ struct Answer {
     quality: String,
 }
 
-/// Checks a request and queues its job.
+/// An edit's image (base64) and strength.
+struct Edit {
+    image: String,
+    strength: f64,
+}
+
+/// Checks a request (an edit's, with its image) and queues its job.
 fn accept(
     state: &AppState,
     body: ImageGenerationRequest,
+    edit: Option<Edit>,
 ) -> Result<(Job, Answer), GenerationResponse> {
     let model = match body.model.as_deref().filter(|m| !is_openai_name(m)) {
         Some(id) => id.to_owned(),
@@ -470,6 +573,14 @@ fn accept(
     };
     let mut generate = json!({"prompt": body.prompt, "model": model,
                               "num_images": body.n.unwrap_or(1)});
+    let events = match edit {
+        Some(edit) => {
+            generate["init_image"] = edit.image.into();
+            generate["strength"] = edit.strength.into();
+            "image_edit"
+        }
+        None => "image_generation",
+    };
     match body.size.as_deref() {
         None | Some("auto") => {}
         Some(size) => match size
@@ -562,6 +673,7 @@ fn accept(
     Ok((
         job,
         Answer {
+            events,
             as_url,
             format,
             stream,
@@ -582,7 +694,7 @@ fn stream_images(state: Arc<AppState>, job: Job, answer: Answer) -> ImageEvents 
             .as_ref()
             .map_or_else(String::new, |p| format!("{}x{}", p.width, p.height));
         let event = |kind: &str, b64_json: String, format: &str| StreamEvent {
-            kind: kind.into(),
+            kind: format!("{}.{kind}", answer.events),
             b64_json,
             created_at: unix_seconds(SystemTime::now()),
             background: "opaque".into(),
@@ -612,7 +724,7 @@ fn stream_images(state: Arc<AppState>, job: Job, answer: Answer) -> ImageEvents 
                     {
                         let partial = StreamEvent {
                             partial_image_index: Some(sent_partials),
-                            ..event("image_generation.partial_image", jpeg.to_owned(), "jpeg")
+                            ..event("partial_image", jpeg.to_owned(), "jpeg")
                         };
                         sent_partials += 1;
                         if tx.send(StreamItem::Event(partial)).await.is_err() {
@@ -642,7 +754,7 @@ fn stream_images(state: Arc<AppState>, job: Job, answer: Answer) -> ImageEvents 
                     let b64 = image.b64_json.unwrap_or_default();
                     let completed = StreamEvent {
                         usage: Some(usage),
-                        ..event("image_generation.completed", b64, answer.format)
+                        ..event("completed", b64, answer.format)
                     };
                     if tx.send(StreamItem::Event(completed)).await.is_err() {
                         return;
