@@ -222,11 +222,12 @@ pub struct InitImage {
 
 impl GenerationParams {
     /// The steps a run takes: all of them, or img2img's share (diffusers `get_timesteps`:
-    /// `min(int(steps · strength), steps)`).
+    /// `min(int(steps · strength), steps)`), at least one (where diffusers has none to run
+    /// and fails, one step at the lowest σ changes the image least).
     pub fn steps_run(&self) -> usize {
         match &self.init_image {
             None => self.steps,
-            Some(init) => ((self.steps as f64 * init.strength) as usize).min(self.steps),
+            Some(init) => ((self.steps as f64 * init.strength) as usize).clamp(1, self.steps),
         }
     }
 }

@@ -606,11 +606,6 @@ impl<B: Backend> SdxlPipeline<B> {
         rng: &mut TorchGenerator,
     ) -> Result<(Tensor<B, 4>, Sampler<B>), Error> {
         let run = params.steps_run();
-        if run == 0 {
-            return Err(Error::request(
-                "strength × steps must come to at least one step",
-            ));
-        }
         let schedule = self
             .scheduler
             .schedule(params.sampler, params.scheduler, params.steps)?

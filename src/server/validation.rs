@@ -65,6 +65,9 @@ pub fn size_multiple(family: Family) -> u32 {
 
 /// diffusers' `StableDiffusionXLImg2ImgPipeline` default `strength`.
 pub const DEFAULT_STRENGTH: f64 = 0.3;
+/// The least strength taken: below it, any step count up to MAX_STEPS runs the one step a run
+/// always takes.
+pub const MIN_STRENGTH: f64 = 0.01;
 
 /// A validated generation request.
 pub struct Validated {
@@ -336,16 +339,7 @@ pub fn validate(
                 None
             }
         });
-    let strength = f.number("strength", 0.0, 1.0);
-    if strength == Some(0.0) {
-        let input = f.value("strength");
-        f.error(
-            "strength",
-            "greater_than",
-            "Input should be greater than 0",
-            input,
-        );
-    }
+    let strength = f.number("strength", MIN_STRENGTH, 1.0);
     if let Some((_, (w, h))) = &init_image {
         // The image's size, down to the model's multiple (diffusers'
         // `VaeImageProcessor.get_default_height_width`), where the request gives none.
@@ -364,13 +358,6 @@ pub fn validate(
                 None,
             );
         }
-    } else if let Some(v) = f.value("strength") {
-        f.error(
-            "strength",
-            "value_error",
-            "strength applies to image-to-image: send `init_image` with it",
-            Some(v),
-        );
     }
     let steps = f.integer("steps", 1, MAX_STEPS as i64).map(|v| v as usize);
     let guidance_scale = f
@@ -478,20 +465,9 @@ pub fn validate(
     let params = request
         .resolve(manifest)
         .map_err(|e| ValidationErrors::one(vec!["body".into()], e.to_string(), "value_error"))?;
+    // Without an image, strength means nothing (as A1111's txt2img ignores
+    // denoising_strength): clients that fill every field with its default send it.
     let init_image = init_image.map(|(bytes, _)| (bytes, strength.unwrap_or(DEFAULT_STRENGTH)));
-    if let Some((_, strength)) = &init_image
-        && (params.steps as f64 * strength) < 1.0
-    {
-        return Err(ValidationErrors::one(
-            vec!["body".into(), "strength".into()],
-            format!(
-                "strength {strength} of {} steps runs no step (diffusers runs int(steps × \
-                 strength)); raise strength or steps",
-                params.steps
-            ),
-            "value_error",
-        ));
-    }
     Ok(Validated {
         model: manifest.id.clone(),
         params,
@@ -660,8 +636,8 @@ pub fn parameter_schema(manifest: &Manifest, library: &LoraLibrary, checker: boo
         (
             options.img2img,
             "strength",
-            json!({"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": DEFAULT_STRENGTH,
-            "description": "with init_image: how far the image is noised; the last int(steps × strength) steps run"}),
+            json!({"type": "number", "minimum": MIN_STRENGTH, "maximum": 1, "default": DEFAULT_STRENGTH,
+            "description": "with init_image: how far the image is noised; the last int(steps × strength) steps run (at least one); ignored without init_image"}),
         ),
     ];
     for (offered, name, schema) in optional {

@@ -1,7 +1,15 @@
 """Schemathesis hooks for the hanga conformance run (loaded by run.sh via SCHEMATHESIS_HOOKS).
 
-One hook only: it keeps schema-valid `POST /api/generate` bodies cheap to run on a CPU.
+Two changes to *positive* cases only: `POST /api/generate` bodies are kept cheap to run on a
+CPU, and image fields get a real image.
 
+Images: whether a string is an image (base64 of a PNG, JPEG or WebP file) is something no schema
+can state, so a generated `init_image` (`POST /api/generate`) or `init_images` item (`POST
+/sdapi/v1/img2img`) would be refused as "not an image" and the case would never reach the
+image-to-image run. Where such a field is present, the hook puts a real 64x64 PNG in it (the
+img2img fixture's input), so the run is exercised; it adds no field and removes none.
+
+Cost:
 The server runs every accepted job on the real (demo) model, and a schema-valid body may ask for
 2048x2048 px, 150 steps and 8 images: minutes of CPU per case, starving the server that is being
 tested. For *positive* cases only, the hook lowers width / height / steps / num_images that the
@@ -17,7 +25,15 @@ So every request still asks the server something it must accept, just a smaller 
 
 from __future__ import annotations
 
+import base64
+import pathlib
+
 import schemathesis
+
+# The img2img fixture's 64x64 input image, as base64.
+IMAGE = base64.b64encode(
+    (pathlib.Path(__file__).parents[1] / "fixtures/sdxl/img2img/init_64x64.png").read_bytes()
+).decode()
 
 # The server's limits (src/server/validation.rs: MIN_SIZE, MAX_SIZE, MAX_STEPS, MAX_IMAGES).
 MIN_SIZE, MAX_SIZE, SIZE_MULTIPLE = 64, 2048, 8
@@ -37,14 +53,27 @@ def _lower(body: dict, key: str, low: int, high: int, cheap: int, multiple: int 
         body[key] = cheap
 
 
+def _real_images(path: str, body: dict) -> None:
+    if path == "/api/generate" and isinstance(body.get("init_image"), str):
+        body["init_image"] = IMAGE
+    if path == "/sdapi/v1/img2img" and isinstance(body.get("init_images"), list):
+        body["init_images"] = [
+            f"data:image/png;base64,{IMAGE}" if isinstance(item, str) else item
+            for item in body["init_images"]
+        ]
+
+
 def _cheapen(context, case):
     operation = context.operation
-    if operation is None or operation.method.upper() != "POST" or operation.path != "/api/generate":
+    if operation is None or operation.method.upper() != "POST":
         return case
     meta = case.meta
     if meta is None or not meta.generation.mode.is_positive or not isinstance(case.body, dict):
         return case
     body = case.body
+    _real_images(operation.path, body)
+    if operation.path != "/api/generate":
+        return case
     _lower(body, "width", MIN_SIZE, MAX_SIZE, CHEAP_SIZE, SIZE_MULTIPLE)
     _lower(body, "height", MIN_SIZE, MAX_SIZE, CHEAP_SIZE, SIZE_MULTIPLE)
     _lower(body, "steps", 1, MAX_STEPS, CHEAP_STEPS)

@@ -83,9 +83,11 @@ pub struct Img2ImgRequest {
     pub txt2img: Txt2ImgRequest,
     /// The image to start from, base64 or a `data:` URL (the first is used). Resized to
     /// `width`×`height` where those are given (Lanczos, A1111's "Just resize").
-    pub init_images: Option<Vec<String>>,
-    /// How far the image is noised: the last `int(steps × strength)` steps run (default 0.75,
-    /// A1111's).
+    #[oai(validator(min_items = 1))]
+    pub init_images: Vec<String>,
+    /// How far the image is noised: the last `int(steps × strength)` steps run, at least one
+    /// (default 0.75, A1111's).
+    #[oai(validator(minimum(value = "0.01"), maximum(value = "1")))]
     pub denoising_strength: Option<f64>,
     /// Inpainting masks are refused: this server does not inpaint.
     pub mask: Option<String>,
@@ -217,12 +219,16 @@ pub enum SetOptionsResponse {
     Invalid(Json<ValidationErrors>),
 }
 
+/// What poem-openapi refused before a handler ran, FastAPI-style: at the field its message
+/// names (its validators say "field `name` verification failed").
 fn unprocessable(error: &poem::Error) -> Json<ValidationErrors> {
-    Json(ValidationErrors::one(
-        vec!["body".into()],
-        error.to_string(),
-        "value_error",
-    ))
+    let message = error.to_string();
+    let field = message
+        .split_once("field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(name, _)| name.to_owned());
+    let loc = std::iter::once("body".to_owned()).chain(field).collect();
+    Json(ValidationErrors::one(loc, message, "value_error"))
 }
 
 fn refused(error: poem::Error) -> ImagesAnswer {
@@ -357,10 +363,7 @@ impl A1111Api {
             let msg = "inpainting is not available on this server; send the image without a mask";
             return invalid("mask", msg.into(), None);
         }
-        let Some(image) = request.init_images.as_ref().and_then(|i| i.first()) else {
-            let msg = "Field required: one image, base64 or a data: URL".into();
-            return invalid("init_images", msg, None);
-        };
+        let image = &request.init_images[0];
         let mut generate = match self.generate_body(&request.txt2img) {
             Ok(generate) => generate,
             Err(refusal) => return refusal,
