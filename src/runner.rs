@@ -306,7 +306,8 @@ fn generate_images<B: Backend>(
         .params
         .clone()
         .ok_or_else(|| Error::config("a generate job without parameters"))?;
-    let per_image = base.steps_run() as u32;
+    let family = shared.registry.get(&job.model)?.family;
+    let per_image = base.steps_run(family) as u32;
     let total = per_image * job.num_images;
     let init = match &base.init_image {
         Some(init) => Some(shared.store.read_input(&init.path)?.1),

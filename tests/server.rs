@@ -1025,21 +1025,25 @@ fn flux_chroma_and_z_image_jobs_reproduce_their_references_with_previews() {
     // No LoRAs for Flux in this build: only an empty list is accepted.
     assert_eq!(dev["loras"]["maxItems"], 0);
     assert!(schnell.get("guidance_scale").is_none(), "{schnell}");
-    assert!(dev.get("init_image").is_none() && dev.get("strength").is_none());
-    let (mut img2img, _) = common::img2img_case("img2img_euler_64x64_s0.6_neg");
+    assert_eq!(dev["strength"]["default"], 0.3);
+    // Image to image on Flux: diffusers' FluxImg2ImgPipeline's image.
+    let (mut img2img, expected) = common::img2img_case("flux-dev_img2img_64x64_s0.6");
     img2img["model"] = json!("flux-dev-tiny");
-    for field in ["negative_prompt", "long_prompt", "sampler", "scheduler"] {
-        img2img.as_object_mut().unwrap().remove(field);
-    }
     let r = post_json(port, "/api/generate", &img2img);
-    assert_eq!(r.status, 422, "{}", r.text());
-    assert_eq!(
-        r.json()["detail"][0]["loc"],
-        json!(["body", "init_image"]),
-        "{}",
-        r.text()
+    assert_eq!(r.status, 202, "{}", r.text());
+    let job = wait_finished(
+        port,
+        r.json()["job_id"].as_str().unwrap(),
+        Duration::from_secs(60),
     );
-    assert!(r.text().contains("SDXL models only"), "{}", r.text());
+    assert_eq!(job["total_steps"], 3, "4 - int(4 - 4 × 0.6) steps: {job}");
+    let name = job["images"][0].as_str().unwrap();
+    let png = get(port, &format!("/api/images/{name}")).body;
+    let diff = common::max_pixel_diff(&image::load_from_memory(&png).unwrap().to_rgb8(), &expected);
+    assert!(
+        diff <= 2,
+        "Flux img2img is {diff}/255 from diffusers' image"
+    );
     assert_eq!(schnell["steps"]["default"], 4);
     assert!(chroma["loras"]["maxItems"] == 0 && chroma.get("negative_prompt").is_some());
     assert_eq!(chroma["guidance_scale"]["default"], 5.0);
@@ -1174,7 +1178,7 @@ fn a_bf16_server_runs_fp8_flux_files() {
     .resolve(&manifest)
     .unwrap();
     let in_f32 = pipeline
-        .generate(&params, &mut |_| hanga::pipelines::Flow::Continue)
+        .generate(&params, None, &mut |_| hanga::pipelines::Flow::Continue)
         .unwrap();
     let mean = common::mean_pixel_diff(&served, &in_f32);
     println!("bf16 server vs f32: mean {mean:.2}/255");

@@ -16,7 +16,9 @@ use super::components::{
 };
 use super::sdxl::to_rgb;
 use super::text_encoder::OnDemand;
-use super::{Flow, GenerationParams, StepProgress, check_size, initial_noise, report_step};
+use super::{
+    Flow, GenerationParams, StepProgress, check_size, flow_image_start, initial_noise, report_step,
+};
 use crate::Error;
 use crate::models::chroma::ChromaTransformer;
 use crate::models::clip::{Activation, ClipTextModel};
@@ -162,6 +164,8 @@ pub struct FluxPipeline<B: Backend> {
     /// The transformer's RoPE axes (`axes_dims_rope`).
     rope_axes: Vec<usize>,
     vae: Decoder<B>,
+    /// For image to image.
+    vae_encoder: Encoder<B>,
     scheduler: FlowMatchConfig,
     latent_channels: usize,
     device: B::Device,
@@ -415,6 +419,7 @@ impl<B: Backend> FluxPipeline<B> {
             rope_axes: transformer_cfg.axes_dims_rope.clone(),
             latent_channels: vae_cfg.latent_channels,
             vae: Decoder::load(&parts.vae, &vae_cfg, device)?,
+            vae_encoder: Encoder::load(&parts.vae, &vae_cfg, device)?,
             scheduler: manifest_scheduler(scheduler, manifest)?,
             device: device.clone(),
         })
@@ -455,7 +460,10 @@ impl<B: Backend> FluxPipeline<B> {
                 },
             ),
             ("t5", self.t5.weight_bytes()),
-            ("vae", weight_bytes(&self.vae)),
+            (
+                "vae",
+                weight_bytes(&self.vae) + weight_bytes(&self.vae_encoder),
+            ),
         ];
         if let Some((_, clip)) = &self.clip {
             parts.push(("clip_l", weight_bytes(clip)));
@@ -482,6 +490,27 @@ impl<B: Backend> FluxPipeline<B> {
 
     /// `randn([1, 16, H/8, W/8])` from the run's CPU generator, unscaled (σ_max = 1;
     /// diffusers `FluxPipeline.prepare_latents` draws before packing).
+    /// A run's starting latents [1, C, H/8, W/8] and the σ it steps through: noise and every
+    /// σ, or for image to image the image noised to the first of the steps it keeps.
+    pub fn start(
+        &self,
+        params: &GenerationParams,
+        init: Option<&image::RgbImage>,
+    ) -> Result<(Tensor<B, 4>, Vec<f32>), Error> {
+        let sigmas = self.sigmas(params)?;
+        Ok(match init {
+            None => (self.initial_latents(params), sigmas),
+            Some(image) => flow_image_start(
+                self.family,
+                params,
+                image,
+                &sigmas,
+                &self.vae_encoder,
+                &self.device,
+            ),
+        })
+    }
+
     pub fn initial_latents(&self, params: &GenerationParams) -> Tensor<B, 4> {
         let mut rng = TorchGenerator::new(params.seed);
         initial_noise(params, self.latent_channels, &mut rng, &self.device)
@@ -494,9 +523,12 @@ impl<B: Backend> FluxPipeline<B> {
         self.scheduler.sigmas(params.steps, tokens, Linspace::Numpy)
     }
 
+    /// Text to image, or image to image from `init` with `params.init_image`'s strength
+    /// (diffusers `FluxImg2ImgPipeline` / `ChromaImg2ImgPipeline`).
     pub fn generate(
         &mut self,
         params: &GenerationParams,
+        init: Option<&image::RgbImage>,
         on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
     ) -> Result<image::RgbImage, Error> {
         check_size(params, TOKEN_PIXELS)?;
@@ -512,12 +544,12 @@ impl<B: Backend> FluxPipeline<B> {
         self.t5.release();
 
         let (h, w) = (params.height / 8, params.width / 8);
-        let mut x = pack(self.initial_latents(params));
+        let (x, sigmas) = self.start(params, init)?;
+        let mut x = pack(x);
         let tokens = (h / 2) * (w / 2);
         let text_len = txt.dims()[1];
         let ids = position_ids(text_len, h / 2, w / 2);
         let rope = Rope::new(&ids, &self.rope_axes, ROPE_THETA, &self.device);
-        let sigmas = self.sigmas(params)?;
         let mask = |attend: &[f32]| {
             let mut m = attend.to_vec();
             m.extend(std::iter::repeat_n(1.0, tokens));
@@ -532,7 +564,8 @@ impl<B: Backend> FluxPipeline<B> {
                 .map(|(states, attend)| (states, mask(attend))),
         );
 
-        for i in 0..params.steps {
+        let steps = sigmas.len() - 1;
+        for i in 0..steps {
             let t = [self.scheduler.model_time(sigmas[i])];
             let guidance = [params.guidance_scale];
             let velocity = self.denoiser.velocity(
@@ -567,7 +600,7 @@ impl<B: Backend> FluxPipeline<B> {
                 on_step,
                 StepProgress {
                     step: i + 1,
-                    total_steps: params.steps,
+                    total_steps: steps,
                     latents: &latents,
                     denoised: &denoised,
                 },

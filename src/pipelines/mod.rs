@@ -1,5 +1,5 @@
-//! Text-to-image pipelines: tokenize → encode → sample → decode, one file per family; SDXL
-//! also image-to-image (encode the image, noise it part way, sample the rest).
+//! Text-to-image pipelines: tokenize → encode → sample → decode, one file per family; and
+//! image-to-image (encode the image, noise it part way, sample the rest).
 
 mod components;
 pub mod flux;
@@ -15,6 +15,7 @@ use burn::tensor::TensorData;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::models::vae::Encoder;
 use crate::output::preview::{FLUX_LATENT_RGB, LatentRgb, SDXL_LATENT_RGB};
 use crate::registry::{Family, Manifest};
 use crate::sampling::{SamplerKind, ScheduleKind, TorchGenerator};
@@ -38,8 +39,6 @@ pub struct FamilyOptions {
     /// `long_prompt`: CLIP's 77-token chunking (T5 families take 256 or 512 tokens).
     pub long_prompt: bool,
     pub loras: bool,
-    /// `init_image` + `strength`: image-to-image.
-    pub img2img: bool,
 }
 
 impl FamilyOptions {
@@ -51,7 +50,6 @@ impl FamilyOptions {
             negative_prompt: false,
             long_prompt: false,
             loras: false,
-            img2img: false,
         };
         match family {
             Family::Sdxl => Self {
@@ -61,7 +59,6 @@ impl FamilyOptions {
                 negative_prompt: true,
                 long_prompt: true,
                 loras: true,
-                img2img: true,
             },
             // Guidance-distilled dev: one forward per step, the scale is an input.
             Family::FluxDev => FLOW,
@@ -171,6 +168,46 @@ fn image_tensor<B: Backend>(
         .permute([0, 3, 1, 2])
 }
 
+/// img2img's clean latents: a sample of the VAE posterior of `image` at the run's size (the
+/// run's first draw, as diffusers' `retrieve_latents(vae.encode(image), generator)` samples
+/// `mean + exp(logvar / 2) · randn`), scaled as the sampler works on them.
+fn image_sample<B: Backend>(
+    encoder: &Encoder<B>,
+    image: &image::RgbImage,
+    params: &GenerationParams,
+    rng: &mut TorchGenerator,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let pixels = image_tensor(image, params.width, params.height, device);
+    let (mean, logvar) = encoder.posterior(pixels);
+    let dims = mean.dims();
+    let draw = Tensor::from_data(
+        TensorData::new(rng.randn(dims.iter().product()), dims),
+        device,
+    );
+    encoder.scale(mean + (logvar * 0.5).exp() * draw)
+}
+
+/// Flow matching's img2img start (diffusers `FluxImg2ImgPipeline`, `ChromaImg2ImgPipeline`,
+/// `ZImageImg2ImgPipeline`: `get_timesteps`, `prepare_latents`): the σ of the steps `family`
+/// keeps, and the image's sample with noise (the second draw) mixed in at the first of them,
+/// `σ·noise + (1 − σ)·x₀` (`FlowMatchEulerDiscreteScheduler.scale_noise`).
+fn flow_image_start<B: Backend>(
+    family: Family,
+    params: &GenerationParams,
+    image: &image::RgbImage,
+    sigmas: &[f32],
+    encoder: &Encoder<B>,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Vec<f32>) {
+    let sigmas = sigmas[params.steps - params.steps_run(family)..].to_vec();
+    let mut rng = TorchGenerator::new(params.seed);
+    let clean = image_sample(encoder, image, params, &mut rng, device);
+    let channels = clean.dims()[1];
+    let noise = initial_noise(params, channels, &mut rng, device);
+    (noise * sigmas[0] + clean * (1.0 - sigmas[0]), sigmas)
+}
+
 /// Hands the caller a step's progress; `Error::Cancelled` when it asks to stop.
 fn report_step<B: Backend>(
     on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
@@ -221,14 +258,22 @@ pub struct InitImage {
 }
 
 impl GenerationParams {
-    /// The steps a run takes: all of them, or img2img's share (diffusers `get_timesteps`:
-    /// `min(int(steps · strength), steps)`), at least one (where diffusers has none to run
-    /// and fails, one step at the lowest σ changes the image least).
-    pub fn steps_run(&self) -> usize {
-        match &self.init_image {
-            None => self.steps,
-            Some(init) => ((self.steps as f64 * init.strength) as usize).clamp(1, self.steps),
-        }
+    /// The steps a run of `family` takes: all of them, or img2img's last ones, as diffusers'
+    /// `get_timesteps` keeps them: `int(N · strength)` for SDXL
+    /// (`StableDiffusionXLImg2ImgPipeline`), `N − int(N − N · strength)` for the flow-matching
+    /// families (`FluxImg2ImgPipeline` and the others, after SD3's): the first rounds down, the
+    /// second up. At least one: where diffusers has none to run and fails, one step at the
+    /// lowest σ changes the image least.
+    pub fn steps_run(&self, family: Family) -> usize {
+        let Some(init) = &self.init_image else {
+            return self.steps;
+        };
+        let kept = self.steps as f64 * init.strength;
+        let run = match family {
+            Family::Sdxl => kept as usize,
+            _ => self.steps - (self.steps as f64 - kept).max(0.0) as usize,
+        };
+        run.clamp(1, self.steps)
     }
 }
 
@@ -341,11 +386,8 @@ impl<B: Backend> Pipeline<B> {
         match (self, init) {
             (Pipeline::Sdxl(p), Some(image)) => p.generate_from_image(params, image, on_step),
             (Pipeline::Sdxl(p), None) => p.generate(params, on_step),
-            (Pipeline::Flux(_) | Pipeline::ZImage(_), Some(_)) => Err(Error::request(
-                "this build runs image-to-image on SDXL models only",
-            )),
-            (Pipeline::Flux(p), None) => p.generate(params, on_step),
-            (Pipeline::ZImage(p), None) => p.generate(params, on_step),
+            (Pipeline::Flux(p), init) => p.generate(params, init, on_step),
+            (Pipeline::ZImage(p), init) => p.generate(params, init, on_step),
         }
     }
 }

@@ -17,7 +17,7 @@ use super::components::{
     open_checkpoint, read_json, with_text_model_prefix,
 };
 use super::{
-    Flow, GenerationParams, MergedLoras, StepProgress, check_size, image_tensor, initial_noise,
+    Flow, GenerationParams, MergedLoras, StepProgress, check_size, image_sample, initial_noise,
     report_step,
 };
 use crate::Error;
@@ -25,7 +25,7 @@ use crate::models::clip::{Activation, ClipConfig, ClipTextModel};
 use crate::models::unet_sdxl::{UNet, UNetConfig};
 use crate::models::vae::{Decoder, Encoder, VaeConfig};
 use crate::models::weight_bytes;
-use crate::registry::Manifest;
+use crate::registry::{Family, Manifest};
 use crate::sampling::{Prediction, Sampler, SchedulerConfig, TorchGenerator};
 use crate::text::{ClipTokenizer, Embeddings, LongPrompt, TokenChunk};
 use crate::weights::{
@@ -605,19 +605,12 @@ impl<B: Backend> SdxlPipeline<B> {
         image: &image::RgbImage,
         rng: &mut TorchGenerator,
     ) -> Result<(Tensor<B, 4>, Sampler<B>), Error> {
-        let run = params.steps_run();
+        let run = params.steps_run(Family::Sdxl);
         let schedule = self
             .scheduler
             .schedule(params.sampler, params.scheduler, params.steps)?
             .from_step(params.steps - run);
-        let pixels = image_tensor(image, params.width, params.height, &self.device);
-        let (mean, logvar) = self.vae_encoder.posterior(pixels);
-        // DiagonalGaussianDistribution.sample: mean + exp(logvar / 2) · randn.
-        let draw = Tensor::from_data(
-            TensorData::new(rng.randn(mean.dims().iter().product()), mean.dims()),
-            &self.device,
-        );
-        let clean = self.vae_encoder.scale(mean + (logvar * 0.5).exp() * draw);
+        let clean = image_sample(&self.vae_encoder, image, params, rng, &self.device);
         let noise = initial_noise(params, self.latent_channels, rng, &self.device);
         let sampler = Sampler::new(params.sampler, self.prediction, schedule);
         Ok((sampler.add_noise(clean, noise), sampler))

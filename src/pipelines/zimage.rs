@@ -18,13 +18,15 @@ use super::components::{
 use super::flux::{FLUX_VAE_SCALING, FLUX_VAE_SHIFT, TOKEN_PIXELS, standalone_vae};
 use super::sdxl::to_rgb;
 use super::text_encoder::OnDemand;
-use super::{Flow, GenerationParams, StepProgress, check_size, initial_noise, report_step};
+use super::{
+    Flow, GenerationParams, StepProgress, check_size, flow_image_start, initial_noise, report_step,
+};
 use crate::Error;
 use crate::models::qwen3::{Qwen3Config, Qwen3Encoder};
-use crate::models::vae::{Decoder, VaeConfig};
+use crate::models::vae::{Decoder, Encoder, VaeConfig};
 use crate::models::weight_bytes;
 use crate::models::zimage::{ZImageConfig, ZImageTransformer};
-use crate::registry::Manifest;
+use crate::registry::{Family, Manifest};
 use crate::sampling::{FlowMatchConfig, Linspace, TorchGenerator, euler_step};
 use crate::text::Qwen3Tokenizer;
 use crate::weights::{SafetensorsFile, TensorStore, zimage_prefix, zimage_store};
@@ -38,6 +40,8 @@ pub struct ZImagePipeline<B: Backend> {
     text_encoder: OnDemand<B, Qwen3Encoder<B>, Tensor<B, 2>>,
     transformer: ZImageTransformer<B>,
     vae: Decoder<B>,
+    /// For image to image.
+    vae_encoder: Encoder<B>,
     scheduler: FlowMatchConfig,
     latent_channels: usize,
     device: B::Device,
@@ -235,6 +239,7 @@ impl<B: Backend> ZImagePipeline<B> {
             transformer: ZImageTransformer::load(&parts.transformer, &transformer_cfg, device)?,
             latent_channels: vae_cfg.latent_channels,
             vae: Decoder::load(&parts.vae, &vae_cfg, device)?,
+            vae_encoder: Encoder::load(&parts.vae, &vae_cfg, device)?,
             scheduler: manifest_scheduler(
                 parts.scheduler.unwrap_or_else(default_scheduler),
                 manifest,
@@ -257,8 +262,32 @@ impl<B: Backend> ZImagePipeline<B> {
         vec![
             ("transformer", weight_bytes(&self.transformer)),
             ("qwen3", self.text_encoder.weight_bytes()),
-            ("vae", weight_bytes(&self.vae)),
+            (
+                "vae",
+                weight_bytes(&self.vae) + weight_bytes(&self.vae_encoder),
+            ),
         ]
+    }
+
+    /// A run's starting latents [1, C, H/8, W/8] and the σ it steps through: noise and every
+    /// σ, or for image to image the image noised to the first of the steps it keeps.
+    pub fn start(
+        &self,
+        params: &GenerationParams,
+        init: Option<&image::RgbImage>,
+    ) -> Result<(Tensor<B, 4>, Vec<f32>), Error> {
+        let sigmas = self.sigmas(params)?;
+        Ok(match init {
+            None => (self.initial_latents(params), sigmas),
+            Some(image) => flow_image_start(
+                Family::ZImageTurbo,
+                params,
+                image,
+                &sigmas,
+                &self.vae_encoder,
+                &self.device,
+            ),
+        })
     }
 
     /// `randn([1, 16, H/8, W/8])` from the run's CPU generator (σ_max = 1).
@@ -273,9 +302,12 @@ impl<B: Backend> ZImagePipeline<B> {
         self.scheduler.sigmas(params.steps, tokens, Linspace::Torch)
     }
 
+    /// Text to image, or image to image from `init` with `params.init_image`'s strength
+    /// (diffusers `ZImageImg2ImgPipeline`).
     pub fn generate(
         &mut self,
         params: &GenerationParams,
+        init: Option<&image::RgbImage>,
         on_step: &mut dyn FnMut(StepProgress<B>) -> Flow,
     ) -> Result<image::RgbImage, Error> {
         check_size(params, TOKEN_PIXELS)?;
@@ -287,10 +319,9 @@ impl<B: Backend> ZImagePipeline<B> {
             None
         };
         self.text_encoder.release();
-        let mut latents = self.initial_latents(params);
+        let (mut latents, sigmas) = self.start(params, init)?;
         let [_, c, h, w] = latents.dims();
-        let sigmas = self.sigmas(params)?;
-        let steps = params.steps;
+        let steps = sigmas.len() - 1;
         for i in 0..steps {
             // diffusers: t = σ·1000, then the model time (1000 − t)/1000, in f32.
             let t = sigmas[i] * self.scheduler.num_train_timesteps as f32;

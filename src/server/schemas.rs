@@ -108,7 +108,7 @@ impl JobView {
             position: position.map(|p| p as u32),
             step: job.step,
             total_steps: match (&job.params, job.total_steps) {
-                (Some(p), 0) => p.steps_run() as u32 * job.num_images,
+                (Some(p), 0) => p.steps as u32 * job.num_images,
                 _ => job.total_steps,
             },
             params: job.params.as_ref().map(|p| JobParams {

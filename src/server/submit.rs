@@ -47,7 +47,7 @@ pub fn submit_generate(state: &AppState, body: &Value) -> Result<(Job, usize), S
         params.init_image = Some(InitImage { path, strength });
     }
     let job = Job {
-        total_steps: params.steps_run() as u32 * validated.num_images,
+        total_steps: params.steps_run(validated.family) as u32 * validated.num_images,
         params: Some(params),
         num_images: validated.num_images,
         loras: validated.loras,

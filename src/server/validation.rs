@@ -72,6 +72,7 @@ pub const MIN_STRENGTH: f64 = 0.01;
 /// A validated generation request.
 pub struct Validated {
     pub model: String,
+    pub family: Family,
     /// `init_image` is still None: the submission stores [`Self::init_image`] and names it.
     pub params: GenerationParams,
     /// An image-to-image request's image (the decoded bytes as sent) and strength.
@@ -432,16 +433,6 @@ pub fn validate(
         check_family_fields(&mut f, manifest.family, sampler, scheduler);
     }
 
-    if let (Some(manifest), Some(_)) = (manifest, &init_image)
-        && !FamilyOptions::of(manifest.family).img2img
-    {
-        let msg = format!(
-            "this build runs image-to-image on SDXL models only, not {}",
-            manifest.family.name()
-        );
-        f.error("init_image", "extra_forbidden", msg, None);
-    }
-
     let (Some(manifest), Some(prompt), true) = (manifest, prompt, f.errors.is_empty()) else {
         return Err(ValidationErrors { detail: f.errors });
     };
@@ -470,6 +461,7 @@ pub fn validate(
     let init_image = init_image.map(|(bytes, _)| (bytes, strength.unwrap_or(DEFAULT_STRENGTH)));
     Ok(Validated {
         model: manifest.id.clone(),
+        family: manifest.family,
         params,
         init_image,
         num_images,
@@ -627,14 +619,14 @@ pub fn parameter_schema(manifest: &Manifest, library: &LoraLibrary, checker: boo
             json!({"type": "string", "enum": ["chunk", "truncate"], "default": "chunk"}),
         ),
         (
-            options.img2img,
+            true,
             "init_image",
             json!({"type": ["string", "null"], "contentEncoding": "base64",
             "description": "image-to-image: a PNG, JPEG or WebP image as base64 (a data: URL is accepted); \
                 width and height default to its size, down to a multiple of the model's; another size resizes it (Lanczos)"}),
         ),
         (
-            options.img2img,
+            true,
             "strength",
             json!({"type": "number", "minimum": MIN_STRENGTH, "maximum": 1, "default": DEFAULT_STRENGTH,
             "description": "with init_image: how far the image is noised; the last int(steps × strength) steps run (at least one); ignored without init_image"}),

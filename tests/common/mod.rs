@@ -79,30 +79,49 @@ pub fn base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// diffusers' SDXL img2img case `id` (tests/fixtures/sdxl/img2img) as a native generate body
-/// (the image as base64, no size: the server takes the image's), and the image it made.
+/// diffusers' img2img case `id` (tests/fixtures/sdxl/img2img or flux_img2img) as a native
+/// generate body (the image as base64, no size: the server takes the image's), and the image
+/// it made.
 pub fn img2img_case(id: &str) -> (serde_json::Value, image::RgbImage) {
-    let dir = fixtures().join("sdxl/img2img");
+    let dir = [
+        fixtures().join("sdxl/img2img"),
+        fixtures().join("flux_img2img"),
+    ]
+    .into_iter()
+    .find(|d| d.join(id).is_dir())
+    .unwrap_or_else(|| panic!("no img2img case {id}"));
     let case: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join(id).join("case.json"))
             .unwrap()
             .replace("-Infinity", "null"),
     )
     .unwrap();
-    let (sampler, scheduler) = match case["scheduler_name"].as_str().unwrap() {
-        "euler" => ("euler", "normal"),
-        "euler_a" => ("euler_ancestral", "normal"),
-        "dpmpp_2m_karras" => ("dpmpp_2m", "karras"),
-        other => panic!("unexpected scheduler {other}"),
-    };
-    let init = std::fs::read(dir.join(case["init_image"].as_str().unwrap())).unwrap();
-    let body = serde_json::json!({
-        "prompt": case["prompt"], "negative_prompt": case["negative_prompt"],
-        "init_image": base64(&init), "strength": case["strength"],
+    // The SDXL cases name the image beside them, the others from the repository.
+    let init = case["init_image"].as_str().unwrap();
+    let init = std::fs::read(match init.starts_with("tests/") {
+        true => repo().join(init),
+        false => dir.join(init),
+    })
+    .unwrap();
+    let mut body = serde_json::json!({
+        "prompt": case["prompt"], "init_image": base64(&init), "strength": case["strength"],
         "steps": case["num_inference_steps"], "guidance_scale": case["guidance_scale"],
-        "seed": case["seed"], "sampler": sampler, "scheduler": scheduler,
-        "long_prompt": "truncate",
+        "seed": case["seed"],
     });
+    if let Some(negative) = case["negative_prompt"].as_str() {
+        body["negative_prompt"] = negative.into();
+    }
+    if case["family"] == "sdxl" {
+        let (sampler, scheduler) = match case["scheduler_name"].as_str().unwrap() {
+            "euler" => ("euler", "normal"),
+            "euler_a" => ("euler_ancestral", "normal"),
+            "dpmpp_2m_karras" => ("dpmpp_2m", "karras"),
+            other => panic!("unexpected scheduler {other}"),
+        };
+        body["sampler"] = sampler.into();
+        body["scheduler"] = scheduler.into();
+        body["long_prompt"] = "truncate".into();
+    }
     let image = image::open(dir.join(id).join("image.png"))
         .unwrap()
         .to_rgb8();

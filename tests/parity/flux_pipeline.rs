@@ -36,8 +36,9 @@ fn run_cases(manifest: &Manifest, family: &str, cases: &[&str]) {
                 1e-6,
             );
 
-            let (worst_step, pixels) =
-                case.check_run(&label, |on_step| pipeline.generate(p, on_step).unwrap());
+            let (worst_step, pixels) = case.check_run(&label, |on_step| {
+                pipeline.generate(p, None, on_step).unwrap()
+            });
             println!("{label}: noise {noise_err:e}, worst step {worst_step:e}, image {pixels}/255");
         }
     }
@@ -164,7 +165,7 @@ fn all_in_one_checkpoint_matches_diffusers() {
     let case_dir = dir.join("flux-dev/cases/flux-dev_64x64");
     let case = PipelineCase::load(&case_dir, SamplerKind::Euler, ScheduleKind::Normal);
     let (worst, pixels) = case.check_run("all-in-one", |on_step| {
-        pipeline.generate(&case.params, on_step).unwrap()
+        pipeline.generate(&case.params, None, on_step).unwrap()
     });
     println!("all-in-one: worst step {worst:e}, image {pixels}/255");
 }
@@ -187,7 +188,7 @@ fn dev_case() -> PipelineCase {
 fn run(pipeline: &mut FluxPipeline<B>, params: &GenerationParams) -> (Vec<Vec<f32>>, RgbImage) {
     let mut steps = Vec::new();
     let image = pipeline
-        .generate(params, &mut |progress| {
+        .generate(params, None, &mut |progress| {
             steps.push(values(progress.latents.clone()));
             Flow::Continue
         })
@@ -243,7 +244,7 @@ fn t5_is_released_before_sampling_and_loaded_again_only_for_new_prompts() {
     let case = dev_case();
     let mut pipeline = load_pipeline("flux-dev.toml", false);
     assert_eq!((pipeline.t5_loads(), held(&pipeline, "t5")), (0, 0));
-    let cancelled = pipeline.generate(&case.params, &mut |_| Flow::Cancel);
+    let cancelled = pipeline.generate(&case.params, None, &mut |_| Flow::Cancel);
     assert!(matches!(cancelled, Err(hanga::Error::Cancelled)));
     assert_eq!((pipeline.t5_loads(), held(&pipeline, "t5")), (1, 0));
 

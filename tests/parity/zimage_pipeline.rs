@@ -40,8 +40,9 @@ fn z_image_turbo_matches_diffusers() {
                 1e-7,
             );
 
-            let (worst_step, pixels) =
-                case.check_run(&label, |on_step| pipeline.generate(p, on_step).unwrap());
+            let (worst_step, pixels) = case.check_run(&label, |on_step| {
+                pipeline.generate(p, None, on_step).unwrap()
+            });
             println!("{label}: noise {noise_err:e}, worst step {worst_step:e}, image {pixels}/255");
         }
     }
