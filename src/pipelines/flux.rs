@@ -17,7 +17,7 @@ use super::components::{
 use super::sdxl::to_rgb;
 use super::text_encoder::OnDemand;
 use super::{
-    Flow, GenerationParams, StepProgress, check_size, flow_image_start, initial_noise, report_step,
+    Flow, GenerationParams, StepProgress, check_size, flow_start, initial_noise, report_step,
 };
 use crate::Error;
 use crate::models::chroma::ChromaTransformer;
@@ -488,8 +488,6 @@ impl<B: Backend> FluxPipeline<B> {
         Ok(Some(clip.forward(ids, &[chunk.eos_position]).pooled))
     }
 
-    /// `randn([1, 16, H/8, W/8])` from the run's CPU generator, unscaled (σ_max = 1;
-    /// diffusers `FluxPipeline.prepare_latents` draws before packing).
     /// A run's starting latents [1, C, H/8, W/8] and the σ it steps through: noise and every
     /// σ, or for image to image the image noised to the first of the steps it keeps.
     pub fn start(
@@ -498,19 +496,21 @@ impl<B: Backend> FluxPipeline<B> {
         init: Option<&image::RgbImage>,
     ) -> Result<(Tensor<B, 4>, Vec<f32>), Error> {
         let sigmas = self.sigmas(params)?;
-        Ok(match init {
-            None => (self.initial_latents(params), sigmas),
-            Some(image) => flow_image_start(
-                self.family,
-                params,
-                image,
-                &sigmas,
-                &self.vae_encoder,
-                &self.device,
-            ),
-        })
+        let (encoder, channels) = (&self.vae_encoder, self.latent_channels);
+        let start = flow_start(
+            self.family,
+            params,
+            init,
+            sigmas,
+            encoder,
+            channels,
+            &self.device,
+        );
+        Ok(start)
     }
 
+    /// `randn([1, 16, H/8, W/8])` from the run's CPU generator, unscaled (σ_max = 1;
+    /// diffusers `FluxPipeline.prepare_latents` draws before packing).
     pub fn initial_latents(&self, params: &GenerationParams) -> Tensor<B, 4> {
         let mut rng = TorchGenerator::new(params.seed);
         initial_noise(params, self.latent_channels, &mut rng, &self.device)

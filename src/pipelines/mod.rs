@@ -188,22 +188,27 @@ fn image_sample<B: Backend>(
     encoder.scale(mean + (logvar * 0.5).exp() * draw)
 }
 
-/// Flow matching's img2img start (diffusers `FluxImg2ImgPipeline`, `ChromaImg2ImgPipeline`,
-/// `ZImageImg2ImgPipeline`: `get_timesteps`, `prepare_latents`): the σ of the steps `family`
-/// keeps, and the image's sample with noise (the second draw) mixed in at the first of them,
-/// `σ·noise + (1 − σ)·x₀` (`FlowMatchEulerDiscreteScheduler.scale_noise`).
-fn flow_image_start<B: Backend>(
+/// A flow-matching run's starting latents [1, C, H/8, W/8] and the σ it steps through: noise
+/// (the run's first draw) and every σ; or for image to image from `init` (diffusers
+/// `FluxImg2ImgPipeline`, `ChromaImg2ImgPipeline`, `ZImageImg2ImgPipeline`: `get_timesteps`,
+/// `prepare_latents`) the σ of the steps `family` keeps, and the image's sample with noise (the
+/// second draw) mixed in at the first of them, `σ·noise + (1 − σ)·x₀`
+/// (`FlowMatchEulerDiscreteScheduler.scale_noise`).
+fn flow_start<B: Backend>(
     family: Family,
     params: &GenerationParams,
-    image: &image::RgbImage,
-    sigmas: &[f32],
+    init: Option<&image::RgbImage>,
+    sigmas: Vec<f32>,
     encoder: &Encoder<B>,
+    channels: usize,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Vec<f32>) {
-    let sigmas = sigmas[params.steps - params.steps_run(family)..].to_vec();
     let mut rng = TorchGenerator::new(params.seed);
+    let Some(image) = init else {
+        return (initial_noise(params, channels, &mut rng, device), sigmas);
+    };
+    let sigmas = sigmas[params.steps - params.steps_run(family)..].to_vec();
     let clean = image_sample(encoder, image, params, &mut rng, device);
-    let channels = clean.dims()[1];
     let noise = initial_noise(params, channels, &mut rng, device);
     (noise * sigmas[0] + clean * (1.0 - sigmas[0]), sigmas)
 }

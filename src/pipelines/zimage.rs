@@ -19,7 +19,7 @@ use super::flux::{FLUX_VAE_SCALING, FLUX_VAE_SHIFT, TOKEN_PIXELS, standalone_vae
 use super::sdxl::to_rgb;
 use super::text_encoder::OnDemand;
 use super::{
-    Flow, GenerationParams, StepProgress, check_size, flow_image_start, initial_noise, report_step,
+    Flow, GenerationParams, StepProgress, check_size, flow_start, initial_noise, report_step,
 };
 use crate::Error;
 use crate::models::qwen3::{Qwen3Config, Qwen3Encoder};
@@ -277,17 +277,17 @@ impl<B: Backend> ZImagePipeline<B> {
         init: Option<&image::RgbImage>,
     ) -> Result<(Tensor<B, 4>, Vec<f32>), Error> {
         let sigmas = self.sigmas(params)?;
-        Ok(match init {
-            None => (self.initial_latents(params), sigmas),
-            Some(image) => flow_image_start(
-                Family::ZImageTurbo,
-                params,
-                image,
-                &sigmas,
-                &self.vae_encoder,
-                &self.device,
-            ),
-        })
+        let (encoder, channels) = (&self.vae_encoder, self.latent_channels);
+        let start = flow_start(
+            Family::ZImageTurbo,
+            params,
+            init,
+            sigmas,
+            encoder,
+            channels,
+            &self.device,
+        );
+        Ok(start)
     }
 
     /// `randn([1, 16, H/8, W/8])` from the run's CPU generator (σ_max = 1).
