@@ -13,7 +13,9 @@ use hanga::auth::{KeyFile, Rate, Scope};
 use hanga::backend::{DeviceKind, Precision};
 use hanga::bench::{BenchOptions, Size};
 use hanga::output::png::{a1111_parameters, encode_png};
-use hanga::pipelines::{Flow, GenerationRequest, Pipeline};
+use hanga::pipelines::{
+    DEFAULT_STRENGTH, Flow, GenerationRequest, InitImage, MIN_STRENGTH, Pipeline, image_size,
+};
 use hanga::registry::Registry;
 use hanga::server::ServeOptions;
 use hanga::text::LongPrompt;
@@ -196,6 +198,13 @@ struct GenerateArgs {
     /// chunk (75-token chunks, as A1111/ComfyUI) | truncate (cut at 77, as diffusers)
     #[arg(long)]
     long_prompt: Option<LongPrompt>,
+    /// Image to image from this PNG, JPEG or WebP file (as diffusers' img2img pipelines):
+    /// width and height default to its size, down to the model's multiple.
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    /// With --init-image: how far the image is noised, 0.01 to 1 (default 0.3).
+    #[arg(long, requires = "init_image")]
+    strength: Option<f64>,
     /// cpu, or a GPU backend this binary was built with (cuda, wgpu).
     #[arg(long, env = "HANGA_DEVICE")]
     device: Option<DeviceKind>,
@@ -329,11 +338,22 @@ fn serve(args: ServeArgs) -> Result<(), Error> {
 fn generate(args: GenerateArgs) -> Result<(), Error> {
     let registry = registry(&args.manifests, &args.models_dirs)?;
     let manifest = registry.get(&args.model)?;
+    let init = match &args.init_image {
+        Some(path) => Some(
+            image::open(path)
+                .map_err(|e| Error::request(format!("{}: {e}", path.display())))?
+                .to_rgb8(),
+        ),
+        None => None,
+    };
+    let fit = init
+        .as_ref()
+        .map(|image| image_size(manifest.family, image.dimensions()));
     let request = GenerationRequest {
         prompt: args.prompt,
         negative_prompt: args.negative_prompt,
-        width: args.width,
-        height: args.height,
+        width: args.width.or(fit.map(|f| f.0)),
+        height: args.height.or(fit.map(|f| f.1)),
         steps: args.steps,
         guidance_scale: args.guidance_scale,
         sampler: args.sampler,
@@ -341,7 +361,19 @@ fn generate(args: GenerateArgs) -> Result<(), Error> {
         seed: args.seed,
         long_prompt: args.long_prompt,
     };
-    let params = request.resolve(manifest)?;
+    let mut params = request.resolve(manifest)?;
+    if let Some(path) = &args.init_image {
+        let strength = args.strength.unwrap_or(DEFAULT_STRENGTH);
+        if !(MIN_STRENGTH..=1.0).contains(&strength) {
+            return Err(Error::request(format!(
+                "--strength {strength} is not between {MIN_STRENGTH} and 1"
+            )));
+        }
+        params.init_image = Some(InitImage {
+            path: path.clone(),
+            strength,
+        });
+    }
     let device_kind = device(args.device)?;
     let precision = Precision::resolve(args.precision, device_kind)?;
     eprintln!("loading {} on {device_kind} in {precision}…", manifest.id);
@@ -351,7 +383,7 @@ fn generate(args: GenerateArgs) -> Result<(), Error> {
         let mut pipeline = Pipeline::<B>::load(manifest, &device)?;
         eprintln!("loaded in {:.1}s", started.elapsed().as_secs_f32());
         let sampling = Instant::now();
-        pipeline.generate(&params, None, &mut |p| {
+        pipeline.generate(&params, init.as_ref(), &mut |p| {
             progress_bar(p.step, p.total_steps, sampling.elapsed().as_secs_f32());
             Flow::Continue
         })?

@@ -143,6 +143,29 @@ fn initial_noise<B: Backend>(
     Tensor::from_data(TensorData::new(noise, shape), device)
 }
 
+/// Pixel sizes of `family` are multiples of this (the latent is 1/8 of the image; the
+/// transformers take 2×2 latent patches).
+pub fn size_multiple(family: Family) -> usize {
+    match family {
+        Family::Sdxl => 8,
+        _ => 16,
+    }
+}
+
+/// An image's size as a run of `family` takes it when no size is asked for: down to the
+/// family's multiple (diffusers' `VaeImageProcessor.get_default_height_width`).
+pub fn image_size(family: Family, (width, height): (u32, u32)) -> (usize, usize) {
+    let multiple = size_multiple(family);
+    let down = |v: u32| v as usize / multiple * multiple;
+    (down(width), down(height))
+}
+
+/// diffusers' img2img pipelines' default `strength`.
+pub const DEFAULT_STRENGTH: f64 = 0.3;
+/// The least strength taken: below it, any step count up to 150 runs the one step a run
+/// always takes.
+pub const MIN_STRENGTH: f64 = 0.01;
+
 /// An 8-bit image → the VAE's input [1, 3, height, width] in [-1, 1], as diffusers'
 /// `VaeImageProcessor.preprocess` makes it: resized with Pillow's Lanczos where the size
 /// differs, `x / 255` in float32, then `2x − 1`.

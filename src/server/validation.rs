@@ -5,7 +5,10 @@
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
-use crate::pipelines::{FamilyOptions, GenerationParams, GenerationRequest};
+use crate::pipelines::{
+    DEFAULT_STRENGTH, FamilyOptions, GenerationParams, GenerationRequest, MIN_STRENGTH, image_size,
+    size_multiple,
+};
 use crate::queue::JobLora;
 use crate::registry::{Family, LoraLibrary, Manifest, Registry};
 use crate::sampling::{SamplerKind, ScheduleKind};
@@ -54,20 +57,6 @@ pub const MAX_PROMPT_CHARS: usize = 10_000;
 /// Why an NSFW filter cannot be had, and how to get one.
 pub const NO_CHECKER: &str = "this server has no safety checker: add a manifest with \
      family = \"safety-checker\" for CompVis/stable-diffusion-safety-checker (README: NSFW checks)";
-
-/// Pixel sizes must be multiples of this (the latent is 1/8 of the image; Flux packs 2×2).
-pub fn size_multiple(family: Family) -> u32 {
-    match family {
-        Family::Sdxl => 8,
-        _ => 16,
-    }
-}
-
-/// diffusers' `StableDiffusionXLImg2ImgPipeline` default `strength`.
-pub const DEFAULT_STRENGTH: f64 = 0.3;
-/// The least strength taken: below it, any step count up to MAX_STEPS runs the one step a run
-/// always takes.
-pub const MIN_STRENGTH: f64 = 0.01;
 
 /// A validated generation request.
 pub struct Validated {
@@ -309,7 +298,8 @@ pub fn validate(
             }
         },
     };
-    let multiple = manifest.map_or(8, |m| size_multiple(m.family)) as i64;
+    let family = manifest.map_or(Family::Sdxl, |m| m.family);
+    let multiple = size_multiple(family) as i64;
     let size = |f: &mut Fields, field: &str| {
         let v = f.integer(field, MIN_SIZE as i64, MAX_SIZE as i64)?;
         if v % multiple != 0 {
@@ -342,11 +332,10 @@ pub fn validate(
         });
     let strength = f.number("strength", MIN_STRENGTH, 1.0);
     if let Some((_, (w, h))) = &init_image {
-        // The image's size, down to the model's multiple (diffusers'
-        // `VaeImageProcessor.get_default_height_width`), where the request gives none.
-        let fit = |v: u32| (v as i64 / multiple * multiple) as usize;
-        width = width.or(Some(fit(*w)));
-        height = height.or(Some(fit(*h)));
+        // The image's size where the request gives none.
+        let (fit_w, fit_h) = image_size(family, (*w, *h));
+        width = width.or(Some(fit_w));
+        height = height.or(Some(fit_h));
         let (fw, fh) = (width.unwrap_or(0) as u32, height.unwrap_or(0) as u32);
         if !(MIN_SIZE..=MAX_SIZE).contains(&fw) || !(MIN_SIZE..=MAX_SIZE).contains(&fh) {
             f.error(

@@ -52,3 +52,45 @@ fn img2img_matches_diffusers() {
         println!("{id}: start {start:e}, latents {worst_step:e}, image {pixel}/255");
     }
 }
+
+/// `hanga generate --init-image` makes diffusers' image, at the image's size.
+#[test]
+fn cli_generates_from_an_image() {
+    let dir = fixtures().join("sdxl/img2img");
+    let id = "img2img_euler_64x64_s0.6_neg";
+    let case = load_case(&dir.join(id));
+    let p = &case.params;
+    let out = crate::common::temp_dir("cli-img2img").join("out.png");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hanga"))
+        .current_dir(crate::common::repo())
+        .args([
+            "generate",
+            "--model",
+            "sdxl-tiny-demo",
+            "--prompt",
+            &p.prompt,
+        ])
+        .args(["--negative-prompt", p.negative_prompt.as_deref().unwrap()])
+        .arg("--init-image")
+        .arg(dir.join("init_64x64.png"))
+        .args(["--strength", "0.6", "--steps", "4", "--guidance-scale", "5"])
+        .args(["--sampler", "euler", "--scheduler", "normal", "--seed", "0"])
+        .args(["--long-prompt", "truncate", "--device", "cpu", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bytes = std::fs::read(&out).unwrap();
+    let image = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    let pixel = crate::common::max_pixel_diff(&image, &case.png);
+    assert!(pixel <= 2, "the CLI's image is {pixel}/255 from diffusers'");
+    let parameters = hanga::output::png::read_parameters(&bytes).unwrap();
+    assert!(
+        parameters.contains("Denoising strength: 0.6") && parameters.contains("Size: 64x64"),
+        "{parameters}"
+    );
+}
